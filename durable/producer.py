@@ -1,0 +1,172 @@
+"""The durable producer: enqueue into arq's Redis queue with backpressure, priority, idempotency.
+
+arq's ``enqueue_job`` never refuses work, so a flood grows Redis without bound. We enqueue with one
+Lua script that, atomically: returns the existing record for a known id (idempotent submission;
+the client's id IS the arq job id, so it cannot run twice), refuses when ``QUEUE_MAXSIZE`` jobs are
+queued (queued = in arq's queue and not started), and otherwise writes arq's job key (serialized with
+arq's own ``serialize_job``), adds the id to arq's queue scored by priority, and creates our record.
+On "full" the producer waits and tries again until ``SUBMIT_TIMEOUT``, then raises QueueFull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from durable import keys, records
+from durable.redis_errors import map_redis_errors
+from pipeline.backend import Producer
+from pipeline.errors import BackendUnavailable, QueueFull
+from pipeline.jobs import MAX_PRIORITY, Job, JobRecord, Stats, Status, Submitted
+from pipeline.settings import Settings
+
+ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, redis.call('HGET', KEYS[1], 'status')}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, 'queued'}
+end
+local queued = redis.call('ZCARD', KEYS[4]) - redis.call('HLEN', KEYS[5])
+if queued >= tonumber(ARGV[1]) then
+  return {-1, tostring(queued)}
+end
+redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
+redis.call('HSET', KEYS[1], 'id', ARGV[6], 'url', ARGV[7], 'priority', ARGV[8],
+           'status', 'queued', 'attempts', 0, 'duplicates', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return {1, 'queued'}
+"""
+
+JOB_KEY_TTL_MS = 7 * 86_400_000  # arq drops a job not started within this ("job expired")
+
+
+def priority_score(enqueue_ms: int, priority: int) -> int:
+    return enqueue_ms - (MAX_PRIORITY - priority) * keys.PRIORITY_SPAN_MS
+
+
+def redis_client(settings: Settings) -> Redis:
+    """One client per process; redis-py reconnects on the next command after a lost connection."""
+    client: Redis = Redis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=5
+    )
+    return client
+
+
+class DurableProducer(Producer):
+    """Enqueues into Redis; any number of ``queue-contrast worker`` processes run the jobs."""
+
+    name = "durable"
+    runs_workers = False
+
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        super().__init__(settings)
+        self.redis = redis or redis_client(settings)
+        self._enqueue = self.redis.register_script(ENQUEUE)
+
+    async def start(self) -> None:
+        await self.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> None:
+        with map_redis_errors("pinging"):
+            await self.redis.ping()
+
+    async def _submit(self, job: Job) -> Submitted:
+        deadline = time.monotonic() + self.settings.submit_timeout
+        delay = 0.005
+        while True:
+            try:
+                created = await self._try_enqueue(job)
+            except BackendUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                created = None  # Redis restarting: keep trying until the submit deadline
+            if created is not None:
+                new = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
+                record = new if created else (await self.get(job.id) or new)
+                return Submitted(record, created=created)
+            now = time.monotonic()
+            if now >= deadline:
+                raise QueueFull(self.settings.queue_maxsize, self.settings.submit_timeout)
+            await asyncio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, 0.1)
+
+    async def _try_enqueue(self, job: Job) -> bool | None:
+        """True: enqueued. False: the id exists. None: queue full."""
+        now_ms = int(time.time() * 1000)
+        payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
+        args: list[Any] = [
+            self.settings.queue_maxsize,
+            priority_score(now_ms, job.priority),
+            payload,
+            JOB_KEY_TTL_MS,
+            self.settings.result_ttl,
+            job.id,
+            job.url,
+            job.priority,
+        ]
+        job_keys = [
+            keys.RECORD + job.id,
+            keys.ARQ_JOB + job.id,
+            keys.ARQ_RESULT + job.id,
+            keys.QUEUE,
+            keys.RUNNING,
+        ]
+        with map_redis_errors("enqueueing"):
+            code, _ = await self._enqueue(keys=job_keys, args=args)
+            if code == -1:
+                await self._count_wait(job.id)
+        return {1: True, 0: False}.get(int(code))
+
+    async def _count_wait(self, job_id: str) -> None:
+        # one "producer wait" per job that found the queue full, however long it waited
+        marker = f"qc:waited:{job_id}"
+        if await self.redis.set(marker, 1, nx=True, ex=600):
+            await self.redis.hincrby(keys.STATS, "producer_waits", 1)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        with map_redis_errors("reading a job"):
+            return await records.read(self.redis, job_id)
+
+    async def stats(self) -> Stats:
+        with map_redis_errors("reading stats"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(keys.QUEUE)
+                pipe.hlen(keys.RUNNING)
+                pipe.hgetall(keys.STATS)
+                pipe.smembers(keys.WORKERS)
+                in_queue, running, raw, worker_ids = await pipe.execute()
+            beats = await self._heartbeats(sorted(w.decode() for w in worker_ids))
+        counters = {k.decode(): int(v) for k, v in raw.items()}
+        return Stats(
+            backend=self.name,
+            queued=max(in_queue - running, 0),
+            running=running,
+            done=counters.get("done", 0),
+            failed=counters.get("failed", 0),
+            retried=counters.get("retried", 0),
+            duplicates=counters.get("duplicates", 0),
+            workers=sum(int(b.get("max_jobs", 0)) for b in beats),
+            maxsize=self.settings.queue_maxsize,
+            producer_waits=counters.get("producer_waits", 0),
+            extra={
+                "worker_processes": beats,
+                "recovered": counters.get("recovered", 0),
+                "skipped_duplicates": counters.get("skipped_duplicates", 0),
+            },
+        )
+
+    async def _heartbeats(self, worker_ids: list[str]) -> list[dict[str, Any]]:
+        if not worker_ids:
+            return []
+        values = await self.redis.mget([keys.HEARTBEAT + w for w in worker_ids])
+        return [json.loads(v) for v in values if v]

@@ -1,0 +1,293 @@
+"""The durable worker process: arq's ``Worker``, wrapped.
+
+What we add around arq (by subclassing, not forking):
+
+* **no idle poll between jobs** — arq sleeps ``poll_delay`` (0.5 s) between polls even when a slot
+  just freed; we poll again as soon as a job finishes and otherwise wait at most ``POLL_DELAY``;
+* **fast orphan recovery** — heartbeats and a reaper (``durable.heartbeat``);
+* **our records** — status/attempts/outcome in ``qc:job:<id>``, written once per job id, so a
+  re-delivered job that already has an outcome is not fetched again;
+* **reconnects** — a lost Redis connection is logged and retried with backoff instead of killing
+  the worker, so a Redis restart needs no worker restart;
+* **graceful SIGTERM** — stop taking jobs, finish in-flight ones within ``SHUTDOWN_GRACE``; what is
+  cancelled after that stays in Redis and runs again elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings, create_pool
+from arq.jobs import deserialize_result
+from arq.worker import Retry, Worker, func
+
+from durable import keys
+from durable.heartbeat import Heartbeat, new_worker_id
+from durable.redis_errors import UNAVAILABLE
+from pipeline.backend import WorkerPool
+from pipeline.handler import Handler
+from pipeline.jobs import Job, Outcome, Status
+from pipeline.retry import retry_delay
+from pipeline.settings import Settings
+
+log = logging.getLogger("queue_contrast.durable")
+
+BEGIN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then
+  redis.call('HINCRBY', KEYS[3], 'skipped_duplicates', 1)
+  return status
+end
+if status == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+end
+redis.call('HSET', KEYS[1], 'id', ARGV[2], 'url', ARGV[4], 'priority', ARGV[5],
+           'status', 'running', 'attempts', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return status or ''
+"""
+
+# KEYS: record, stats, dead letters.
+# ARGV: status, attempts, result JSON, counter to bump, dead letter JSON, job id.
+# Writes only while the record is not final: the outcome is recorded once per job id.
+FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'done' or status == 'failed' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'attempts', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[6], ARGV[5]) end
+return 1
+"""
+
+
+class _ArqWorker(Worker):
+    """arq's Worker with a wake-up on job completion, reconnects and a graceful stop."""
+
+    def __init__(self, *args: Any, owner: DurableWorker, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        self.wake.set()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # skip ids we are already running: arq keeps a running job in its queue until it ends
+        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq gave up without calling our function (e.g. max tries after crashes): record it."""
+        tries = await self.pool.get(keys.ARQ_RETRY + job_id)
+        await super().finish_failed_job(job_id, result_data)
+        reason = "arq gave up"
+        if result_data:
+            with contextlib.suppress(Exception):
+                reason = str(deserialize_result(result_data).result)
+        attempts = int(tries or 0) - 1 if tries else self.owner.settings.max_tries
+        error = (
+            f"{reason}: no attempt recorded an outcome (each one's worker died or it was cancelled)"
+        )
+        outcome = Outcome(Status.FAILED, attempts=attempts, error=error)
+        await self.owner.record(job_id, Status.FAILED, attempts, outcome, "failed")
+        await self.pool.hdel(keys.RUNNING, job_id)
+
+    async def main(self) -> None:
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        backoff = 0.1
+        while not self.stopping.is_set():
+            self.wake.clear()
+            try:
+                await self._poll_iteration()
+            except UNAVAILABLE as exc:
+                log.warning("redis unavailable (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
+        await self._finish_in_flight()
+
+    async def _finish_in_flight(self) -> None:
+        self.allow_pick_jobs = False
+        pending = [t for t in self.tasks.values() if not t.done()]
+        if pending:
+            log.info(
+                "stopping: finishing %d in-flight jobs (grace %.1fs)",
+                len(pending),
+                self._job_completion_wait,
+            )
+            _, late = await asyncio.wait(pending, timeout=self._job_completion_wait)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning(
+                    "grace period over: cancelled %d jobs; they stay queued in Redis", len(late)
+                )
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+class DurableWorker(WorkerPool):
+    """One worker process: at most ``WORKERS`` jobs at once, taken from Redis."""
+
+    def __init__(self, settings: Settings, handler: Handler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.worker_id = new_worker_id()
+        self.arq: _ArqWorker | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._stop_requested = False
+        self._beat_task: asyncio.Task[None] | None = None
+
+    def _make_arq(self) -> _ArqWorker:
+        s = self.settings
+        return _ArqWorker(
+            functions=[func(self._run, name=keys.FUNCTION, max_tries=s.max_tries)],
+            owner=self,
+            redis_settings=RedisSettings.from_dsn(s.redis_url),
+            max_jobs=s.workers,
+            job_timeout=s.job_timeout + 5,  # the handler enforces JOB_TIMEOUT; this is a backstop
+            poll_delay=s.poll_delay,
+            max_tries=s.max_tries,
+            keep_result=s.result_ttl,
+            handle_signals=False,
+            job_completion_wait=int(s.shutdown_grace),
+            on_startup=self._on_startup,
+            after_job_end=self._after_job_end,
+            health_check_interval=max(int(s.heartbeat_interval), 1),
+        )
+
+    async def run(self) -> None:
+        self.arq = self._make_arq()
+        if self._stop_requested:
+            self.arq.stopping.set()
+        try:
+            await self.arq.main()
+        finally:
+            if self._beat_task:
+                self._beat_task.cancel()
+                await asyncio.gather(self._beat_task, return_exceptions=True)
+            if self.heartbeat:
+                with contextlib.suppress(*UNAVAILABLE):
+                    await self.heartbeat.stop()
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.arq.close()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        if self.arq is not None:
+            self.arq.stopping.set()
+            self.arq.wake.set()
+
+    @property
+    def running_ids(self) -> list[str]:
+        return list(self.arq.tasks) if self.arq else []
+
+    async def _on_startup(self, ctx: dict[str, Any]) -> None:
+        assert self.arq is not None
+        self._begin = self.arq.pool.register_script(BEGIN)
+        self._finish = self.arq.pool.register_script(FINISH)
+        self.heartbeat = Heartbeat(
+            self.arq.pool,
+            self.worker_id,
+            ttl_s=self.settings.heartbeat_ttl,
+            in_progress_ttl_s=self.arq.in_progress_timeout_s,
+            max_jobs=self.settings.workers,
+        )
+        await self._beat_once()
+        self._beat_task = asyncio.create_task(self._beat_forever())
+        log.info(
+            "worker %s ready: max_jobs=%d queue=%s",
+            self.worker_id,
+            self.settings.workers,
+            keys.QUEUE,
+        )
+
+    async def _beat_once(self) -> None:
+        assert self.heartbeat is not None and self.arq is not None
+        running = self.running_ids
+        await self.heartbeat.beat(running, {"complete": self.arq.jobs_complete})
+        if await self.heartbeat.reap(running):
+            self.arq.wake.set()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._beat_once()
+            except UNAVAILABLE as exc:
+                log.warning("heartbeat failed: redis unavailable (%s)", exc)
+
+    async def _after_job_end(self, ctx: dict[str, Any]) -> None:
+        assert self.arq is not None
+        await self.arq.pool.hdel(keys.RUNNING, ctx["job_id"])
+
+    async def record(
+        self, job_id: str, status: Status, attempts: int, outcome: Outcome | None, counter: str
+    ) -> bool:
+        """Write the record unless it is already final; bump ``counter`` in the stats."""
+        dead = ""
+        if status is Status.FAILED and outcome is not None:
+            dead = json.dumps({"id": job_id, "attempts": attempts, "error": outcome.error})
+        written = await self._finish(
+            keys=[keys.RECORD + job_id, keys.STATS, keys.DEAD],
+            args=[
+                status.value,
+                attempts,
+                json.dumps(outcome.to_dict()) if outcome else "",
+                counter,
+                dead,
+                job_id,
+            ],
+        )
+        return bool(written)
+
+    async def _run(self, ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any] | None:
+        """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
+        job = Job.from_dict(job_dict)
+        attempt = int(ctx["job_try"])
+        previous = (
+            await self._begin(
+                keys=[keys.RECORD + job.id, keys.RUNNING, keys.STATS],
+                args=[
+                    attempt,
+                    job.id,
+                    self.worker_id,
+                    job.url,
+                    job.priority,
+                    self.settings.result_ttl,
+                ],
+            )
+        ).decode()
+        if previous in ("done", "failed"):
+            log.info("%s already %s: re-delivery skipped", job.id, previous)
+            return None
+        try:
+            outcome = await self.handler(job, attempt)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.record(job.id, Status.QUEUED, attempt, None, ""))
+            raise
+        delay = retry_delay(outcome, attempt, self.settings)
+        if delay is not None:
+            await asyncio.shield(self.record(job.id, Status.QUEUED, attempt, outcome, "retried"))
+            raise Retry(defer=delay)
+        counter = "done" if outcome.ok else "failed"
+        await asyncio.shield(self.record(job.id, outcome.status, attempt, outcome, counter))
+        return outcome.to_dict()

@@ -1,0 +1,85 @@
+"""The producer/worker interface every backend implements completely.
+
+A ``Producer`` accepts jobs (waiting while the queue is full, up to ``SUBMIT_TIMEOUT``, then raising
+QueueFull) and answers what it knows about them. A ``WorkerPool`` runs jobs through the handler with
+at most ``WORKERS`` at once until asked to stop, then finishes in-flight work within the grace period.
+The in-memory backend is both in one object (its queue lives in the serving process); the durable
+backend's producer and worker pool live in different processes and share only Redis.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from pipeline.errors import InvalidJob
+from pipeline.jobs import (
+    MAX_ID_LENGTH,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Job,
+    JobRecord,
+    Stats,
+    Submitted,
+)
+from pipeline.settings import Settings
+from pipeline.urlguard import URLGuard
+
+
+def validate(job: Job, guard: URLGuard) -> None:
+    """Raise InvalidJob naming the field, or URLRefused, for a job no backend should accept."""
+    guard.check(job.url)
+    if isinstance(job.priority, bool) or not isinstance(job.priority, int):
+        raise InvalidJob("priority", "must be an integer")
+    if not MIN_PRIORITY <= job.priority <= MAX_PRIORITY:
+        raise InvalidJob("priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+    if not job.id or len(job.id) > MAX_ID_LENGTH or not job.id.isprintable() or " " in job.id:
+        raise InvalidJob("id", f"must be 1-{MAX_ID_LENGTH} printable characters without spaces")
+
+
+class Producer(ABC):
+    """Submits jobs and reads their records. Shared bookkeeping here, storage in ``_submit``."""
+
+    name: str
+    runs_workers: bool = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+
+    async def submit(self, job: Job) -> Submitted:
+        """Validate and enqueue. An id already known returns its record with ``created=False``."""
+        validate(job, self.guard)
+        return await self._submit(job)
+
+    @abstractmethod
+    async def _submit(self, job: Job) -> Submitted: ...
+
+    @abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None when this backend does not know the id."""
+
+    @abstractmethod
+    async def stats(self) -> Stats: ...
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect (and, where the queue lives in-process, start the workers)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise BackendUnavailable when the backend cannot serve."""
+
+
+class WorkerPool(ABC):
+    """Runs jobs until ``request_stop``; then finishes in-flight jobs within the grace period."""
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Run until stopped; return after in-flight work is finished or the grace period ends."""
+
+    @abstractmethod
+    def request_stop(self) -> None:
+        """Stop taking jobs (safe to call from a signal handler)."""

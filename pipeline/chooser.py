@@ -1,0 +1,41 @@
+"""The one place that names both backends. ``durable`` is imported only when chosen."""
+
+from __future__ import annotations
+
+from pipeline.backend import Producer, WorkerPool
+from pipeline.errors import SettingsError
+from pipeline.handler import Handler
+from pipeline.settings import Settings
+
+BACKENDS = ("inmemory", "durable")
+
+
+class NoSeparateWorkers(SettingsError):
+    """``worker`` was started with the in-memory backend, whose queue lives inside ``serve``."""
+
+
+def make_producer(settings: Settings, handler: Handler | None = None) -> Producer:
+    """The producer for ``QUEUE_BACKEND``; the in-memory one also runs ``handler`` in-process."""
+    if settings.queue_backend == "inmemory":
+        from inmemory import InMemoryPipeline
+
+        if handler is None:
+            raise ValueError("the in-memory backend runs jobs in-process: pass a handler")
+        return InMemoryPipeline(settings, handler)
+    if settings.queue_backend == "durable":
+        from durable.producer import DurableProducer
+
+        return DurableProducer(settings)
+    raise SettingsError(f"invalid QUEUE_BACKEND={settings.queue_backend!r}: use one of {BACKENDS}")
+
+
+def make_worker(settings: Settings, handler: Handler) -> WorkerPool:
+    """A separate worker process's pool; only the durable backend has one."""
+    if settings.queue_backend == "durable":
+        from durable.worker import DurableWorker
+
+        return DurableWorker(settings, handler)
+    raise NoSeparateWorkers(
+        "QUEUE_BACKEND=inmemory has no separate workers: the in-memory queue and its workers live "
+        "inside `queue-contrast serve`. Set QUEUE_BACKEND=durable to run workers on their own."
+    )

@@ -1,0 +1,209 @@
+"""``queue-contrast``: serve, worker, submit, upstream, crash-demo.
+
+Settings come from the environment, read once here (see ``pipeline.settings``); a bad value exits 2
+with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from pipeline.errors import BackendUnavailable, SettingsError
+from pipeline.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"queue-contrast: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(None, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("arq.connections").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """One URL-fetching job pipeline on two backends: QUEUE_BACKEND=inmemory (asyncio.Queue in the
+    serving process; at most once) or QUEUE_BACKEND=durable (arq on Redis; at least once).
+
+    Settings are environment variables: QUEUE_BACKEND, REDIS_URL, WORKERS, QUEUE_MAXSIZE,
+    JOB_TIMEOUT, MAX_TRIES, HOST, PORT, SUBMIT_TIMEOUT, ... (see the README).
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: $HOST or 127.0.0.1).")
+@click.option(
+    "--port", type=int, default=None, help="Port; 0 picks a free one (default: $PORT or 8000)."
+)
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP service: POST /jobs, GET /jobs/{id}, /stats, /healthz, /metrics.
+
+    With QUEUE_BACKEND=inmemory the queue and its WORKERS run inside this process (SIGTERM finishes
+    in-flight jobs within SHUTDOWN_GRACE and reports dropped queued ones). With durable it only
+    enqueues into Redis; run `queue-contrast worker` processes to do the work.
+    """
+    settings = load_settings(host=host, port=port)
+    _logging()
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: Settings) -> None:
+    from pipeline.chooser import make_producer
+    from pipeline.handler import Fetcher
+    from pipeline.service import create_app
+    from pipeline.serving import serve as run_server
+
+    fetcher = Fetcher(settings) if settings.queue_backend == "inmemory" else None
+    producer = make_producer(settings, fetcher)
+    try:
+        await _check_backend(settings)
+        await run_server(
+            create_app(producer),
+            settings.host,
+            settings.port,
+            "serve",
+            backend=settings.queue_backend,
+            workers=settings.workers,
+            maxsize=settings.queue_maxsize,
+        )
+    except BackendUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    finally:
+        if fetcher is not None:
+            await fetcher.aclose()
+
+
+async def _check_backend(settings: Settings) -> None:
+    if settings.queue_backend == "durable":
+        from durable.redis_check import warn_about_persistence
+
+        await warn_about_persistence(settings)
+
+
+@main.command()
+def worker() -> None:
+    """Run a durable worker process: up to WORKERS jobs at once from Redis (QUEUE_BACKEND=durable).
+
+    Start as many as you like, on any machine that reaches REDIS_URL. SIGTERM finishes in-flight
+    jobs within SHUTDOWN_GRACE; anything left stays in Redis. A SIGKILLed worker's jobs are
+    re-delivered within seconds (heartbeats). With QUEUE_BACKEND=inmemory this exits 2: that
+    queue lives inside `serve`.
+    """
+    from pipeline.chooser import NoSeparateWorkers
+
+    settings = load_settings()
+    _logging()
+    try:
+        asyncio.run(_worker(settings))
+    except NoSeparateWorkers as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except BackendUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+
+
+async def _worker(settings: Settings) -> None:
+    from pipeline.chooser import make_worker
+    from pipeline.handler import Fetcher
+
+    async with Fetcher(settings) as fetcher:
+        pool = make_worker(settings, fetcher)
+        await _check_backend(settings)
+        _on_signals(pool.request_stop)
+        print(
+            f"worker ready: backend={settings.queue_backend} workers={settings.workers} "
+            f"redis={settings.redis_url}",
+            flush=True,
+        )
+        await pool.run()
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, callback)
+
+
+@main.command()
+@click.argument("urls", nargs=-1)
+@click.option("--file", "file_", type=click.File("r"), help="Read URLs from FILE, one per line.")
+@click.option("--api", default=None, help="Service URL (default: http://$HOST:$PORT).")
+@click.option(
+    "--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 = most urgent."
+)
+@click.option("--wait/--no-wait", default=False, help="Wait until every job is done or failed.")
+@click.option(
+    "--timeout", type=float, default=300, show_default=True, help="Give up after this many seconds."
+)
+def submit(
+    urls: tuple[str, ...], file_: Any, api: str | None, priority: int, wait: bool, timeout: float
+) -> None:
+    """Submit URLs to a running service, as a well-behaved producer.
+
+    On 503 (queue full) it waits as Retry-After asks and tries again, so nothing is dropped; it
+    prints one line per job: its id and status. Exit code 1 if any job failed (with --wait).
+    """
+    from pipeline.client import submit_all
+
+    settings = load_settings()
+    lines = [u.strip() for u in (file_ or []) if u.strip() and not u.startswith("#")]
+    targets = list(urls) + lines
+    if not targets:
+        _fail("nothing to submit: give URLs or --file", EXIT_USAGE)
+    base = api or f"http://{settings.host}:{settings.port}"
+    ok = asyncio.run(submit_all(base, targets, priority, wait=wait, within_s=timeout))
+    sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8081, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--latency-ms", type=float, default=100, show_default=True, help="Delay before each answer."
+)
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Fraction of requests answered 500.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for --fail-rate.")
+def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: int | None) -> None:
+    """Run the stand-in slow API, the independent witness of what got fetched.
+
+    Any GET answers after --latency-ms. GET /stats: hits, unique_jobs, duplicates, in_flight,
+    max_concurrency (counted by the X-Job-Id header); GET /jobs: hits per job id; POST /reset.
+    Query knobs: ?status=500 ?latency_ms=N ?bytes=N ?retry_after=S.
+    """
+    from pipeline.serving import serve as run_server
+    from pipeline.upstream import create_upstream
+
+    app = create_upstream(latency_ms, fail_rate, seed)
+    asyncio.run(run_server(app, host, port, "upstream", latency_ms=latency_ms, fail_rate=fail_rate))
+
+
+if __name__ == "__main__":
+    main()

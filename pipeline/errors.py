@@ -1,0 +1,49 @@
+"""Our own error types, so callers never handle a redis or arq exception.
+
+    QueueContrastError
+    ├── QueueFull            the queue stayed full for the whole submit timeout  (HTTP 503)
+    ├── InvalidJob           the job itself is unacceptable                      (HTTP 422)
+    │   └── URLRefused       the URL points somewhere the service will not fetch (HTTP 422)
+    ├── BackendUnavailable   the backend (Redis) cannot be reached               (HTTP 503)
+    └── SettingsError        an environment variable holds an invalid value      (exit 2)
+
+The durable backend converts redis errors into ``BackendUnavailable`` in one place
+(``durable.redis_errors``); the HTTP layer maps each type to one status code.
+"""
+
+
+class QueueContrastError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class QueueFull(QueueContrastError):
+    """The queue held ``QUEUE_MAXSIZE`` jobs for the whole submit timeout."""
+
+    def __init__(self, maxsize: int, waited_s: float) -> None:
+        super().__init__(f"queue full: {maxsize} jobs queued for {waited_s:.1f}s; retry later")
+        self.maxsize = maxsize
+        self.waited_s = waited_s
+
+
+class InvalidJob(QueueContrastError):
+    """The job is malformed; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class URLRefused(InvalidJob):
+    """The URL is well formed but points where the service refuses to go."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("url", message)
+
+
+class BackendUnavailable(QueueContrastError):
+    """The backend's storage (Redis) cannot be reached."""
+
+
+class SettingsError(QueueContrastError):
+    """An environment variable holds an invalid value; the message is one line."""

@@ -1,0 +1,134 @@
+"""The fetch handler: one job in, one Outcome out. It knows nothing of queues.
+
+One ``httpx.AsyncClient`` per process is shared by every worker task. The body is streamed and
+counted; a body over ``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id
+goes out in ``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network
+failures are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
+(timeouts, connection errors, 408, 429, 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+
+from pipeline.errors import URLRefused
+from pipeline.jobs import Job, Outcome, Status
+from pipeline.settings import Settings
+from pipeline.urlguard import URLGuard
+
+log = logging.getLogger("queue_contrast.handler")
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+Handler = Callable[[Job, int], Awaitable[Outcome]]
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Fetcher:
+    """Fetches job URLs with one shared client. Use as an async context manager."""
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.job_timeout),
+            limits=httpx.Limits(max_connections=max(settings.workers, 1) * 2),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __call__(self, job: Job, attempt: int = 1) -> Outcome:
+        """Fetch ``job.url``; never raises for HTTP, network or guard failures."""
+        start = time.monotonic()
+
+        def failed(error: str, *, retryable: bool, **kw: object) -> Outcome:
+            return Outcome(
+                Status.FAILED,
+                elapsed_s=time.monotonic() - start,
+                attempts=attempt,
+                error=error,
+                retryable=retryable,
+                **kw,  # type: ignore[arg-type]
+            )
+
+        try:
+            async with asyncio.timeout(self.settings.job_timeout):
+                status, size, retry_after = await self._fetch(job)
+        except URLRefused as exc:
+            return failed(f"refused: {exc.message}", retryable=False)
+        except BodyTooLarge:
+            cap = self.settings.max_response_bytes
+            return failed(f"body larger than {cap} bytes", retryable=False, bytes=cap)
+        except httpx.TimeoutException as exc:
+            return failed(f"timeout: {type(exc).__name__}", retryable=True)
+        except TimeoutError:
+            return failed(f"timeout: over JOB_TIMEOUT={self.settings.job_timeout}s", retryable=True)
+        except (httpx.TransportError, OSError) as exc:
+            return failed(f"network: {type(exc).__name__}: {exc}", retryable=True)
+        elapsed = time.monotonic() - start
+        if status < 400:
+            return Outcome(Status.DONE, status, size, elapsed, attempt)
+        return Outcome(
+            Status.FAILED,
+            status,
+            size,
+            elapsed,
+            attempt,
+            error=f"HTTP {status}",
+            retryable=status in RETRYABLE_STATUS,
+            retry_after_s=retry_after,
+        )
+
+    async def _fetch(self, job: Job) -> tuple[int, int, float | None]:
+        url = self.guard.check(job.url)
+        ip = await self.guard.resolve(url)
+        headers = {"X-Job-Id": job.id, "Host": url.netloc.decode("ascii")}
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        pinned = url.copy_with(host=str(ip))
+        request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
+        response = await self.client.send(request, stream=True)
+        try:
+            size = 0
+            async for chunk in response.aiter_raw():
+                size += len(chunk)
+                if size > self.settings.max_response_bytes:
+                    raise BodyTooLarge
+            return (
+                response.status_code,
+                size,
+                parse_retry_after(response.headers.get("retry-after")),
+            )
+        finally:
+            await response.aclose()

@@ -1,0 +1,53 @@
+"""Run an ASGI app under uvicorn on a socket we bind ourselves, and say when it is ready.
+
+Binding first means ``--port 0`` works (the ready line names the real port) and the ready line is
+printed only once connections are accepted, so tests and the demo wait on it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+READY_TIMEOUT_S = 30
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(app: Any, host: str, port: int, name: str, **extra: object) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM; print ``<name> ready: http://host:port ...``."""
+    sock = bind(host, port)
+    real_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=None,
+        backlog=2048,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    # uvicorn exposes only a `started` flag, no event: poll it, bounded by the deadline
+    while not server.started and not task.done() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    if server.started:
+        details = " ".join(f"{k}={v}" for k, v in extra.items())
+        print(f"{name} ready: http://{host}:{real_port} {details}".rstrip(), flush=True)
+    await task
+    if not server.started:
+        sys.exit(1)

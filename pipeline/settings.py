@@ -1,0 +1,98 @@
+"""Settings, read once from the environment at the entry point and passed down frozen.
+
+Nothing below the CLI reads ``os.environ``: tests build a ``Settings`` directly. An invalid value
+raises :class:`~pipeline.errors.SettingsError` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import SettingsError
+
+BackendName = Literal["inmemory", "durable"]
+
+
+class Settings(BaseSettings):
+    """Every knob, with its environment variable name upper-cased (``workers`` → ``WORKERS``)."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
+
+    queue_backend: BackendName = Field("inmemory", description="inmemory or durable")
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis for the durable backend")
+    workers: int = Field(3, ge=1, le=1000, description="concurrent jobs per worker process")
+    queue_maxsize: int = Field(
+        10, ge=1, le=1_000_000, description="queued jobs before submit waits"
+    )
+    job_timeout: float = Field(30.0, gt=0, le=3600, description="seconds one fetch may take")
+    max_tries: int = Field(3, ge=1, le=100, description="attempts per job, crashes included")
+    host: str = Field("127.0.0.1", description="address the HTTP service binds")
+    port: int = Field(8000, ge=1, le=65535, description="port the HTTP service binds")
+    submit_timeout: float = Field(
+        5.0, ge=0, le=600, description="seconds submit waits on a full queue"
+    )
+    max_response_bytes: int = Field(10 * 1024 * 1024, ge=1, description="cap on a fetched body")
+    shutdown_grace: float = Field(
+        10.0, ge=0, le=3600, description="seconds to finish work on SIGTERM"
+    )
+    heartbeat_interval: float = Field(
+        1.0, gt=0, le=60, description="durable worker heartbeat period"
+    )
+    heartbeat_ttl: float = Field(
+        3.0, gt=0, le=600, description="heartbeat lapse that marks a dead worker"
+    )
+    poll_delay: float = Field(0.05, gt=0, le=5, description="durable worker's longest idle poll")
+    retry_base_delay: float = Field(0.5, ge=0, le=600, description="first retry backoff, seconds")
+    retry_max_delay: float = Field(
+        30.0, ge=0, le=3600, description="longest retry backoff, seconds"
+    )
+    result_ttl: int = Field(86_400, ge=1, description="seconds durable job records are kept")
+    allowed_hosts: str = Field("", description="comma-separated host allow-list; empty allows all")
+    allow_link_local: bool = Field(False, description="permit 169.254/16, fe80::/10, fd00:ec2::254")
+
+    @field_validator("heartbeat_ttl")
+    @classmethod
+    def _ttl_exceeds_interval(cls, v: float, info: object) -> float:
+        interval = getattr(info, "data", {}).get("heartbeat_interval", 1.0)
+        if v <= interval:
+            raise ValueError(f"must be greater than HEARTBEAT_INTERVAL ({interval})")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @property
+    def allowed_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read settings from ``environ`` (default: the process environment).
+
+        Raises SettingsError with one line such as ``WORKERS='x': Input should be a valid integer``.
+        """
+        try:
+            if environ is None:
+                return cls(**overrides)  # type: ignore[arg-type]
+            known = {k.lower(): v for k, v in environ.items() if k.lower() in cls.model_fields}
+            return cls.model_validate({**known, **overrides})
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc, environ)) from None
+
+
+def _one_line(exc: ValidationError, environ: Mapping[str, str] | None) -> str:
+    import os
+
+    env = os.environ if environ is None else environ
+    err = exc.errors()[0]
+    name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+    value = env.get(name, env.get(name.lower(), err.get("input")))
+    return f"invalid {name}={value!r}: {err['msg']}"

@@ -1,0 +1,128 @@
+"""The stand-in third-party API: slow on purpose, and the independent witness in every crash test.
+
+Any ``GET`` path answers after ``latency_ms``. It counts what it saw by the ``X-Job-Id`` header:
+``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight`` and
+``max_concurrency``. Per-request knobs in the query string let tests and demos provoke failures:
+``?status=500``, ``?latency_ms=N``, ``?bytes=N`` (body size), ``?retry_after=S``, ``?crash=1``
+(sends ``X-Test-Crash``, which a worker started with ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Witness:
+    """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen] (unix time)."""
+
+    hits: int = 0
+    in_flight: int = 0
+    max_concurrency: int = 0
+    completed: int = 0
+    jobs: dict[str, list[float]] = field(default_factory=dict)
+
+    def enter(self, job_id: str | None) -> None:
+        self.hits += 1
+        self.in_flight += 1
+        self.max_concurrency = max(self.max_concurrency, self.in_flight)
+        if job_id:
+            now = time.time()
+            seen = self.jobs.setdefault(job_id, [0, now, now])
+            seen[0] += 1
+            seen[2] = now
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.completed += 1
+
+    def summary(self) -> dict[str, Any]:
+        unique = len(self.jobs)
+        tagged = sum(int(v[0]) for v in self.jobs.values())
+        return {
+            "hits": self.hits,
+            "unique_jobs": unique,
+            "duplicates": tagged - unique,
+            "in_flight": self.in_flight,
+            "max_concurrency": self.max_concurrency,
+            "completed": self.completed,
+        }
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    try:
+        return int(request.query_params.get(name, default))
+    except ValueError:
+        return default
+
+
+def create_upstream(
+    latency_ms: float = 100, fail_rate: float = 0.0, seed: int | None = None
+) -> Starlette:
+    witness = Witness()
+    rng = random.Random(seed)
+
+    async def stats(_: Request) -> JSONResponse:
+        return JSONResponse(witness.summary())
+
+    async def jobs(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {k: {"hits": int(v[0]), "first": v[1], "last": v[2]} for k, v in witness.jobs.items()}
+        )
+
+    async def reset(_: Request) -> JSONResponse:
+        nonlocal witness
+        witness = Witness()
+        return JSONResponse({"reset": True})
+
+    async def answer(request: Request) -> Response:
+        job_id = request.headers.get("x-job-id")
+        witness.enter(job_id)
+        try:
+            await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)
+            headers = {}
+            if "retry_after" in request.query_params:
+                headers["Retry-After"] = request.query_params["retry_after"]
+            if request.query_params.get("crash"):
+                headers["X-Test-Crash"] = "1"
+            status = _int(request, "status", 200)
+            if fail_rate and rng.random() < fail_rate:
+                status = 500
+            size = _int(request, "bytes", 0)
+            if size:
+                return StreamingResponse(_body(size), status_code=status, headers=headers)
+            return JSONResponse(
+                {"job": job_id, "path": request.url.path}, status_code=status, headers=headers
+            )
+        finally:
+            witness.leave()
+
+    return Starlette(
+        routes=[
+            Route("/stats", stats),
+            Route("/jobs", jobs),
+            Route("/reset", reset, methods=["POST"]),
+            Route("/{path:path}", answer),
+        ]
+    )
+
+
+async def _body(size: int) -> AsyncIterator[bytes]:
+    block = b"x" * CHUNK
+    while size > 0:
+        n = min(size, CHUNK)
+        size -= n
+        yield block[:n]
+        await asyncio.sleep(0)
