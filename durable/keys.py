@@ -23,7 +23,8 @@ DEAD = "qc:dead"  # hash job id -> JSON dead letter
 
 FUNCTION = "fetch"  # the arq function name every job runs
 
-# Priority rides on the arq queue score: score = enqueue_ms - (9 - priority) * PRIORITY_SPAN_MS, so a
-# priority-0 job scores lower (runs sooner) than any priority-9 job enqueued within ~11 days of it,
-# and equal priorities keep their enqueue order.
+# Priority rides on the arq queue score: score = now_ms - (9 - priority) * PRIORITY_SPAN_MS, so a
+# priority-0 job scores lower (runs sooner) than any priority-9 job enqueued within ~11 days of it.
+# "now" is Redis's own clock (TIME, in microseconds) so equal priorities keep their enqueue order
+# even within one millisecond and across producers on different machines.
 PRIORITY_SPAN_MS = 1_000_000_000

@@ -36,8 +36,10 @@ local queued = redis.call('ZCARD', KEYS[4]) - redis.call('HLEN', KEYS[5])
 if queued >= tonumber(ARGV[1]) then
   return {-1, tostring(queued)}
 end
+local now = redis.call('TIME')
+local score = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - tonumber(ARGV[2])
 redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[6])
+redis.call('ZADD', KEYS[4], score, ARGV[6])
 redis.call('HSET', KEYS[1], 'id', ARGV[6], 'url', ARGV[7], 'priority', ARGV[8],
            'status', 'queued', 'attempts', 0, 'duplicates', 0)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -47,8 +49,9 @@ return {1, 'queued'}
 JOB_KEY_TTL_MS = 7 * 86_400_000  # arq drops a job not started within this ("job expired")
 
 
-def priority_score(enqueue_ms: int, priority: int) -> int:
-    return enqueue_ms - (MAX_PRIORITY - priority) * keys.PRIORITY_SPAN_MS
+def priority_offset_ms(priority: int) -> int:
+    """How far before "now" a job's queue score goes; the script adds Redis's clock in µs."""
+    return (MAX_PRIORITY - priority) * keys.PRIORITY_SPAN_MS
 
 
 def redis_client(settings: Settings) -> Redis:
@@ -106,7 +109,7 @@ class DurableProducer(Producer):
         payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
         args: list[Any] = [
             self.settings.queue_maxsize,
-            priority_score(now_ms, job.priority),
+            priority_offset_ms(job.priority),
             payload,
             JOB_KEY_TTL_MS,
             self.settings.result_ttl,

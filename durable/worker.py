@@ -187,8 +187,17 @@ class DurableWorker(WorkerPool):
             if self.heartbeat:
                 with contextlib.suppress(*UNAVAILABLE):
                     await self.heartbeat.stop()
-            with contextlib.suppress(*UNAVAILABLE):
-                await self.arq.close()
+            await self._close_pool()
+
+    async def _close_pool(self) -> None:
+        # arq's Worker.close() calls redis-py's deprecated close(); do its two steps ourselves
+        assert self.arq is not None
+        if self.arq._pool is None:
+            return
+        with contextlib.suppress(*UNAVAILABLE):
+            await self.arq.pool.delete(self.arq.health_check_key)
+        await self.arq.pool.aclose(close_connection_pool=True)
+        self.arq._pool = None
 
     def request_stop(self) -> None:
         self._stop_requested = True

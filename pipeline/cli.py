@@ -71,6 +71,7 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    from pipeline.backend import WorkerPool
     from pipeline.chooser import make_producer
     from pipeline.handler import Fetcher
     from pipeline.service import create_app
@@ -85,6 +86,7 @@ async def _serve(settings: Settings) -> None:
             settings.host,
             settings.port,
             "serve",
+            on_exit=producer.request_stop if isinstance(producer, WorkerPool) else None,
             backend=settings.queue_backend,
             workers=settings.workers,
             maxsize=settings.queue_maxsize,

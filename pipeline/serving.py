@@ -7,13 +7,39 @@ printed only once connections are accepted, so tests and the demo wait on it ins
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 READY_TIMEOUT_S = 30
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM after shutdown (exit status -15); a graceful stop is
+    a success here, so handle the signals on the loop and exit 0."""
+
+    on_exit: Callable[[], None] | None = None
+
+    def _on_signal(self, sig: int) -> None:
+        if self.on_exit is not None:
+            self.on_exit()  # e.g. in-memory workers stop taking jobs now, not after HTTP drains
+        self.handle_exit(sig, None)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -26,7 +52,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: Any, host: str, port: int, name: str, **extra: object) -> None:
+async def serve(
+    app: Any,
+    host: str,
+    port: int,
+    name: str,
+    on_exit: Callable[[], None] | None = None,
+    **extra: object,
+) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; print ``<name> ready: http://host:port ...``."""
     sock = bind(host, port)
     real_port = sock.getsockname()[1]
@@ -38,7 +71,8 @@ async def serve(app: Any, host: str, port: int, name: str, **extra: object) -> N
         timeout_graceful_shutdown=None,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    server.on_exit = on_exit
     task = asyncio.create_task(server.serve(sockets=[sock]))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_S

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     job_timeout: float = Field(30.0, gt=0, le=3600, description="seconds one fetch may take")
     max_tries: int = Field(3, ge=1, le=100, description="attempts per job, crashes included")
     host: str = Field("127.0.0.1", description="address the HTTP service binds")
-    port: int = Field(8000, ge=1, le=65535, description="port the HTTP service binds")
+    port: int = Field(8000, ge=0, le=65535, description="port the HTTP service binds; 0 = any free")
     submit_timeout: float = Field(
         5.0, ge=0, le=600, description="seconds submit waits on a full queue"
     )
