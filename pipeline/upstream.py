@@ -89,7 +89,8 @@ def create_upstream(
 
     async def answer(request: Request) -> Response:
         job_id = request.headers.get("x-job-id")
-        witness.enter(job_id)
+        seen = witness  # a request still running across a /reset must not touch the new counts
+        seen.enter(job_id)
         try:
             await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)
             headers = {}
@@ -107,7 +108,7 @@ def create_upstream(
                 {"job": job_id, "path": request.url.path}, status_code=status, headers=headers
             )
         finally:
-            witness.leave()
+            seen.leave()
 
     return Starlette(
         routes=[
