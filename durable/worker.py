@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
@@ -35,6 +36,8 @@ from pipeline.retry import retry_delay
 from pipeline.settings import Settings
 
 log = logging.getLogger("queue_contrast.durable")
+
+REDIS_RETRY_DELAY_S = 0.5
 
 BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -163,7 +166,7 @@ class DurableWorker(WorkerPool):
             owner=self,
             redis_settings=RedisSettings.from_dsn(s.redis_url),
             max_jobs=s.workers,
-            job_timeout=s.job_timeout + 5,  # the handler enforces JOB_TIMEOUT; this is a backstop
+            job_timeout=s.job_timeout + 1,  # the handler enforces JOB_TIMEOUT; this is a backstop
             poll_delay=s.poll_delay,
             max_tries=s.max_tries,
             keep_result=s.result_ttl,
@@ -233,7 +236,7 @@ class DurableWorker(WorkerPool):
         assert self.heartbeat is not None and self.arq is not None
         running = self.running_ids
         await self.heartbeat.beat(running, {"complete": self.arq.jobs_complete})
-        if await self.heartbeat.reap(running):
+        if self.settings.fast_recovery and await self.heartbeat.reap(running):
             self.arq.wake.set()
 
     async def _beat_forever(self) -> None:
@@ -272,8 +275,8 @@ class DurableWorker(WorkerPool):
         """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
         job = Job.from_dict(job_dict)
         attempt = int(ctx["job_try"])
-        previous = (
-            await self._begin(
+        with _redis_or_retry(job.id):
+            previous = await self._begin(
                 keys=[keys.RECORD + job.id, keys.RUNNING, keys.STATS],
                 args=[
                     attempt,
@@ -284,19 +287,33 @@ class DurableWorker(WorkerPool):
                     self.settings.result_ttl,
                 ],
             )
-        ).decode()
-        if previous in ("done", "failed"):
-            log.info("%s already %s: re-delivery skipped", job.id, previous)
+        if previous.decode() in ("done", "failed"):
+            log.info("%s already %s: re-delivery skipped", job.id, previous.decode())
             return None
         try:
             outcome = await self.handler(job, attempt)
         except asyncio.CancelledError:
-            await asyncio.shield(self.record(job.id, Status.QUEUED, attempt, None, ""))
+            with contextlib.suppress(*UNAVAILABLE):
+                await asyncio.shield(self.record(job.id, Status.QUEUED, attempt, None, ""))
             raise
         delay = retry_delay(outcome, attempt, self.settings)
-        if delay is not None:
-            await asyncio.shield(self.record(job.id, Status.QUEUED, attempt, outcome, "retried"))
-            raise Retry(defer=delay)
-        counter = "done" if outcome.ok else "failed"
-        await asyncio.shield(self.record(job.id, outcome.status, attempt, outcome, counter))
+        with _redis_or_retry(job.id):
+            if delay is not None:
+                await asyncio.shield(
+                    self.record(job.id, Status.QUEUED, attempt, outcome, "retried")
+                )
+                raise Retry(defer=delay)
+            counter = "done" if outcome.ok else "failed"
+            await asyncio.shield(self.record(job.id, outcome.status, attempt, outcome, counter))
         return outcome.to_dict()
+
+
+@contextlib.contextmanager
+def _redis_or_retry(job_id: str) -> Iterator[None]:
+    """Redis went away mid-job: have arq keep the job queued and run it again (at least once),
+    instead of letting arq record it as failed and drop it."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        log.warning("%s: redis unavailable (%s); the job will run again", job_id, exc)
+        raise Retry(defer=REDIS_RETRY_DELAY_S) from exc

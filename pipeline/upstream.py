@@ -2,7 +2,8 @@
 
 Any ``GET`` path answers after ``latency_ms``. It counts what it saw by the ``X-Job-Id`` header:
 ``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight`` and
-``max_concurrency``. Per-request knobs in the query string let tests and demos provoke failures:
+``max_concurrency``; ``GET /jobs`` gives each job id's hits, first and last arrival (unix time)
+and how many of its requests are open now. Per-request knobs in the query string let tests and demos provoke failures:
 ``?status=500``, ``?latency_ms=N``, ``?bytes=N`` (body size), ``?retry_after=S``, ``?crash=1``
 (sends ``X-Test-Crash``, which a worker started with ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
 """
@@ -26,7 +27,8 @@ CHUNK = 64 * 1024
 
 @dataclass
 class Witness:
-    """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen] (unix time)."""
+    """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open] (unix
+    time; ``open`` = requests for that job being answered now)."""
 
     hits: int = 0
     in_flight: int = 0
@@ -40,13 +42,16 @@ class Witness:
         self.max_concurrency = max(self.max_concurrency, self.in_flight)
         if job_id:
             now = time.time()
-            seen = self.jobs.setdefault(job_id, [0, now, now])
+            seen = self.jobs.setdefault(job_id, [0, now, now, 0])
             seen[0] += 1
             seen[2] = now
+            seen[3] += 1
 
-    def leave(self) -> None:
+    def leave(self, job_id: str | None) -> None:
         self.in_flight -= 1
         self.completed += 1
+        if job_id:
+            self.jobs[job_id][3] -= 1
 
     def summary(self) -> dict[str, Any]:
         unique = len(self.jobs)
@@ -79,7 +84,10 @@ def create_upstream(
 
     async def jobs(_: Request) -> JSONResponse:
         return JSONResponse(
-            {k: {"hits": int(v[0]), "first": v[1], "last": v[2]} for k, v in witness.jobs.items()}
+            {
+                k: {"hits": int(v[0]), "first": v[1], "last": v[2], "open": int(v[3])}
+                for k, v in witness.jobs.items()
+            }
         )
 
     async def reset(_: Request) -> JSONResponse:
@@ -108,7 +116,7 @@ def create_upstream(
                 {"job": job_id, "path": request.url.path}, status_code=status, headers=headers
             )
         finally:
-            seen.leave()
+            seen.leave(job_id)
 
     return Starlette(
         routes=[
