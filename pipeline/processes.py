@@ -1,0 +1,153 @@
+"""Child processes that announce readiness on stdout, and are always stopped and reaped by PID.
+
+Used by the crash demo and by the tests: a child prints a ready line (``serve ready: http://...``,
+``worker ready``, ``upstream ready: http://...``); the parent waits for it with a deadline instead
+of sleeping, and later signals it by PID and reaps it (bounded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+CLI = [sys.executable, "-m", "pipeline.cli"]
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Proc:
+    """One child process; ``lines`` collects its stdout and stderr as they arrive."""
+
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+    _q: queue.Queue[str] = field(default_factory=queue.Queue)
+
+    def start(self, ready: str, timeout: float = 30) -> re.Match[str]:
+        """Start and wait for a line matching ``ready``; fail with the child's output if it
+        exits first or stays silent past ``timeout``."""
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        pattern = re.compile(ready)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    self.proc.wait()
+                    time.sleep(0.1)  # let the pump thread collect the last lines for the message
+                    raise RuntimeError(
+                        f"{self.args} exited {self.proc.returncode}:\n{self.output}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(
+                        f"{self.args} not ready in {timeout}s:\n{self.output}"
+                    ) from None
+                continue
+            match = pattern.search(line)
+            if match:
+                return match
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                self._q.put(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL and reap (idempotent)."""
+        if self.alive:
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """SIGTERM, wait (bounded), then SIGKILL; always reaped."""
+        if self.alive:
+            self.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.wait(timeout=STOP_TIMEOUT_S)
+        self.kill()
+
+
+def child_env(base: dict[str, str] | None = None, **extra: object) -> dict[str, str]:
+    """The environment for a child: ``base`` (default: ours) minus the settings we set."""
+    source = dict(os.environ if base is None else base)
+    env = {k: v for k, v in source.items() if k not in {"QUEUE_BACKEND", "REDIS_URL", "PORT"}}
+    env.update({k: str(v) for k, v in extra.items()})
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Processes:
+    """Starts queue-contrast processes and stops every one of them by PID at ``stop_all``."""
+
+    def __init__(self) -> None:
+        self.started: list[Proc] = []
+
+    def spawn(self, args: list[str], ready: str, env: dict[str, str], timeout: float = 30) -> Proc:
+        proc = Proc(args, env)
+        self.started.append(proc)
+        proc.start(ready, timeout)
+        return proc
+
+    def upstream(self, latency_ms: float = 100, **env: object) -> tuple[Proc, str]:
+        """Start ``queue-contrast upstream`` on a free port; returns it and its base URL."""
+        proc = Proc(
+            [*CLI, "upstream", "--port", "0", "--latency-ms", str(latency_ms)], child_env(**env)
+        )
+        self.started.append(proc)
+        match = proc.start(r"upstream ready: (http://\S+)")
+        return proc, match.group(1)
+
+    def serve(self, **env: object) -> tuple[Proc, str]:
+        """Start ``queue-contrast serve`` on a free port; returns it and its base URL."""
+        proc = Proc([*CLI, "serve", "--port", "0"], child_env(**env))
+        self.started.append(proc)
+        match = proc.start(r"serve ready: (http://\S+)")
+        return proc, match.group(1)
+
+    def worker(self, **env: object) -> Proc:
+        """Start ``queue-contrast worker``; returns once it says it is ready."""
+        return self.spawn([*CLI, "worker"], r"worker ready", child_env(**env))
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
