@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import metrics
 from pipeline.backend import Producer
+from pipeline.dashboard import add_dashboard
 from pipeline.errors import BackendUnavailable, InvalidJob, QueueFull
 from pipeline.jobs import (
     DEFAULT_PRIORITY,
@@ -98,6 +99,7 @@ def create_app(producer: Producer) -> FastAPI:
     app.state.producer = producer
     _add_error_handlers(app, producer)
     _add_routes(app, producer)
+    add_dashboard(app)
     app.add_middleware(BodyLimit)
     return app
 

@@ -1,0 +1,50 @@
+"""The live dashboard: ``GET /`` on ``serve`` is one self-contained HTML page.
+
+The page polls ``GET /stats`` every second and renders that JSON unchanged (every number on it sits
+in an element marked ``data-stat="<key>"``), charts queue depth, in flight, done, failed and retried
+over the last minutes in inline SVG, and lists the durable workers' heartbeats
+(``worker_processes``). No front-end build step: the HTML, its CSS and its JS are package data in
+``pipeline/static/``, read with :mod:`importlib.resources`.
+
+Why polling, not server-sent events: an event stream is a response that never ends, and uvicorn's
+graceful shutdown waits for open responses (we run it with no graceful-shutdown timeout, so in-flight
+jobs can finish), so one open dashboard tab would keep SIGTERM from stopping ``serve``. A poll is one
+short request on an idle keep-alive connection, which shutdown closes at once.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+DASHBOARD = "dashboard.html"
+INCLUDE = "/*include {name}*/"
+SHARED_SCRIPTS = ("chart.js",)
+
+
+@cache
+def load_page(name: str) -> str:
+    """The HTML page ``pipeline/static/<name>``, with the shared scripts it includes inlined."""
+    static = resources.files("pipeline").joinpath("static")
+    html = static.joinpath(name).read_text(encoding="utf-8")
+    for script in SHARED_SCRIPTS:
+        marker = INCLUDE.format(name=script)
+        if marker in html:
+            html = html.replace(marker, static.joinpath(script).read_text(encoding="utf-8"))
+    return html
+
+
+def html_response(name: str) -> HTMLResponse:
+    """``load_page(name)`` as a response the browser revalidates (pages change across versions)."""
+    return HTMLResponse(load_page(name), headers={"Cache-Control": "no-cache"})
+
+
+def add_dashboard(app: FastAPI) -> None:
+    """Add ``GET /``: the live dashboard, fed by the app's own ``GET /stats``."""
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return html_response(DASHBOARD)
