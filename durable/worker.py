@@ -23,7 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
 from arq.jobs import deserialize_result
+from arq.utils import timestamp_ms
 from arq.worker import Retry, Worker, func
 
 from durable import keys
@@ -70,6 +72,18 @@ return 1
 """
 
 
+# KEYS: arq's in-progress key for the job, arq's queue. ARGV: job id, now (ms), in-progress TTL (ms).
+# arq's own start_jobs does this in four round trips (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC),
+# one job after another; one atomic script is the same check-and-claim in one round trip.
+CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
 class _ArqWorker(Worker):
     """arq's Worker with a wake-up on job completion, reconnects and a graceful stop."""
 
@@ -84,8 +98,29 @@ class _ArqWorker(Worker):
         self.wake.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        # skip ids we are already running: arq keeps a running job in its queue until it ends
-        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+        """arq's start_jobs, with its claim done by one Lua script (``CLAIM``) per job."""
+        for job_id in (j.decode() for j in job_ids):
+            if job_id in self.tasks:
+                continue  # already ours: arq keeps a running job in its queue until it ends
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            try:
+                score = await self._claim(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name],
+                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                )
+            except BaseException:
+                self._release_sem_dec_counter_on_complete()
+                raise
+            if score is None:  # running elsewhere, finished, or deferred to later
+                self._release_sem_dec_counter_on_complete()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up without calling our function (e.g. max tries after crashes): record it."""
@@ -111,6 +146,7 @@ class _ArqWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
+        self._claim = self.pool.register_script(CLAIM)
         if self.on_startup:
             await self.on_startup(self.ctx)
         backoff = 0.1
