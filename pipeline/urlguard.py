@@ -4,12 +4,19 @@ Rules: only ``http`` and ``https``; a host is required; when ``ALLOWED_HOSTS`` i
 be in it; link-local addresses (169.254.0.0/16, fe80::/10) and the cloud metadata addresses
 (169.254.169.254, fd00:ec2::254) are refused unless ``ALLOW_LINK_LOCAL=true``. The address check
 runs on the literal host at submit time and on every resolved address at fetch time, and the fetch
-then connects to the address that was checked (no second DNS lookup to rebind).
+then connects to the address that was checked (no second DNS lookup to rebind). Redirects are never
+followed (the fetcher's client has ``follow_redirects=False``): a 3xx is the job's answer.
+
+Spellings of an address are normalized before the check, as the resolver would read them: IPv4 in
+decimal, hex, octal or short form (``http://2852039166/``, ``0xA9FEA9FE``, ``169.254.43518``), a
+trailing dot, and IPv4 carried inside IPv6 (``::ffff:a.b.c.d``, ``::a.b.c.d``, NAT64 ``64:ff9b::/96``,
+6to4 ``2002::/16``). A host with percent-escapes is refused as malformed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 
 import httpx
@@ -18,6 +25,10 @@ from pipeline.errors import InvalidJob, URLRefused
 from pipeline.jobs import MAX_URL_LENGTH
 
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# what inet_aton (and so getaddrinfo) reads as IPv4: 1-4 parts, each decimal, 0x-hex or 0-octal
+_INET_ATON = re.compile(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}", re.IGNORECASE)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -36,26 +47,50 @@ def parse_url(url: object) -> httpx.URL:
         raise URLRefused(f"scheme {parsed.scheme!r} refused: only http and https")
     if not parsed.host:
         raise InvalidJob("url", "has no host")
+    if "%" in parsed.host and literal_ip(parsed.host) is None:
+        raise InvalidJob("url", "host has percent-escapes")
     return parsed
 
 
 def check_address(ip: IPAddress, *, allow_link_local: bool) -> None:
     """Refuse link-local and metadata addresses unless explicitly allowed."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if allow_link_local:
         return
+    embedded = embedded_ipv4(ip)
+    if embedded is not None:
+        check_address(embedded, allow_link_local=allow_link_local)
     if ip in _METADATA:
         raise URLRefused(f"address {ip} is a cloud metadata endpoint (set ALLOW_LINK_LOCAL=true)")
     if ip.is_link_local:
         raise URLRefused(f"address {ip} is link-local (set ALLOW_LINK_LOCAL=true)")
 
 
-def literal_ip(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
+def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4), if any."""
+    if isinstance(ip, ipaddress.IPv4Address):
         return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """The address ``host`` spells, in any form the system resolver accepts; None for a name."""
+    host = host.strip("[]").rstrip(".")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if _INET_ATON.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 class URLGuard:
