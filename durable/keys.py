@@ -20,6 +20,7 @@ RUNNING = "qc:running"  # hash job id -> worker id, for jobs a worker has starte
 WORKERS = "qc:workers"  # set of worker ids that have ever heartbeated and not been reaped
 HEARTBEAT = "qc:worker:"  # + worker id: JSON, expires unless renewed
 DEAD = "qc:dead"  # hash job id -> JSON dead letter
+DURATIONS = "qc:durations"  # hash: job attempt durations (count per bucket label, count, sum)
 
 FUNCTION = "fetch"  # the arq function name every job runs
 

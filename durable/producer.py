@@ -23,6 +23,7 @@ from durable.redis_errors import map_redis_errors
 from pipeline.backend import Producer
 from pipeline.errors import BackendUnavailable, QueueFull
 from pipeline.jobs import MAX_PRIORITY, Job, JobRecord, Stats, Status, Submitted
+from pipeline.metrics import Durations
 from pipeline.settings import Settings
 
 ENQUEUE = """
@@ -149,6 +150,7 @@ class DurableProducer(Producer):
                 pipe.smembers(keys.WORKERS)
                 in_queue, running, raw, worker_ids = await pipe.execute()
             beats = await self._heartbeats(sorted(w.decode() for w in worker_ids))
+            durations = await self.redis.hgetall(keys.DURATIONS)
         counters = {k.decode(): int(v) for k, v in raw.items()}
         return Stats(
             backend=self.name,
@@ -165,6 +167,7 @@ class DurableProducer(Producer):
                 "worker_processes": beats,
                 "recovered": counters.get("recovered", 0),
                 "skipped_duplicates": counters.get("skipped_duplicates", 0),
+                "job_seconds": Durations.from_hash(durations).to_dict(),
             },
         )
 

@@ -19,6 +19,7 @@ from pipeline.backend import Producer, WorkerPool
 from pipeline.errors import QueueFull
 from pipeline.handler import Handler
 from pipeline.jobs import Job, JobRecord, Outcome, Stats, Status, Submitted
+from pipeline.metrics import Durations
 from pipeline.retry import retry_delay
 from pipeline.settings import Settings
 
@@ -47,6 +48,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue(settings.queue_maxsize)
         self.records: dict[str, JobRecord] = {}
         self.counters = _Counters()
+        self.durations = Durations()  # every attempt's fetch time, for /metrics
         self._seq = itertools.count()
         self._workers: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[None]] = set()
@@ -93,6 +95,7 @@ class InMemoryPipeline(Producer, WorkerPool):
             workers=self.settings.workers,
             maxsize=self.settings.queue_maxsize,
             producer_waits=c.producer_waits,
+            extra={"job_seconds": self.durations.to_dict()},
         )
 
     async def start(self) -> None:
@@ -135,6 +138,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self._set(job.id, status=Status.RUNNING, attempts=attempt)
         log.info("→ %s try=%d %s", job.id, attempt, job.url)
         outcome = await self.handler(job, attempt)
+        self.durations.observe(outcome.elapsed_s)
         delay = None if self._stopping.is_set() else retry_delay(outcome, attempt, self.settings)
         if delay is not None:
             self.counters.retried += 1
