@@ -210,5 +210,133 @@ def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: in
     asyncio.run(run_server(app, host, port, "upstream", latency_ms=latency_ms, fail_rate=fail_rate))
 
 
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Jobs that ended failed, kept with their last error and attempts: list and re-queue them.
+
+    Talks to a running service (--api). Durable dead letters live in Redis and survive restarts;
+    in-memory ones live inside `serve` and die with it.
+    """
+
+
+_api_option = click.option("--api", default=None, help="Service URL (default: http://$HOST:$PORT).")
+
+
+def _api_url(api: str | None) -> str:
+    settings = load_settings()
+    return api or f"http://{settings.host}:{settings.port}"
+
+
+@dead_letters.command("list")
+@_api_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def dead_letters_list(api: str | None, as_json: bool) -> None:
+    """Print one line per dead letter, oldest first: id, attempts, last error, url."""
+    import json
+
+    from pipeline.client import format_dead_letter, list_dead_letters
+
+    letters = list_dead_letters(_api_url(api))
+    if as_json:
+        click.echo(json.dumps(letters, indent=2))
+        return
+    for letter in letters:
+        click.echo(format_dead_letter(letter))
+
+
+@dead_letters.command("retry")
+@click.argument("job_id", required=False)
+@click.option("--all", "all_", is_flag=True, help="Re-queue every dead letter.")
+@_api_option
+@click.option(
+    "--timeout", type=float, default=60, show_default=True, help="Wait this long on a full queue."
+)
+def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout: float) -> None:
+    """Re-queue dead letter JOB_ID (or --all) as a fresh job with the same id: MAX_TRIES new tries.
+
+    Goes through the same backpressure as submit: on 503 it waits as Retry-After asks. Prints one
+    line per re-queued id. Exit code 1 if JOB_ID is not a dead letter.
+    """
+    from pipeline.client import retry_dead_letters
+
+    if bool(job_id) == all_:
+        _fail("give one dead letter's JOB_ID, or --all", EXIT_USAGE)
+    for requeued in retry_dead_letters(_api_url(api), job_id, timeout):
+        click.echo(f"{requeued} queued")
+
+
+@main.command("crash-demo")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice(["inmemory", "durable", "stock-arq", "all"]),
+    default=["all"],
+    show_default=True,
+    help="Scenario(s) to run; stock-arq is durable with arq's own (slow) recovery.",
+)
+@click.option("--jobs", type=click.IntRange(4, 100_000), default=100, show_default=True)
+@click.option(
+    "--kill-after",
+    type=click.FloatRange(0.05, 0.95),
+    default=0.25,
+    show_default=True,
+    help="SIGKILL once this fraction of the jobs is done.",
+)
+@click.option(
+    "--latency-ms", type=float, default=200, show_default=True, help="The upstream's answer delay."
+)
+@click.option("--workers", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option(
+    "--redis",
+    "redis_choice",
+    type=click.Choice(["auto", "redis-server", "embedded"]),
+    default="auto",
+    show_default=True,
+    help="auto: $REDIS_URL, else a private redis-server, else the embedded stand-in.",
+)
+@click.option(
+    "--svg",
+    type=click.Path(dir_okay=False),
+    default="crash-demo.svg",
+    show_default=True,
+    help="Where to write the picture ('' for none).",
+)
+def crash_demo(
+    backends: tuple[str, ...],
+    jobs: int,
+    kill_after: float,
+    latency_ms: float,
+    workers: int,
+    as_json: bool,
+    redis_choice: str,
+    svg: str,
+) -> None:
+    """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
+
+    Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream,
+    with live progress, then prints a table (or --json) and writes an SVG of jobs done over time.
+    Uses REDIS_URL if set; otherwise a private redis-server, or the embedded stand-in if none is
+    installed.
+    """
+    from pathlib import Path
+
+    from pipeline.crash_demo import SCENARIOS, Options
+    from pipeline.crash_demo import main as run
+
+    chosen = tuple(SCENARIOS) if "all" in backends else tuple(dict.fromkeys(backends))
+    opts = Options(
+        jobs=jobs,
+        kill_after=kill_after,
+        latency_ms=latency_ms,
+        workers=workers,
+        scenarios=chosen,
+        svg=Path(svg) if svg else None,
+        redis=redis_choice,
+    )
+    sys.exit(run(opts, as_json))
+
+
 if __name__ == "__main__":
     main()

@@ -107,7 +107,7 @@ class Proc:
         self.kill()
 
 
-def child_env(base: dict[str, str] | None = None, **extra: object) -> dict[str, str]:
+def child_env(base: dict[str, str] | None = None, /, **extra: object) -> dict[str, str]:
     """The environment for a child: ``base`` (default: ours) minus the settings we set."""
     source = dict(os.environ if base is None else base)
     env = {k: v for k, v in source.items() if k not in {"QUEUE_BACKEND", "REDIS_URL", "PORT"}}

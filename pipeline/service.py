@@ -60,28 +60,34 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = error(413, f"request body over {self.limit} bytes", "body")
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            response = error(413, f"request body over {self.limit} bytes", "body")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited_receive() -> Any:
-            nonlocal seen
+            return await too_large(scope, receive, send)
+        # Read the (small) body here, before the app: a streamed body over the limit is refused
+        # with 413 by us, not half-read by the framework's parser, which answers a bare 400.
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return  # the client went away before the body ended: nobody to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await error(413, f"request body over {self.limit} bytes", "body")(scope, receive, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # e.g. http.disconnect, for streaming responses
+            replayed = True
+            return body
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(producer: Producer) -> FastAPI:

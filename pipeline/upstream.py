@@ -31,8 +31,9 @@ CHUNK = 64 * 1024
 
 @dataclass
 class Witness:
-    """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open] (unix
-    time; ``open`` = requests for that job being answered now)."""
+    """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open,
+    answered] (unix times; ``open`` = requests for that job being answered now; ``answered`` = when
+    the last one ended)."""
 
     hits: int = 0
     in_flight: int = 0
@@ -46,7 +47,7 @@ class Witness:
         self.max_concurrency = max(self.max_concurrency, self.in_flight)
         if job_id:
             now = time.time()
-            seen = self.jobs.setdefault(job_id, [0, now, now, 0])
+            seen = self.jobs.setdefault(job_id, [0, now, now, 0, 0.0])
             seen[0] += 1
             seen[2] = now
             seen[3] += 1
@@ -56,6 +57,7 @@ class Witness:
         self.completed += 1
         if job_id:
             self.jobs[job_id][3] -= 1
+            self.jobs[job_id][4] = time.time()
 
     def summary(self) -> dict[str, Any]:
         unique = len(self.jobs)
@@ -110,7 +112,13 @@ def create_upstream(
     async def jobs(_: Request) -> JSONResponse:
         return JSONResponse(
             {
-                k: {"hits": int(v[0]), "first": v[1], "last": v[2], "open": int(v[3])}
+                k: {
+                    "hits": int(v[0]),
+                    "first": v[1],
+                    "last": v[2],
+                    "open": int(v[3]),
+                    "answered": v[4] or None,
+                }
                 for k, v in witness.jobs.items()
             }
         )

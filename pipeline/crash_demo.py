@@ -1,0 +1,356 @@
+"""``queue-contrast crash-demo``: the same workload on each backend, a SIGKILL mid-run, a restart.
+
+For every scenario it starts ``serve`` (and, for durable, ``worker``) as real processes against one
+``upstream`` witness, submits ``--jobs`` jobs, SIGKILLs the process that runs the workers once
+``--kill-after`` of them are done, restarts it at once, and counts — at the upstream, which cannot
+lie for the service — what was done, lost and fetched twice, and how long the orphans took to run
+again. Scenarios run side by side:
+
+* ``inmemory``   — the asyncio.Queue inside ``serve``; the kill takes queued and in-flight jobs with it;
+* ``durable``    — arq on Redis with our heartbeat reaper; orphans run again within seconds;
+* ``stock-arq``  — the same durable pipeline with FAST_RECOVERY=false: arq's own recovery, which
+  waits for the in-progress key to expire (job timeout + 10 s after the job *started*).
+
+Redis: ``REDIS_URL`` when given; otherwise a private ``redis-server`` (AOF, fsync always) if one is
+installed, else the embedded stand-in (fakeredis's TCP server in its own process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import redis
+
+from pipeline import demo_chart
+from pipeline.processes import Proc, Processes, child_env
+from pipeline.redis_launcher import RedisProcess, redis_server_path, start_redis
+
+DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
+FINISH_TIMEOUT_S = 90.0
+POLL_S = 0.1
+SUBMIT_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    backend: str
+    fast_recovery: bool = True
+    db_offset: int = 0
+
+    @property
+    def kills(self) -> str:
+        return "serve" if self.backend == "inmemory" else "worker"
+
+
+SCENARIOS = {
+    "inmemory": Scenario("inmemory", "inmemory (asyncio.Queue)", "inmemory"),
+    "durable": Scenario("durable", "durable (arq + heartbeats)", "durable"),
+    "stock-arq": Scenario("stock-arq", "durable, stock arq recovery", "durable", False, 1),
+}
+
+
+@dataclass
+class Options:
+    jobs: int = 100
+    kill_after: float = 0.25
+    latency_ms: float = 200
+    workers: int = 5
+    scenarios: tuple[str, ...] = ("inmemory", "durable", "stock-arq")
+    svg: Path | None = Path("crash-demo.svg")
+    redis: str = "auto"  # auto | redis-server | embedded
+
+
+@dataclass
+class Run:
+    """The live state and the result of one scenario (also what ``--json`` prints)."""
+
+    backend: str
+    label: str
+    submitted: int = 0
+    phase: str = "starting"
+    done_before_kill: int = 0
+    queued_at_kill: int = 0
+    in_flight_at_kill: int = 0
+    done_after_restart: int = 0
+    completed: int = 0
+    failed: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    fetched_by_upstream: int = 0
+    unknown_after_restart: int = 0
+    recovery_s: float | None = None
+    kill_t: float | None = None
+    restart_t: float | None = None
+    timeline: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DemoState:
+    """Everything a progress display (or a web page) needs, updated while the demo runs."""
+
+    options: Options
+    redis: str = ""
+    upstream: str = ""
+    started: float = field(default_factory=time.time)
+    runs: dict[str, Run] = field(default_factory=dict)
+    finished: bool = False
+
+    def t(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "redis": self.redis,
+            "upstream": self.upstream,
+            "elapsed_s": self.t(),
+            "finished": self.finished,
+            "jobs": self.options.jobs,
+            "runs": [r.to_dict() for r in self.runs.values()],
+        }
+
+
+def with_db(url: str, offset: int) -> str:
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0) + offset
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def clear_our_keys(url: str) -> int:
+    """Delete arq's and our keys (only those) so a demo starts from an empty queue."""
+    client = redis.Redis.from_url(url)
+    try:
+        stale = [k for pattern in ("arq:*", "qc:*") for k in client.scan_iter(pattern)]
+        if stale:
+            client.delete(*stale)
+        return len(stale)
+    finally:
+        client.close()
+
+
+class Demo:
+    def __init__(self, state: DemoState, redis_url: str, upstream: str) -> None:
+        self.state = state
+        self.redis_url = redis_url
+        self.upstream = upstream
+        self.opts = state.options
+
+    def env(self, sc: Scenario) -> dict[str, str]:
+        return child_env(
+            QUEUE_BACKEND=sc.backend,
+            REDIS_URL=with_db(self.redis_url, sc.db_offset),
+            WORKERS=self.opts.workers,
+            QUEUE_MAXSIZE=max(self.opts.jobs, 10),
+            JOB_TIMEOUT=DEMO_JOB_TIMEOUT_S,
+            FAST_RECOVERY=str(sc.fast_recovery).lower(),
+        )
+
+    async def run(self, sc: Scenario) -> Run:
+        run = self.state.runs[sc.key]
+        procs = Processes()
+        try:
+            await self._run(sc, run, procs)
+        except Exception as exc:  # reported in the table, never swallowed silently
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.phase = "error"
+        finally:
+            await asyncio.to_thread(procs.stop_all)
+        return run
+
+    async def _run(self, sc: Scenario, run: Run, procs: Processes) -> None:
+        env = self.env(sc)
+        if sc.backend == "durable":
+            clear_our_keys(env["REDIS_URL"])
+        serve, api = await asyncio.to_thread(procs.serve, **env)
+        target: Proc = serve
+        if sc.backend == "durable":
+            target = await asyncio.to_thread(procs.worker, **env)
+        ids = [f"{sc.key}-{i}" for i in range(self.opts.jobs)]
+        run.phase = "submitting"
+        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
+            await self._submit(client, run, sc, ids)
+            run.phase = "running"
+            kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
+            stats = await self._until(client, run, lambda s: s["done"] >= kill_at)
+        target.signal(signal.SIGKILL)
+        kill_wall = time.time()
+        run.kill_t = self.state.t()
+        await asyncio.to_thread(target.wait, 10)
+        run.done_before_kill, run.queued_at_kill = stats["done"], stats["queued"]
+        run.in_flight_at_kill = stats["running"]  # held by workers (fetching or about to)
+        run.phase = f"killed {sc.kills}; restarting"
+        if sc.backend == "inmemory":
+            _, api = await asyncio.to_thread(procs.serve, **env)
+        else:
+            await asyncio.to_thread(procs.worker, **env)
+        restart_wall = time.time()
+        run.restart_t = self.state.t()
+        run.phase = "recovering"
+        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
+            if sc.backend == "inmemory":
+                await self._after_inmemory_restart(client, run, ids)
+            else:
+                final = await self._until(
+                    client, run, lambda s: s["done"] + s["failed"] >= len(ids), FINISH_TIMEOUT_S
+                )
+                run.completed, run.failed = final["done"], final["failed"]
+        await self._count_at_witness(run, ids, kill_wall, restart_wall)
+        run.phase = "finished"
+
+    async def _submit(
+        self, client: httpx.AsyncClient, run: Run, sc: Scenario, ids: list[str]
+    ) -> None:
+        """Submit every job, a few at a time, so the queue fills before much is done."""
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def one(job_id: str) -> None:
+            url = f"{self.upstream}/{sc.key}/{job_id}?latency_ms={self.opts.latency_ms:g}"
+            async with gate:
+                r = await client.post("/jobs", json={"url": url, "id": job_id})
+            r.raise_for_status()
+            run.submitted += 1
+
+        await asyncio.gather(*(one(i) for i in ids))
+
+    async def _after_inmemory_restart(
+        self, client: httpx.AsyncClient, run: Run, ids: list[str]
+    ) -> None:
+        codes = [(await client.get(f"/jobs/{i}")).status_code for i in ids]
+        run.unknown_after_restart = codes.count(404)
+        run.completed = run.done_before_kill
+        run.timeline.append([self.state.t(), run.completed])
+
+    async def _until(
+        self,
+        client: httpx.AsyncClient,
+        run: Run,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = FINISH_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats: dict[str, Any] = (await client.get("/stats")).json()
+            run.timeline.append([self.state.t(), stats["done"]])
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{run.backend}: gave up waiting after {timeout}s: {stats}")
+            await asyncio.sleep(POLL_S)
+
+    async def _witness(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
+            jobs = (await client.get(self.upstream + "/jobs")).json()
+        return {i: jobs[i] for i in ids if i in jobs}
+
+    async def _count_at_witness(
+        self, run: Run, ids: list[str], kill_wall: float, restart_wall: float
+    ) -> None:
+        witness = await self._witness(ids)
+        # in flight at the kill = the upstream was answering it then
+        open_at_kill = [
+            i
+            for i, j in witness.items()
+            if j["first"] <= kill_wall < (j["answered"] or kill_wall + 1)
+        ]
+        run.fetched_by_upstream = len(witness)
+        run.duplicates = sum(int(j["hits"]) for j in witness.values()) - len(witness)
+        run.done_after_restart = run.completed - run.done_before_kill
+        run.lost = run.submitted - run.completed - run.failed
+        rerun = [witness[i]["last"] for i in open_at_kill if witness[i]["hits"] > 1]
+        if rerun:
+            run.recovery_s = round(max(rerun) - restart_wall, 2)
+
+
+async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None = None) -> None:
+    """Run every chosen scenario side by side; ``on_tick`` is called a few times a second."""
+    opts = state.options
+    redis_proc: RedisProcess | None = None
+    procs = Processes()
+    ticker: asyncio.Task[None] | None = None
+    try:
+        redis_url, redis_proc, state.redis = await asyncio.to_thread(resolve_redis, opts.redis)
+        _, upstream = await asyncio.to_thread(procs.upstream, opts.latency_ms)
+        state.upstream = upstream
+        for key in opts.scenarios:
+            sc = SCENARIOS[key]
+            state.runs[key] = Run(backend=key, label=sc.label)
+        if on_tick is not None:
+            ticker = asyncio.create_task(_tick(state, on_tick))
+        demo = Demo(state, redis_url, upstream)
+        await asyncio.gather(*(demo.run(SCENARIOS[k]) for k in opts.scenarios))
+    finally:
+        state.finished = True
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+            on_tick and on_tick(state)
+        await asyncio.to_thread(procs.stop_all)
+        if redis_proc is not None:
+            await asyncio.to_thread(redis_proc.stop)
+
+
+async def _tick(state: DemoState, on_tick: Callable[[DemoState], None]) -> None:
+    while True:
+        on_tick(state)
+        await asyncio.sleep(0.25)
+
+
+def resolve_redis(choice: str = "auto") -> tuple[str, RedisProcess | None, str]:
+    """auto: REDIS_URL when set, else a private redis-server, else the embedded stand-in."""
+    import os
+
+    given = os.environ.get("REDIS_URL")
+    if given and choice == "auto":
+        return given, None, f"REDIS_URL={given} (yours; only arq:* and qc:* keys are touched)"
+    if choice == "redis-server" and not redis_server_path():
+        raise RuntimeError("--redis redis-server: no redis-server on PATH")
+    prefer = "embedded" if choice == "embedded" else "redis-server"
+    proc = start_redis(persistence="always", prefer=prefer)
+    note = proc.description
+    if proc.kind == "embedded":
+        why = "as asked" if choice == "embedded" else "no redis-server installed"
+        note += f" — {why}; the stand-in keeps data in memory only"
+    return proc.url, proc, note
+
+
+def write_outputs(state: DemoState, as_json: bool) -> str:
+    runs = [r.to_dict() for r in state.runs.values()]
+    if state.options.svg is not None:
+        title = (
+            f"crash-demo: {state.options.jobs} jobs, SIGKILL after "
+            f"{state.options.kill_after:.0%} done, restart at once"
+        )
+        state.options.svg.write_text(demo_chart.render(runs, title))
+    if as_json:
+        return json.dumps({"redis": state.redis, "runs": runs}, indent=2)
+    return ""
+
+
+def main(opts: Options, as_json: bool) -> int:
+    from pipeline import demo_view
+
+    view = demo_view.ProgressView(sys.stderr)
+    state = DemoState(opts)
+    asyncio.run(run_demo(state, view.update))
+    view.close()
+    text = write_outputs(state, as_json)
+    if as_json:
+        print(text)
+    else:
+        demo_view.print_table(state)
+    return 1 if any(r.error for r in state.runs.values()) else 0
