@@ -26,15 +26,17 @@ function fmtSpan(s) {
 }
 
 // drawChart(svg, {x0, x1, series: [{name, color, points: [[x, y|null], ...], dash}],
-//                 marks: [{x, label, color}], xLabel: (x) => string})
+//                 marks: [{x, label, color, row, side}], xLabel: (x) => string, yMin, width, height})
+// yMin: the y axis reaches at least this far (say, the number of jobs); mark.row stacks labels,
+// mark.side "left" puts a label before its line (default: after it).
 // A null y breaks the line (the service did not answer). x and y are plain numbers; colors may
 // be CSS variables (they are set as style, not as presentation attributes).
 function drawChart(svg, opts) {
-  const W = 640, H = 190, L = 44, R = 10, T = 12, B = 24;
+  const W = opts.width || 640, H = opts.height || 190, L = 44, R = 10, T = 12, B = 24;
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const x0 = opts.x0, x1 = Math.max(opts.x1, opts.x0 + 1e-9);
-  let ymax = 0;
+  let ymax = opts.yMin || 0;
   for (const s of opts.series) for (const [, y] of s.points) if (y !== null) ymax = Math.max(ymax, y);
   const axis = niceAxis(ymax);
   ymax = axis.top;
@@ -52,7 +54,9 @@ function drawChart(svg, opts) {
     if (m.x < x0 || m.x > x1) continue;
     svg.appendChild(svgEl("line", {x1: X(m.x), x2: X(m.x), y1: T, y2: H - B,
       style: `stroke: ${m.color}`, "stroke-width": 2, "stroke-dasharray": "4 3"}));
-    svg.appendChild(svgEl("text", {x: X(m.x) + 4, y: T + 10, style: `fill: ${m.color}`, class: "mark"}, m.label));
+    const left = m.side === "left";  // label on the left of its line, ending there
+    svg.appendChild(svgEl("text", {x: X(m.x) + (left ? -4 : 4), y: T + 10 + 13 * (m.row || 0),
+      "text-anchor": left ? "end" : "start", style: `fill: ${m.color}`, class: "mark"}, m.label));
   }
   for (const s of opts.series) {
     let run = [];
