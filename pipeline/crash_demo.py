@@ -95,6 +95,11 @@ class Run:
     restart_t: float | None = None
     timeline: list[list[float]] = field(default_factory=list)
     error: str | None = None
+    t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
+
+    def t(self) -> float:
+        """Seconds since this scenario started submitting."""
+        return round(time.time() - self.t0, 3)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +187,7 @@ class Demo:
             target = await asyncio.to_thread(procs.worker, **env)
         ids = [f"{sc.key}-{i}" for i in range(self.opts.jobs)]
         run.phase = "submitting"
+        run.t0 = time.time()
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
             await self._submit(client, run, sc, ids)
             run.phase = "running"
@@ -189,7 +195,7 @@ class Demo:
             stats = await self._until(client, run, lambda s: s["done"] >= kill_at)
         target.signal(signal.SIGKILL)
         kill_wall = time.time()
-        run.kill_t = self.state.t()
+        run.kill_t = run.t()
         await asyncio.to_thread(target.wait, 10)
         run.done_before_kill, run.queued_at_kill = stats["done"], stats["queued"]
         run.in_flight_at_kill = stats["running"]  # held by workers (fetching or about to)
@@ -199,7 +205,7 @@ class Demo:
         else:
             await asyncio.to_thread(procs.worker, **env)
         restart_wall = time.time()
-        run.restart_t = self.state.t()
+        run.restart_t = run.t()
         run.phase = "recovering"
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
             if sc.backend == "inmemory":
@@ -233,7 +239,7 @@ class Demo:
         codes = [(await client.get(f"/jobs/{i}")).status_code for i in ids]
         run.unknown_after_restart = codes.count(404)
         run.completed = run.done_before_kill
-        run.timeline.append([self.state.t(), run.completed])
+        run.timeline.append([run.t(), run.completed])
 
     async def _until(
         self,
@@ -245,7 +251,7 @@ class Demo:
         deadline = time.monotonic() + timeout
         while True:
             stats: dict[str, Any] = (await client.get("/stats")).json()
-            run.timeline.append([self.state.t(), stats["done"]])
+            run.timeline.append([run.t(), stats["done"]])
             if predicate(stats):
                 return stats
             if time.monotonic() > deadline:

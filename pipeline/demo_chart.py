@@ -33,7 +33,8 @@ def render(runs: Sequence[dict[str, Any]], title: str) -> str:
         f'<line x1="{LEFT}" y1="{TOP + plot_h}" x2="{LEFT + plot_w}" y2="{TOP + plot_h}" '
         'stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="black"/>',
-        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">seconds</text>',
+        f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">'
+        "seconds since the jobs were submitted</text>",
         f'<text x="16" y="{TOP + plot_h / 2}" transform="rotate(-90 16 {TOP + plot_h / 2})" '
         'text-anchor="middle">jobs done</text>',
     ]
@@ -44,9 +45,12 @@ def render(runs: Sequence[dict[str, Any]], title: str) -> str:
         parts.append(
             f'<text x="{x(t):.1f}" y="{TOP + plot_h + 16}" text-anchor="middle">{t:.0f}</text>'
         )
-    for n, run in enumerate(runs):
+    for n, run in reversed(list(enumerate(runs))):  # the first run is drawn on top
         color = COLORS[n % len(COLORS)]
-        points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in run["timeline"])
+        timeline = list(run["timeline"])
+        if timeline:  # a finished run stays at its final count to the end of the picture
+            timeline.append([t_max, timeline[-1][1]])
+        points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in timeline)
         parts.append(
             f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2.5"/>'
         )
