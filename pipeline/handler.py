@@ -5,6 +5,10 @@ counted; a body over ``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read 
 goes out in ``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network
 failures are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
 (timeouts, connection errors, 408, 429, 5xx).
+
+Test hook: with ``QC_TEST_HOOKS=1`` (``Settings.qc_test_hooks``), an upstream answer carrying
+``X-Test-Crash: 1`` makes the handler hard-exit the whole process with ``TEST_CRASH_EXIT`` (70), as a
+poison job that crashes its worker would. Off by default; only tests and demos turn it on.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import NoReturn
 
 import httpx
 
@@ -25,6 +32,7 @@ from pipeline.urlguard import URLGuard
 log = logging.getLogger("queue_contrast.handler")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TEST_CRASH_EXIT = 70  # exit status of a process killed by the X-Test-Crash test hook
 Handler = Callable[[Job, int], Awaitable[Outcome]]
 
 
@@ -100,13 +108,16 @@ class Fetcher:
         elapsed = time.monotonic() - start
         if status < 400:
             return Outcome(Status.DONE, status, size, elapsed, attempt)
+        error = f"HTTP {status}"
+        if retry_after is not None:
+            error += f", Retry-After {retry_after:g}s"
         return Outcome(
             Status.FAILED,
             status,
             size,
             elapsed,
             attempt,
-            error=f"HTTP {status}",
+            error=error,
             retryable=status in RETRYABLE_STATUS,
             retry_after_s=retry_after,
         )
@@ -119,6 +130,8 @@ class Fetcher:
         pinned = url.copy_with(host=str(ip))
         request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
         response = await self.client.send(request, stream=True)
+        if self.settings.qc_test_hooks and response.headers.get("x-test-crash") == "1":
+            _test_crash(job)
         try:
             size = 0
             async for chunk in response.aiter_raw():
@@ -132,3 +145,12 @@ class Fetcher:
             )
         finally:
             await response.aclose()
+
+
+def _test_crash(job: Job) -> NoReturn:
+    """The poison-job test hook: die at once, without cleanup, as a crashing worker would."""
+    sys.stderr.write(
+        f"test hook: upstream sent X-Test-Crash for job {job.id}; exiting {TEST_CRASH_EXIT}\n"
+    )
+    sys.stderr.flush()
+    os._exit(TEST_CRASH_EXIT)

@@ -1,8 +1,11 @@
 """When to try a failed job again, and after how long. Shared by both backends.
 
 Transient failures (``Outcome.retryable``: timeouts, connection errors, 408/429/5xx) are retried with
-exponential backoff and full jitter, up to ``MAX_TRIES`` attempts in all; an upstream
-``Retry-After`` is honoured (never retried sooner). Permanent failures fail at once.
+exponential backoff and full jitter, up to ``MAX_TRIES`` attempts in all. An upstream
+``Retry-After`` is honoured: the next attempt never comes sooner than it asks. When it asks for more
+than ``RETRY_MAX_DELAY``, the job is not retried at all (it fails now, with the Retry-After in its
+error, and lands in the dead letters to be re-queued later) rather than hammering the upstream early
+or sitting in the queue for an unbounded time. Permanent failures fail at once.
 """
 
 from __future__ import annotations
@@ -25,5 +28,7 @@ def retry_delay(outcome: Outcome, attempt: int, settings: Settings) -> float | N
         return None
     delay = backoff_s(attempt, settings.retry_base_delay, settings.retry_max_delay)
     if outcome.retry_after_s is not None:
-        delay = max(delay, min(outcome.retry_after_s, settings.retry_max_delay))
+        if outcome.retry_after_s > settings.retry_max_delay:
+            return None
+        delay = max(delay, outcome.retry_after_s)
     return delay

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     result_ttl: int = Field(86_400, ge=1, description="seconds durable job records are kept")
     allowed_hosts: str = Field("", description="comma-separated host allow-list; empty allows all")
     allow_link_local: bool = Field(False, description="permit 169.254/16, fe80::/10, fd00:ec2::254")
+    qc_test_hooks: bool = Field(
+        False,
+        description="tests only: the fetch handler exits the process (code 70) when the upstream "
+        "answers with X-Test-Crash: 1, to simulate a poison job",
+    )
 
     @field_validator("heartbeat_ttl")
     @classmethod

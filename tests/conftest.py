@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from pipeline.redis_launcher import RedisProcess, start_redis
+from tests.harness import Harness
 from tests.helpers import Processes
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -73,3 +75,22 @@ def upstream_url() -> Iterator[str]:
 def upstream(upstream_url: str) -> str:
     httpx.post(upstream_url + "/reset", timeout=10, trust_env=False).raise_for_status()
     return upstream_url
+
+
+@pytest.fixture(params=["inmemory", "durable"])
+async def make_harness(
+    request: pytest.FixtureRequest, upstream: str
+) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    """Factory for a Harness on each backend in turn (durable: the private redis-server, flushed);
+    closes every one it made."""
+    made: list[Harness] = []
+    redis_url = request.getfixturevalue("redis_url") if request.param == "durable" else ""
+
+    async def factory(**overrides: Any) -> Harness:
+        h = await Harness.create(request.param, upstream, redis_url, **overrides)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        await h.close()

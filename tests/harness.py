@@ -12,6 +12,7 @@ from pipeline.backend import Producer, WorkerPool
 from pipeline.chooser import make_producer, make_worker
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job, JobRecord, Status
+from pipeline.service import create_app
 from pipeline.settings import Settings
 from tests.helpers import async_wait_until
 
@@ -80,6 +81,12 @@ class Harness:
             all_final, timeout, f"{len(self.jobs)} jobs to finish"
         )
         return result
+
+    def api(self) -> httpx.AsyncClient:
+        """An HTTP client for the real service app in front of this producer (in-process ASGI;
+        the app's lifespan is not run: ``start_workers`` and ``close`` do that job here)."""
+        transport = httpx.ASGITransport(app=create_app(self.producer))
+        return httpx.AsyncClient(transport=transport, base_url="http://service")
 
     async def witness(self) -> dict[str, Any]:
         async with httpx.AsyncClient(trust_env=False) as client:
