@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,17 +62,24 @@ return status or ''
 
 # KEYS: record, stats, dead letters.
 # ARGV: status, attempts, result JSON, counter to bump, dead letter JSON, job id.
-# Writes only while the record is not final: the outcome is recorded once per job id.
+# Writes only while the record is not final: the outcome is recorded once per job id. A dead letter
+# gets the job's url and priority from the record, so it can be re-queued after the record expires.
 FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'attempts', ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[6], ARGV[5]) end
+if ARGV[5] ~= '' then
+  local letter = cjson.decode(ARGV[5])
+  local url = redis.call('HGET', KEYS[1], 'url')
+  local priority = redis.call('HGET', KEYS[1], 'priority')
+  if url then letter['url'] = url end
+  if priority then letter['priority'] = tonumber(priority) end
+  redis.call('HSET', KEYS[3], ARGV[6], cjson.encode(letter))
+end
 return 1
 """
-
 
 # KEYS: arq's in-progress key for the job, arq's queue. ARGV: job id, now (ms), in-progress TTL (ms).
 # arq's own start_jobs does this in four round trips (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC),
@@ -117,7 +125,10 @@ class _ArqWorker(Worker):
                 self._release_sem_dec_counter_on_complete()
                 raise
             if score is None:  # running elsewhere, finished, or deferred to later
-                self._release_sem_dec_counter_on_complete()
+                # give the slot back WITHOUT waking the poll loop: a job another worker holds at
+                # the head of the queue would otherwise make this loop spin
+                self.job_counter -= 1
+                self.sem.release()
                 continue
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
@@ -294,7 +305,15 @@ class DurableWorker(WorkerPool):
         """Write the record unless it is already final; bump ``counter`` in the stats."""
         dead = ""
         if status is Status.FAILED and outcome is not None:
-            dead = json.dumps({"id": job_id, "attempts": attempts, "error": outcome.error})
+            dead = json.dumps(
+                {
+                    "id": job_id,
+                    "attempts": attempts,
+                    "error": outcome.error,
+                    "http_status": outcome.http_status,
+                    "failed_at": time.time(),
+                }
+            )
         written = await self._finish(
             keys=[keys.RECORD + job_id, keys.STATS, keys.DEAD],
             args=[
