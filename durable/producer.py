@@ -6,6 +6,11 @@ the client's id IS the arq job id, so it cannot run twice), refuses when ``QUEUE
 queued (queued = in arq's queue and not started), and otherwise writes arq's job key (serialized with
 arq's own ``serialize_job``), adds the id to arq's queue scored by priority, and creates our record.
 On "full" the producer waits and tries again until ``SUBMIT_TIMEOUT``, then raises QueueFull.
+
+Re-queueing a dead letter goes through the same script (mode ``requeue``), so it gets the same
+backpressure: atomically, only an id that is in ``qc:dead`` is taken; arq's result and try counter
+for it are cleared (so the same id can run again, with ``MAX_TRIES`` fresh tries), our record is
+reset to ``queued`` and the letter is removed — or, when the queue is full, nothing changes.
 """
 
 from __future__ import annotations
@@ -22,20 +27,37 @@ from durable import keys, records
 from durable.redis_errors import map_redis_errors
 from pipeline.backend import Producer
 from pipeline.errors import BackendUnavailable, QueueFull
-from pipeline.jobs import MAX_PRIORITY, Job, JobRecord, Stats, Status, Submitted
+from pipeline.jobs import MAX_PRIORITY, DeadLetter, Job, JobRecord, Stats, Status, Submitted
 from pipeline.metrics import Durations
 from pipeline.settings import Settings
 
+# KEYS: record, arq job, arq result, arq queue, running, dead letters, arq retry, arq in-progress.
+# ARGV: maxsize, priority offset ms, payload, job key ttl ms, record ttl s, id, url, priority, mode.
+# Returns {1, 'queued'} enqueued; {0, status} known id (submit) or not a dead letter (requeue);
+# {-1, queued} queue full; {-2, ''} requeue while arq still holds the id (its end is being written).
 ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, redis.call('HGET', KEYS[1], 'status')}
-end
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
-  return {0, 'queued'}
+if ARGV[9] == 'requeue' then
+  if redis.call('HEXISTS', KEYS[6], ARGV[6]) == 0 then
+    return {0, redis.call('HGET', KEYS[1], 'status') or ''}
+  end
+  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[8]) == 1 then
+    return {-2, ''}
+  end
+else
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    return {0, redis.call('HGET', KEYS[1], 'status')}
+  end
+  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+    return {0, 'queued'}
+  end
 end
 local queued = redis.call('ZCARD', KEYS[4]) - redis.call('HLEN', KEYS[5])
 if queued >= tonumber(ARGV[1]) then
   return {-1, tostring(queued)}
+end
+if ARGV[9] == 'requeue' then
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[7])
+  redis.call('HDEL', KEYS[6], ARGV[6])
 end
 local now = redis.call('TIME')
 local score = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - tonumber(ARGV[2])
@@ -85,27 +107,53 @@ class DurableProducer(Producer):
             await self.redis.ping()
 
     async def _submit(self, job: Job) -> Submitted:
+        created = await self._enqueue_waiting(job, "submit")
+        new = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
+        record = new if created else (await self.get(job.id) or new)
+        return Submitted(record, created=created)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        with map_redis_errors("reading dead letters"):
+            raw = await self.redis.hgetall(keys.DEAD)
+        letters = [DeadLetter.from_dict(json.loads(v)) for v in raw.values()]
+        return sorted(letters, key=lambda d: (d.failed_at, d.id))
+
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        with map_redis_errors("reading a dead letter"):
+            raw = await self.redis.hget(keys.DEAD, job_id)
+        if raw is None:
+            return None
+        letter = DeadLetter.from_dict(json.loads(raw))
+        job = Job(url=letter.url, priority=letter.priority, id=letter.id)
+        if not await self._enqueue_waiting(job, "requeue"):
+            return None  # re-queued (or forgotten) by someone else meanwhile
+        return JobRecord(job.id, job.url, job.priority, Status.QUEUED)
+
+    async def _enqueue_waiting(self, job: Job, mode: str) -> bool:
+        """Run the enqueue script until it answers, waiting out a full queue until the submit
+        deadline (then QueueFull). True: enqueued; False: known id / not a dead letter."""
         deadline = time.monotonic() + self.settings.submit_timeout
         delay = 0.005
         while True:
             try:
-                created = await self._try_enqueue(job)
+                code = await self._try_enqueue(job, mode)
             except BackendUnavailable:
                 if time.monotonic() >= deadline:
                     raise
-                created = None  # Redis restarting: keep trying until the submit deadline
-            if created is not None:
-                new = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
-                record = new if created else (await self.get(job.id) or new)
-                return Submitted(record, created=created)
+                code = -1  # Redis restarting: keep trying until the submit deadline
+            if code >= 0:
+                return code == 1
             now = time.monotonic()
             if now >= deadline:
+                if code == -2:
+                    raise BackendUnavailable(f"job {job.id} is still being finished; retry shortly")
                 raise QueueFull(self.settings.queue_maxsize, self.settings.submit_timeout)
             await asyncio.sleep(min(delay, deadline - now))
             delay = min(delay * 2, 0.1)
 
-    async def _try_enqueue(self, job: Job) -> bool | None:
-        """True: enqueued. False: the id exists. None: queue full."""
+    async def _try_enqueue(self, job: Job, mode: str = "submit") -> int:
+        """1: enqueued. 0: the id exists (submit) or is not a dead letter (requeue). -1: queue
+        full. -2: arq still holds the id (requeue only)."""
         now_ms = int(time.time() * 1000)
         payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
         args: list[Any] = [
@@ -117,6 +165,7 @@ class DurableProducer(Producer):
             job.id,
             job.url,
             job.priority,
+            mode,
         ]
         job_keys = [
             keys.RECORD + job.id,
@@ -124,12 +173,15 @@ class DurableProducer(Producer):
             keys.ARQ_RESULT + job.id,
             keys.QUEUE,
             keys.RUNNING,
+            keys.DEAD,
+            keys.ARQ_RETRY + job.id,
+            keys.ARQ_IN_PROGRESS + job.id,
         ]
         with map_redis_errors("enqueueing"):
             code, _ = await self._enqueue(keys=job_keys, args=args)
             if code == -1:
                 await self._count_wait(job.id)
-        return {1: True, 0: False}.get(int(code))
+        return int(code)
 
     async def _count_wait(self, job_id: str) -> None:
         # one "producer wait" per job that found the queue full, however long it waited
@@ -148,7 +200,8 @@ class DurableProducer(Producer):
                 pipe.hlen(keys.RUNNING)
                 pipe.hgetall(keys.STATS)
                 pipe.smembers(keys.WORKERS)
-                in_queue, running, raw, worker_ids = await pipe.execute()
+                pipe.hlen(keys.DEAD)
+                in_queue, running, raw, worker_ids, dead = await pipe.execute()
             beats = await self._heartbeats(sorted(w.decode() for w in worker_ids))
             durations = await self.redis.hgetall(keys.DURATIONS)
         counters = {k.decode(): int(v) for k, v in raw.items()}
@@ -163,6 +216,7 @@ class DurableProducer(Producer):
             workers=sum(int(b.get("max_jobs", 0)) for b in beats),
             maxsize=self.settings.queue_maxsize,
             producer_waits=counters.get("producer_waits", 0),
+            dead_letters=dead,
             extra={
                 "worker_processes": beats,
                 "recovered": counters.get("recovered", 0),

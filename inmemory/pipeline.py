@@ -3,7 +3,9 @@
 Queue items are ``(priority, seq, job, attempt)``: the sequence number breaks ties so equal
 priorities stay FIFO (and ``Job`` objects are never compared). ``put()`` waits while the queue is
 full — that wait is the backpressure — bounded by ``SUBMIT_TIMEOUT``. Every record lives in this
-process's memory: if the process dies, queued and in-flight jobs are gone (at most once).
+process's memory: if the process dies, queued and in-flight jobs are gone (at most once). So do the
+dead letters (jobs that ended ``failed``): they can be re-queued while this process lives, and a
+restart forgets them. A poison job that crashes the process takes every other job with it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, replace
 from pipeline.backend import Producer, WorkerPool
 from pipeline.errors import QueueFull
 from pipeline.handler import Handler
-from pipeline.jobs import Job, JobRecord, Outcome, Stats, Status, Submitted
+from pipeline.jobs import DeadLetter, Job, JobRecord, Outcome, Stats, Status, Submitted
 from pipeline.metrics import Durations
 from pipeline.retry import retry_delay
 from pipeline.settings import Settings
@@ -47,6 +49,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.handler = handler
         self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue(settings.queue_maxsize)
         self.records: dict[str, JobRecord] = {}
+        self.dead: dict[str, DeadLetter] = {}  # insertion order = oldest first
         self.counters = _Counters()
         self.durations = Durations()  # every attempt's fetch time, for /metrics
         self._seq = itertools.count()
@@ -62,6 +65,15 @@ class InMemoryPipeline(Producer, WorkerPool):
             return Submitted(existing, created=False)
         record = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
         self.records[job.id] = record  # before the wait, so a concurrent duplicate sees it
+        try:
+            await self._put(job)
+        except BaseException:
+            del self.records[job.id]
+            raise
+        return Submitted(record, created=True)
+
+    async def _put(self, job: Job) -> None:
+        """Put a first attempt on the queue, waiting up to SUBMIT_TIMEOUT; else QueueFull."""
         if self.queue.full():
             self.counters.producer_waits += 1
         item = (job.priority, next(self._seq), job, 1)
@@ -69,12 +81,27 @@ class InMemoryPipeline(Producer, WorkerPool):
         try:
             await asyncio.wait_for(self.queue.put(item), self.settings.submit_timeout)
         except TimeoutError:
-            del self.records[job.id]
             raise QueueFull(self.settings.queue_maxsize, time.monotonic() - start) from None
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return list(self.dead.values())
+
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        letter = self.dead.pop(job_id, None)
+        if letter is None:
+            return None
+        previous = self.records.get(job_id)
+        record = JobRecord(letter.id, letter.url, letter.priority, Status.QUEUED)
+        self.records[job_id] = record
+        try:
+            await self._put(Job(letter.url, letter.priority, letter.id))
         except BaseException:
-            del self.records[job.id]
+            self.dead[job_id] = letter  # still dead-lettered: nothing dropped
+            if previous is not None:
+                self.records[job_id] = previous
             raise
-        return Submitted(record, created=True)
+        log.info("↺ %s re-queued from the dead letters", job_id)
+        return record
 
     async def ping(self) -> None:
         """The queue is in this process: it is available while the process runs."""
@@ -96,6 +123,7 @@ class InMemoryPipeline(Producer, WorkerPool):
             maxsize=self.settings.queue_maxsize,
             producer_waits=c.producer_waits,
             extra={"job_seconds": self.durations.to_dict()},
+            dead_letters=len(self.dead),
         )
 
     async def start(self) -> None:
@@ -155,6 +183,15 @@ class InMemoryPipeline(Producer, WorkerPool):
             self.counters.done += 1
         else:
             self.counters.failed += 1
+            self.dead[job.id] = DeadLetter(
+                job.id,
+                job.url,
+                job.priority,
+                outcome.attempts,
+                outcome.error,
+                outcome.http_status,
+                time.time(),
+            )
         self._set(job.id, status=outcome.status, result=outcome)
         mark = "●" if outcome.ok else "!"
         log.info(

@@ -1,7 +1,8 @@
 """The producer/worker interface every backend implements completely.
 
 A ``Producer`` accepts jobs (waiting while the queue is full, up to ``SUBMIT_TIMEOUT``, then raising
-QueueFull) and answers what it knows about them. A ``WorkerPool`` runs jobs through the handler with
+QueueFull), answers what it knows about them, and keeps the jobs that ended ``failed`` as dead
+letters until someone re-queues them. A ``WorkerPool`` runs jobs through the handler with
 at most ``WORKERS`` at once until asked to stop, then finishes in-flight work within the grace period.
 The in-memory backend is both in one object (its queue lives in the serving process); the durable
 backend's producer and worker pool live in different processes and share only Redis.
@@ -11,13 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from pipeline.errors import InvalidJob
+from pipeline.errors import InvalidJob, QueueFull
 from pipeline.jobs import (
     MAX_ID_LENGTH,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    DeadLetter,
     Job,
     JobRecord,
+    Requeued,
     Stats,
     Submitted,
 )
@@ -60,6 +63,28 @@ class Producer(ABC):
 
     @abstractmethod
     async def stats(self) -> Stats: ...
+
+    @abstractmethod
+    async def dead_letters(self) -> list[DeadLetter]:
+        """Jobs that ended ``failed`` and were not re-queued since, oldest first."""
+
+    @abstractmethod
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        """Re-queue one dead letter as a fresh job (same id, attempts from zero), through the same
+        backpressure as ``submit`` (raises QueueFull; the letter then stays). None: no such letter."""
+
+    async def retry_all_dead(self) -> Requeued:
+        """Re-queue every dead letter, oldest first; stop at the first QueueFull and say how many
+        are left."""
+        letters = await self.dead_letters()
+        ids: list[str] = []
+        for n, letter in enumerate(letters):
+            try:
+                if await self.retry_dead(letter.id) is not None:
+                    ids.append(letter.id)
+            except QueueFull:
+                return Requeued(ids, left=len(letters) - n)
+        return Requeued(ids)
 
     @abstractmethod
     async def start(self) -> None:

@@ -104,6 +104,43 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A job that ended ``failed``, kept with its last error until re-queued (``retry_dead``)."""
+
+    id: str
+    url: str
+    priority: int
+    attempts: int
+    error: str | None
+    http_status: int | None = None
+    failed_at: float = 0.0  # unix time
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeadLetter:
+        return cls(
+            id=str(data["id"]),
+            url=str(data.get("url") or ""),
+            priority=int(data.get("priority", DEFAULT_PRIORITY)),
+            attempts=int(data.get("attempts") or 0),
+            error=data.get("error"),
+            http_status=data.get("http_status"),
+            failed_at=float(data.get("failed_at") or 0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """The answer to re-queueing every dead letter: the ids re-queued, and how many were left
+    dead-lettered because the queue stayed full (nothing is dropped; try again later)."""
+
+    ids: list[str]
+    left: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Counters for ``GET /stats``; identical keys on both backends."""
 
@@ -117,6 +154,7 @@ class Stats:
     workers: int
     maxsize: int
     producer_waits: int = 0
+    dead_letters: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

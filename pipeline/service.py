@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline import metrics
 from pipeline.backend import Producer
 from pipeline.dashboard import add_dashboard
+from pipeline.dead_letter_api import add_dead_letter_routes
 from pipeline.errors import BackendUnavailable, InvalidJob, QueueFull
 from pipeline.jobs import (
     DEFAULT_PRIORITY,
@@ -105,6 +106,7 @@ def create_app(producer: Producer) -> FastAPI:
     app.state.producer = producer
     _add_error_handlers(app, producer)
     _add_routes(app, producer)
+    add_dead_letter_routes(app, producer)
     add_dashboard(app)
     app.add_middleware(BodyLimit)
     return app
