@@ -303,6 +303,17 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     show_default=True,
     help="Where to write the picture ('' for none).",
 )
+@click.option(
+    "--serve",
+    "page_port",
+    type=click.IntRange(0, 65535),
+    metavar="[PORT]",
+    is_flag=False,
+    flag_value=8090,
+    default=None,
+    help="Also show it live in a browser: http://127.0.0.1:PORT/ (--serve alone: 8090; 0: any "
+    "free port). The page keeps the final table up until Ctrl-C.",
+)
 def crash_demo(
     backends: tuple[str, ...],
     jobs: int,
@@ -312,6 +323,7 @@ def crash_demo(
     as_json: bool,
     redis_choice: str,
     svg: str,
+    page_port: int | None,
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
 
@@ -335,7 +347,7 @@ def crash_demo(
         svg=Path(svg) if svg else None,
         redis=redis_choice,
     )
-    sys.exit(run(opts, as_json))
+    sys.exit(run(opts, as_json, page_port))
 
 
 if __name__ == "__main__":

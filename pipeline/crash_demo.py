@@ -347,16 +347,29 @@ def write_outputs(state: DemoState, as_json: bool) -> str:
     return ""
 
 
-def main(opts: Options, as_json: bool) -> int:
+def main(opts: Options, as_json: bool, page_port: int | None = None) -> int:
+    """Run the demo and print its results; with ``page_port``, also serve the live page there
+    (``pipeline.demo_page``), which stays up with the final state until Ctrl-C."""
     from pipeline import demo_view
 
     view = demo_view.ProgressView(sys.stderr)
     state = DemoState(opts)
-    asyncio.run(run_demo(state, view.update))
-    view.close()
-    text = write_outputs(state, as_json)
-    if as_json:
-        print(text)
+
+    async def demo() -> None:
+        try:
+            await run_demo(state, view.update)
+        finally:
+            view.close()
+        text = write_outputs(state, as_json)
+        if as_json:
+            print(text, flush=True)
+        else:
+            demo_view.print_table(state)
+
+    if page_port is None:
+        asyncio.run(demo())
     else:
-        demo_view.print_table(state)
+        from pipeline.demo_page import run_with_page
+
+        asyncio.run(run_with_page(demo(), state.snapshot, "127.0.0.1", page_port))
     return 1 if any(r.error for r in state.runs.values()) else 0

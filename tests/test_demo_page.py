@@ -1,8 +1,8 @@
 """The crash-demo page: served beside the demo, and, in headless Chromium, showing both backends
 side by side through the kill, the restart and the final table, from the snapshot it is fed.
 
-The snapshot here is scripted (shape: ``pipeline.demo_page``'s docstring), so each phase can be
-asserted on; the real demo's numbers come from ``pipeline.crash_demo``.
+One test scripts the snapshot (shape: ``pipeline.demo_page``'s docstring), so each phase can be
+asserted on; the last runs the real ``queue-contrast crash-demo --serve`` and reads its page.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import re
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ import uvicorn
 from pipeline.demo_page import create_demo_app, run_with_page
 from pipeline.serving import bind
 from tests.browser import chromium, require_chromium, screenshot
-from tests.helpers import wait_until
+from tests.helpers import CLI, Processes, child_env, get_json, wait_until
 
 JOBS = 40
 
@@ -213,3 +215,44 @@ def test_demo_page_shows_the_kill_the_restart_and_what_each_backend_kept(
 
         out = Path(os.environ.get("QC_SCREENSHOTS") or tmp_path)
         assert screenshot(driver, out / "crash-demo-scripted.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_crash_demo_serve_shows_what_each_backend_kept(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """crash-demo --serve: the page's final table and squares are the demo's own counts."""
+    require_chromium()
+    args = ["--jobs", "40", "--latency-ms", "150", "--backend", "inmemory", "--backend", "durable"]
+    demo = processes.spawn(
+        [*CLI, "crash-demo", "--serve", "0", "--svg", "", *args],
+        r"crash-demo page ready: http://\S+/",
+        child_env(),  # no REDIS_URL: the demo starts its own private Redis
+        timeout=60,
+    )
+    ready = re.search(r"crash-demo page ready: (http://\S+/)", demo.output)
+    assert ready
+    url = ready.group(1)
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(url)  # open while the demo runs, as a viewer would
+        wait_until(lambda: "stays up until Ctrl-C" in demo.output, 150, "the demo to finish")
+        wait_until(lambda: driver.find_element("id", "final").is_displayed(), 15, "the final table")
+        snap = get_json(url + "snapshot")
+        runs = {run["backend"]: run for run in snap["runs"]}
+        table = _final_table(driver)
+        for backend, run in runs.items():
+            assert run["error"] is None, run["error"]
+            for key in ("submitted", "done_before_kill", "queued_at_kill", "lost", "duplicates"):
+                assert table[(backend, key)] == str(run[key]), (backend, key)
+            assert _shown(driver, backend, "lost") == str(run["lost"])
+            assert _cells(driver, backend, "lost") == run["lost"]
+            assert _cells(driver, backend, "recovered") == run["done_after_restart"]
+        assert runs["inmemory"]["lost"] > 0 and runs["durable"]["lost"] == 0
+        assert runs["durable"]["done_after_restart"] > 0
+        marks = driver.execute_script("return document.querySelectorAll('#chart .mark').length")
+        assert marks == 4  # a kill and a restart per backend
+
+        out = Path(os.environ.get("QC_SCREENSHOTS") or tmp_path)
+        assert screenshot(driver, out / "crash-demo.png").stat().st_size > 0
+    demo.signal(signal.SIGTERM)
+    assert demo.wait(timeout=30) == 0
