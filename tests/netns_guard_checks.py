@@ -110,7 +110,7 @@ def test_namespace_has_no_route_off_the_machine() -> None:
 @pytest.mark.parametrize("url", LITERALS)
 def test_literal_refused_address_is_rejected_at_submit(api: tuple[str, str], url: str) -> None:
     """A refused address in the URL gets 422 naming `url`, and no job is created."""
-    backend, base = api
+    _, base = api
     job_id = "literal-" + hashlib.sha1(url.encode()).hexdigest()[:12]
     response = _post(base, {"url": url, "id": job_id})
     assert response.status_code == 422, response.text
@@ -125,7 +125,7 @@ def test_name_resolving_to_refused_address_fails_refused_unretried(
     api: tuple[str, str], host: str
 ) -> None:
     """A name resolving to a refused address fails `refused:` on attempt 1: nothing was dialled."""
-    backend, base = api
+    _, base = api
     response = _post(base, {"url": f"http://{host}:8080/x", "id": f"name-{host}"})
     assert response.status_code == 202, response.text
     record = _final(base, f"name-{host}")
