@@ -19,6 +19,7 @@ STATS = "qc:stats"  # hash of counters: done, failed, retried, duplicates, produ
 RUNNING = "qc:running"  # hash job id -> worker id, for jobs a worker has started
 WORKERS = "qc:workers"  # set of worker ids that have ever heartbeated and not been reaped
 HEARTBEAT = "qc:worker:"  # + worker id: JSON, expires unless renewed
+ROOM = "qc:room"  # pub/sub channel: a worker started a job, so the queue has room again
 DEAD = "qc:dead"  # hash job id -> JSON dead letter
 DURATIONS = "qc:durations"  # hash: job attempt durations (count per bucket label, count, sum)
 

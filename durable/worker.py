@@ -57,6 +57,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[2], 'url', ARGV[4], 'priority', ARGV[5],
            'status', 'running', 'attempts', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[7], '1')
 return status or ''
 """
 
@@ -354,6 +355,7 @@ class DurableWorker(WorkerPool):
                     job.url,
                     job.priority,
                     self.settings.result_ttl,
+                    keys.ROOM,
                 ],
             )
         if previous.decode() in ("done", "failed"):
