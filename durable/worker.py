@@ -42,6 +42,7 @@ from pipeline.settings import Settings
 log = logging.getLogger("queue_contrast.durable")
 
 REDIS_RETRY_DELAY_S = 0.5
+UNREGISTERED = "qc_unregistered"  # in arq's job ctx: this attempt is no longer in qc:running
 
 BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -61,11 +62,20 @@ redis.call('PUBLISH', ARGV[7], '1')
 return status or ''
 """
 
-# KEYS: record, stats, dead letters.
-# ARGV: status, attempts, result JSON, counter to bump, dead letter JSON, job id.
-# Writes only while the record is not final: the outcome is recorded once per job id. A dead letter
-# gets the job's url and priority from the record, so it can be re-queued after the record expires.
+# KEYS: record, stats, dead letters, duration histogram, running (job id -> worker id).
+# ARGV: status, attempts, result JSON, counter to bump, dead letter JSON, job id, histogram bucket
+# ('' for none), seconds, count field, sum field, this worker's id.
+# One round trip: counts the attempt's duration, takes the job out of qc:running if this worker
+# holds it there, and writes the record only while it is not final: the outcome is recorded once
+# per job id. A dead letter gets the job's url and priority from the record, so it can be re-queued
+# after the record expires.
 FINISH = """
+if ARGV[7] ~= '' then
+  redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
+  redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], ARGV[10], ARGV[8])
+end
+if redis.call('HGET', KEYS[5], ARGV[6]) == ARGV[11] then redis.call('HDEL', KEYS[5], ARGV[6]) end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'failed' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'attempts', ARGV[2])
@@ -297,13 +307,22 @@ class DurableWorker(WorkerPool):
                 log.warning("heartbeat failed: redis unavailable (%s)", exc)
 
     async def _after_job_end(self, ctx: dict[str, Any]) -> None:
+        if ctx.get(UNREGISTERED):
+            return  # FINISH already removed it from qc:running
         assert self.arq is not None
         await self.arq.pool.hdel(keys.RUNNING, ctx["job_id"])
 
     async def record(
-        self, job_id: str, status: Status, attempts: int, outcome: Outcome | None, counter: str
+        self,
+        job_id: str,
+        status: Status,
+        attempts: int,
+        outcome: Outcome | None,
+        counter: str,
+        timed: bool = False,
     ) -> bool:
-        """Write the record unless it is already final; bump ``counter`` in the stats."""
+        """Write the record unless it is already final; bump ``counter`` in the stats; with
+        ``timed``, count the outcome's duration in the histogram. Unregisters from qc:running."""
         dead = ""
         if status is Status.FAILED and outcome is not None:
             dead = json.dumps(
@@ -315,8 +334,11 @@ class DurableWorker(WorkerPool):
                     "failed_at": time.time(),
                 }
             )
+        bucket, seconds = "", 0.0
+        if timed and outcome is not None:
+            bucket, seconds = bucket_label(outcome.elapsed_s), outcome.elapsed_s
         written = await self._finish(
-            keys=[keys.RECORD + job_id, keys.STATS, keys.DEAD],
+            keys=[keys.RECORD + job_id, keys.STATS, keys.DEAD, keys.DURATIONS, keys.RUNNING],
             args=[
                 status.value,
                 attempts,
@@ -324,6 +346,11 @@ class DurableWorker(WorkerPool):
                 counter,
                 dead,
                 job_id,
+                bucket,
+                seconds,
+                COUNT,
+                SUM,
+                self.worker_id,
             ],
         )
         return bool(written)
@@ -331,15 +358,9 @@ class DurableWorker(WorkerPool):
     async def _record_attempt(
         self, job_id: str, status: Status, attempts: int, outcome: Outcome, counter: str
     ) -> bool:
-        """Count the attempt's fetch time in the shared histogram (one MULTI round trip, read by
-        the API's /metrics), then :meth:`record` the attempt."""
-        assert self.arq is not None
-        async with self.arq.pool.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.DURATIONS, bucket_label(outcome.elapsed_s), 1)
-            pipe.hincrby(keys.DURATIONS, COUNT, 1)
-            pipe.hincrbyfloat(keys.DURATIONS, SUM, outcome.elapsed_s)
-            await pipe.execute()
-        return await self.record(job_id, status, attempts, outcome, counter)
+        """:meth:`record` the attempt and count its fetch time in the shared histogram (read by
+        the API's /metrics), in the same round trip."""
+        return await self.record(job_id, status, attempts, outcome, counter, timed=True)
 
     async def _run(self, ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any] | None:
         """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
@@ -360,6 +381,7 @@ class DurableWorker(WorkerPool):
             )
         if previous.decode() in ("done", "failed"):
             log.info("%s already %s: re-delivery skipped", job.id, previous.decode())
+            ctx[UNREGISTERED] = True  # BEGIN did not register it
             return None
         try:
             outcome = await self.handler(job, attempt)
@@ -373,11 +395,13 @@ class DurableWorker(WorkerPool):
                 await asyncio.shield(
                     self._record_attempt(job.id, Status.QUEUED, attempt, outcome, "retried")
                 )
+                ctx[UNREGISTERED] = True
                 raise Retry(defer=delay)
             counter = "done" if outcome.ok else "failed"
             await asyncio.shield(
                 self._record_attempt(job.id, outcome.status, attempt, outcome, counter)
             )
+            ctx[UNREGISTERED] = True
         return outcome.to_dict()
 
 
