@@ -1,0 +1,1 @@
+"""Measured comparisons (not timed tests): ``python -m benchmarks`` runs them all."""

@@ -1,0 +1,301 @@
+"""Turn results into checks against the targets, a text table per section and RESULTS.md."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+Table = tuple[str, list[str], list[list[str]], list[str]]  # title, headers, rows, notes
+
+
+def _f(x: float | None, digits: int = 0) -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.{digits}f}"
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target, the value measured in this run, and whether it was met."""
+    out: list[dict[str, Any]] = []
+
+    def check(name: str, value: float, target: float, op: str = ">=") -> None:
+        met = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
+        out.append({"target": f"{name} {op} {target:g}", "value": value, "met": met})
+
+    sy = r["overhead"]["systems"]
+    check(
+        "InMemoryPipeline ÷ raw asyncio.Queue",
+        _ratio(sy["inmemory"]["rate"], sy["raw"]["rate"]),
+        0.5,
+    )
+    check("durable ÷ stock arq", _ratio(sy["durable"]["rate"], sy["arq"]["rate"]), 5.0)
+    check("durable ÷ SAQ", _ratio(sy["durable"]["rate"], sy["saq"]["rate"]), 1.0)
+    for row in r["io"]["rows"]:
+        if row["workers"] == 10:
+            check(f"I/O efficiency, {row['backend']}, 10 workers", row["efficiency"], 0.95)
+    pipe = [x for x in r["flood"]["rows"] if x["variant"] == "pipeline" and "errors" in x]
+    check("pipeline errors (all N)", sum(x["errors"] for x in pipe), 0, "<=")
+    workers = r["flood"]["workers"]
+    largest = max(pipe, key=lambda x: x["n"])
+    check(
+        f"pipeline max concurrency at N={largest['n']:,} (WORKERS={workers})",
+        largest["upstream_max_concurrency"],
+        workers,
+        "==",
+    )
+    by_n = sorted(pipe, key=lambda x: x["n"])
+    for small, large in itertools.pairwise(by_n):
+        check(
+            f"pipeline peak RSS, N={large['n']:,} ÷ N={small['n']:,}",
+            _ratio(large["peak_rss_mb"], small["peak_rss_mb"]),
+            1.2,
+            "<=",
+        )
+    rec = r["recovery"]["rows"]
+    check(
+        "recovery: stock arq seconds ÷ ours",
+        _ratio(rec[1]["recovery_s"], rec[0]["recovery_s"]),
+        1.0,
+    )
+    return out
+
+
+def tables(r: dict[str, Any]) -> list[Table]:
+    return [_overhead(r), _io(r), _flood(r), _durability(r), _recovery(r)]
+
+
+def _overhead(r: dict[str, Any]) -> Table:
+    o = r["overhead"]
+    sy = o["systems"]
+    names = {
+        "raw": ("raw asyncio.Queue + workers", "raw", "baseline"),
+        "inmemory": ("InMemoryPipeline (ours)", "raw", ""),
+        "arq": ("stock arq (default Worker)", "arq", "baseline"),
+        "saq": ("SAQ", "arq", ""),
+        "durable": ("durable (ours)", "arq", ""),
+    }
+    rows = []
+    for key, (label, base, tag) in names.items():
+        s = sy[key]
+        vs = tag or f"{_ratio(s['rate'], sy[base]['rate']):g}× {base}"
+        if key == "durable":
+            vs += f", {_ratio(s['rate'], sy['saq']['rate']):g}× SAQ"
+        rows.append(
+            [
+                label,
+                _f(s["completed"]),
+                _f(s.get("enqueue_rate")),
+                _f(s.get("drain_rate")),
+                _f(s["rate"]),
+                _f(s.get("drain_cpu_us_per_job")),
+                vs,
+            ]
+        )
+    notes = [
+        f"{o['jobs']:,} no-op jobs, WORKERS={o['workers']} for every system; best of "
+        f"{len(sy['durable']['rounds'])} interleaved round(s) (stock arq: one round). In-memory: "
+        f"producer and workers in one loop, bounded queue (maxsize {o['inmemory_maxsize']}), "
+        "timed to join(). Redis systems: enqueue all (asyncio.gather over batches of 100), then "
+        "one worker in this process drains; end-to-end = jobs ÷ (enqueue + drain).",
+    ]
+    return (
+        "1. Overhead of our layer (no-op jobs)",
+        ["system", "done", "enqueue/s", "drain/s", "end-to-end/s", "drain CPU µs/job", "vs"],
+        rows,
+        notes,
+    )
+
+
+def _io(r: dict[str, Any]) -> Table:
+    io = r["io"]
+    rows = [
+        [
+            x["backend"],
+            str(x["workers"]),
+            _f(x["done"]),
+            _f(x["failed"]),
+            _f(x["seconds"], 2),
+            _f(x["rate"], 1),
+            _f(x["ideal"]),
+            _f(x["efficiency"], 3),
+        ]
+        for x in io["rows"]
+    ]
+    c = io["cpu_per_request"]
+    notes = [
+        f"Upstream latency {io['latency_ms']} ms; ideal = workers ÷ latency.",
+        f"One request at {io['latency_ms']} ms, alone, takes {c['single_request_ms']} ms end to "
+        f"end (so 1 worker can reach at most {c['single_request_efficiency']} of ideal).",
+        f"CPU per request on this machine ({c['requests']} requests): bare httpx client "
+        f"{c['httpx_client_ms']} ms, our Fetcher {c['fetcher_ms']} ms, the upstream "
+        f"{c['upstream_ms']} ms. One process on one core therefore tops out near "
+        f"{_f(c['ceiling_one_core_jobs_s'])} fetches/s, before any queue work.",
+    ]
+    return (
+        "2. I/O efficiency (throughput ÷ ideal)",
+        ["backend", "workers", "done", "failed", "seconds", "jobs/s", "ideal/s", "efficiency"],
+        rows,
+        notes,
+    )
+
+
+def _errors(x: dict[str, Any]) -> str:
+    if "skipped" in x:
+        return "not run (see note)"
+    if "killed" in x:
+        return x["killed"]
+    by = x["errors_by_type"]
+    return ", ".join(f"{k} {v:,}" for k, v in by.items()) or "none"
+
+
+def _flood(r: dict[str, Any]) -> Table:
+    f = r["flood"]
+    rows = []
+    for x in f["rows"]:
+        ran = "successes" in x
+        rows.append(
+            [
+                x["variant"],
+                _f(x["n"]),
+                _f(x["successes"]) if ran else "—",
+                _errors(x),
+                _f(x.get("peak_rss_mb"), 1),
+                _f(x.get("upstream_max_concurrency")),
+                _f(x.get("wall_s"), 2),
+                _f(x.get("cpu_s"), 2),
+            ]
+        )
+    notes = [
+        f"Each variant in a fresh process (peak RSS = its ru_maxrss); upstream at "
+        f"{f['latency_ms']} ms. pipeline = InMemoryPipeline with WORKERS={f['workers']} and the "
+        "real Fetcher; gather_shared = one httpx.AsyncClient with httpx defaults (100 "
+        "connections, 5 s timeouts); gather_per_request = a new AsyncClient per URL. A child "
+        f"is killed if its RSS passes {f['rss_cap_mb']} MB or it runs past its time cap "
+        "(counts so far are then reported).",
+        *sorted({x["skipped"] for x in f["rows"] if "skipped" in x}),
+    ]
+    return (
+        "3. The article's Bad vs Better",
+        ["variant", "N", "ok", "errors", "peak RSS MB", "upstream max conc.", "wall s", "CPU s"],
+        rows,
+        notes,
+    )
+
+
+def _durability(r: dict[str, Any]) -> Table:
+    rows = [
+        [
+            x["persistence"],
+            _f(x["enqueue_rate"]),
+            _f(x["drain_rate"]),
+            _f(x["rate"]),
+            f"{x['enqueue_vs_none']:g}×",
+            f"{x['rate_vs_none']:g}×",
+        ]
+        for x in r["durability"]["rows"]
+    ]
+    return (
+        "4. Price of durability (durable pipeline, no-op jobs)",
+        [
+            "Redis persistence",
+            "enqueue/s",
+            "drain/s",
+            "end-to-end/s",
+            "enqueue vs off",
+            "e2e vs off",
+        ],
+        rows,
+        [f"{r['durability']['rows'][0]['jobs']:,} jobs per mode, fresh private redis-server each."],
+    )
+
+
+def _recovery(r: dict[str, Any]) -> Table:
+    rows = [
+        [
+            x["system"],
+            str(x["jobs"]),
+            str(x["rerun"]),
+            _f(x["worker_startup_s"], 2),
+            _f(x["recovery_s"], 2),
+        ]
+        for x in r["recovery"]["rows"]
+    ]
+    notes = [
+        f"{r['recovery']['rows'][0]['jobs']} jobs of {r['recovery']['job_ms']} ms in flight in one "
+        "worker process; SIGKILL, new worker started at once; recovery = seconds from the restart "
+        "until the upstream saw every orphaned job fetched again. Stock arq re-runs a job when "
+        "its in-progress key expires (job_timeout + 10 s after the job started); with arq's "
+        "default job_timeout of 300 s that is about 310 s.",
+    ]
+    return (
+        "5. Recovery after SIGKILL",
+        ["system", "jobs", "re-run", "worker start-up s", "recovery s"],
+        rows,
+        notes,
+    )
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    return (
+        f"{m['cores']} cores ({m['cpu']}), {m['os']}, {m['implementation']} {m['python']}, "
+        f"Redis {m['redis']}, {m['date']}; load average at start {m['load_avg_at_start']}, "
+        f"at end {m.get('load_avg_at_end', '?')} (shared machine)"
+    )
+
+
+def _text_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def text(r: dict[str, Any]) -> str:
+    parts = [f"Machine: {_machine_line(r['machine'])}", ""]
+    for title, headers, rows, notes in tables(r):
+        parts += [title, _text_table(headers, rows), *(f"  {n}" for n in notes), ""]
+    parts.append("Targets")
+    for c in r["checks"]:
+        parts.append(f"  [{'met' if c['met'] else 'MISSED'}] {c['target']}: {c['value']:g}")
+    return "\n".join(parts)
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    quick = " (--quick: tiny sizes, not for quoting)" if r["quick"] else ""
+    parts = [
+        f"# Benchmark results{quick}",
+        "",
+        f"Machine: {_machine_line(r['machine'])}. Whole run: {r['total_s']} s.",
+        "",
+        "Rerun: `python -m benchmarks` (add `--big` for N=100,000 in section 3). Every comparison "
+        "is a ratio against a baseline measured in the same run.",
+        "",
+    ]
+    for title, headers, rows, notes in tables(r):
+        parts += [f"## {title}", "", _md_table(headers, rows), "", *notes, ""]
+    parts += [
+        "## Targets",
+        "",
+        _md_table(
+            ["target", "measured", "met"],
+            [
+                [c["target"], f"{c['value']:g}", "yes" if c["met"] else "**no**"]
+                for c in r["checks"]
+            ],
+        ),
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,97 @@
+"""The benchmark runs end to end at tiny sizes, so it can't rot. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One ``python -m benchmarks --quick`` run, its results.json loaded."""
+    out = tmp_path_factory.mktemp("bench")
+    env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--quiet", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Targets" in proc.stdout
+    assert (out / "RESULTS.md").read_text().startswith("# Benchmark results")
+    return json.loads((out / "results.json").read_text())
+
+
+def test_machine_is_named(results: dict) -> None:
+    """The results say what they were measured on."""
+    m = results["machine"]
+    assert m["cores"] >= 1 and m["python"] and m["redis"] and m["date"]
+
+
+def test_overhead_section(results: dict) -> None:
+    """Every system in section 1 ran all its no-op jobs and has a positive rate."""
+    o = results["overhead"]
+    assert set(o["systems"]) == {"raw", "inmemory", "arq", "saq", "durable"}
+    for name, s in o["systems"].items():
+        assert s["completed"] >= o["jobs"], name
+        assert s["rate"] > 0, name
+    for name in ("arq", "saq", "durable"):
+        assert o["systems"][name]["enqueue_rate"] > 0 and o["systems"][name]["drain_rate"] > 0
+
+
+def test_io_section(results: dict) -> None:
+    """Section 2 has both backends at every worker count, all jobs done, efficiency in (0, 1.5)."""
+    io = results["io"]
+    assert {(r["backend"], r["workers"]) for r in io["rows"]} == {
+        (b, w) for b in ("inmemory", "durable") for w in (1, 10, 50)
+    }
+    for r in io["rows"]:
+        assert r["done"] == r["jobs"] and r["failed"] == 0
+        assert 0 < r["efficiency"] < 1.5
+    cpu = io["cpu_per_request"]
+    assert cpu["fetcher_ms"] > 0 and cpu["upstream_ms"] > 0 and cpu["single_request_ms"] > 0
+
+
+def test_flood_section(results: dict) -> None:
+    """Section 3 ran each variant (or says why not); the pipeline had no errors."""
+    rows = results["flood"]["rows"]
+    assert {r["variant"] for r in rows} == {"gather_shared", "gather_per_request", "pipeline"}
+    for r in rows:
+        assert "skipped" in r or ("peak_rss_mb" in r and r["successes"] + r["errors"] <= r["n"])
+    for r in (r for r in rows if r["variant"] == "pipeline"):
+        assert r["errors"] == 0 and r["successes"] == r["n"]
+        assert r["upstream_max_concurrency"] <= results["flood"]["workers"]
+
+
+def test_durability_section(results: dict) -> None:
+    """Section 4 measured all three persistence modes against persistence off."""
+    rows = results["durability"]["rows"]
+    assert [r["persistence"] for r in rows] == ["none", "everysec", "always"]
+    assert all(r["completed"] == r["jobs"] and r["enqueue_rate"] > 0 for r in rows)
+    assert rows[0]["rate_vs_none"] == 1
+
+
+def test_recovery_section(results: dict) -> None:
+    """Section 5: after the kill, both systems re-ran every orphaned job."""
+    rows = results["recovery"]["rows"]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["rerun"] == r["jobs"] and r["recovery_s"] > 0
+
+
+def test_every_target_is_checked(results: dict) -> None:
+    """The checks list names each target with a measured value and a verdict."""
+    assert len(results["checks"]) >= 8
+    assert all({"target", "value", "met"} <= set(c) for c in results["checks"])
