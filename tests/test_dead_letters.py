@@ -140,7 +140,7 @@ def test_durable_dead_letters_survive_restarts(
     ):
         r = httpx.post(api + "/jobs", json={"url": upstream + path, "id": job_id}, trust_env=False)
         assert r.status_code == 202, r.text
-    wait_until(lambda: get_json(api + "/stats")["dead_letters"] == 2, 30, "two dead letters")
+    wait_until(lambda: get_json(api + "/stats")["dead_letters"] == 2, 60, "two dead letters")
     for proc in (serve, worker):
         proc.signal(signal.SIGKILL)
         proc.wait(timeout=15)
@@ -161,7 +161,7 @@ def test_durable_dead_letters_survive_restarts(
         lambda: all(
             get_json(f"{api}/jobs/{i}")["status"] == "done" for i in ("dl-gone", "dl-boom")
         ),
-        30,
+        60,
         "both re-queued jobs to finish",
     )
     assert _cli("list", "--api", api).stdout == ""

@@ -83,6 +83,13 @@ async def test_redelivery_after_outcome_is_not_fetched_again(durable: Harness) -
     job = await h.submit("/once", job_id="redelivered")
     [record] = await h.wait_all_final()
     assert record.status is Status.DONE
+
+    async def arq_finished() -> (
+        bool
+    ):  # arq ends the job (result set, job key gone) after our record
+        return bool(await redis.exists(keys.ARQ_RESULT + job.id))
+
+    await async_wait_until(arq_finished, 15, "arq to finish the first delivery")
     now_ms = int(time.time() * 1000)
     await redis.set(
         keys.ARQ_JOB + job.id, serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
