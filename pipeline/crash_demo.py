@@ -199,23 +199,29 @@ class Demo:
         await asyncio.to_thread(target.wait, 10)
         run.done_before_kill, run.queued_at_kill = stats["done"], stats["queued"]
         run.in_flight_at_kill = stats["running"]  # held by workers (fetching or about to)
+        orphans: list[str] = []
+        if sc.backend == "durable":  # the dead worker's jobs: their records still say running
+            async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
+                orphans = [i for i in ids if (await self._status(client, i)) == "running"]
+            run.in_flight_at_kill = len(orphans)
         run.phase = f"killed {sc.kills}; restarting"
         if sc.backend == "inmemory":
             _, api = await asyncio.to_thread(procs.serve, **env)
         else:
             await asyncio.to_thread(procs.worker, **env)
-        restart_wall = time.time()
         run.restart_t = run.t()
         run.phase = "recovering"
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
             if sc.backend == "inmemory":
                 await self._after_inmemory_restart(client, run, ids)
             else:
+                recovered = asyncio.create_task(self._recovered(client, orphans, kill_wall))
                 final = await self._until(
                     client, run, lambda s: s["done"] + s["failed"] >= len(ids), FINISH_TIMEOUT_S
                 )
                 run.completed, run.failed = final["done"], final["failed"]
-        await self._count_at_witness(run, ids, kill_wall, restart_wall)
+                run.recovery_s = await recovered
+        await self._count_at_witness(run, ids)
         run.phase = "finished"
 
     async def _submit(
@@ -263,23 +269,33 @@ class Demo:
             jobs = (await client.get(self.upstream + "/jobs")).json()
         return {i: jobs[i] for i in ids if i in jobs}
 
-    async def _count_at_witness(
-        self, run: Run, ids: list[str], kill_wall: float, restart_wall: float
-    ) -> None:
+    @staticmethod
+    async def _status(client: httpx.AsyncClient, job_id: str) -> str:
+        response = await client.get(f"/jobs/{job_id}")
+        return str(response.json()["status"]) if response.status_code == 200 else "unknown"
+
+    async def _recovered(
+        self, client: httpx.AsyncClient, orphans: list[str], kill_wall: float
+    ) -> float | None:
+        """Seconds from the kill until every job it orphaned has finished again."""
+        pending = set(orphans)
+        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                if await self._status(client, job_id) in ("done", "failed"):
+                    pending.discard(job_id)
+            if pending:
+                await asyncio.sleep(POLL_S / 2)
+        if pending or not orphans:
+            return None
+        return round(time.time() - kill_wall, 2)
+
+    async def _count_at_witness(self, run: Run, ids: list[str]) -> None:
         witness = await self._witness(ids)
-        # in flight at the kill = the upstream was answering it then
-        open_at_kill = [
-            i
-            for i, j in witness.items()
-            if j["first"] <= kill_wall < (j["answered"] or kill_wall + 1)
-        ]
         run.fetched_by_upstream = len(witness)
         run.duplicates = sum(int(j["hits"]) for j in witness.values()) - len(witness)
         run.done_after_restart = run.completed - run.done_before_kill
         run.lost = run.submitted - run.completed - run.failed
-        rerun = [witness[i]["last"] for i in open_at_kill if witness[i]["hits"] > 1]
-        if rerun:
-            run.recovery_s = round(max(rerun) - restart_wall, 2)
 
 
 async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None = None) -> None:
