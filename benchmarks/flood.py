@@ -23,6 +23,7 @@ import json
 import resource
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -72,10 +73,10 @@ async def gather_per_request(urls: list[str]) -> collections.Counter[str]:
     return SEEN
 
 
-async def _report_progress(start: float) -> None:
-    """A partial-result line every second, so a child killed at its cap still tells what it did."""
-    while True:
-        await asyncio.sleep(1)
+def _report_progress(start: float, stop: threading.Event) -> None:
+    """A partial-result line every second, from a thread (a flooded event loop may not get round
+    to it), so a child killed at its cap still tells what it did."""
+    while not stop.wait(1.0):
         print(json.dumps(_summary(SEEN, time.perf_counter() - start, partial=True)), flush=True)
 
 
@@ -121,14 +122,15 @@ async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
 async def _main(variant: str, n: int, upstream: str, workers: int) -> dict[str, Any]:
     urls = [f"{upstream}/flood/{i}" for i in range(n)]
     start = time.perf_counter()
-    ticker = asyncio.create_task(_report_progress(start))
+    stop = threading.Event()
+    threading.Thread(target=_report_progress, args=(start, stop), daemon=True).start()
     if variant == "gather_shared":
         counts = await gather_shared(urls)
     elif variant == "gather_per_request":
         counts = await gather_per_request(urls)
     else:
         counts = await pipeline(urls, workers)
-    ticker.cancel()
+    stop.set()
     return _summary(counts, time.perf_counter() - start)
 
 
@@ -158,7 +160,11 @@ def run_child(
     lines = out.strip().splitlines()
     if killed:
         last = json.loads(lines[-1]) if lines else {}
-        return {**last, "killed": killed, "peak_rss_mb": max(last.get("peak_rss_mb", 0), peak_seen)}
+        return {
+            **last,
+            "killed": killed,
+            "peak_rss_mb": round(max(last.get("peak_rss_mb", 0), peak_seen), 1),
+        }
     if proc.returncode != 0:
         raise RuntimeError(f"flood child {variant} {n} exited {proc.returncode}:\n{err[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])

@@ -146,10 +146,10 @@ def _io(r: dict[str, Any]) -> Table:
 def _errors(x: dict[str, Any]) -> str:
     if "skipped" in x:
         return "not run (see note)"
+    by = ", ".join(f"{k} {v:,}" for k, v in x.get("errors_by_type", {}).items()) or "none"
     if "killed" in x:
-        return x["killed"]
-    by = x["errors_by_type"]
-    return ", ".join(f"{k} {v:,}" for k, v in by.items()) or "none"
+        return f"{x['killed']}; errors until then: {by}"
+    return by
 
 
 def _flood(r: dict[str, Any]) -> Table:
