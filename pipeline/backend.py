@@ -10,6 +10,7 @@ backend's producer and worker pool live in different processes and share only Re
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 from pipeline.errors import InvalidJob, QueueFull
@@ -27,6 +28,8 @@ from pipeline.jobs import (
 from pipeline.settings import Settings
 from pipeline.urlguard import URLGuard
 
+ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}")
+
 
 def validate(job: Job, guard: URLGuard) -> None:
     """Raise InvalidJob naming the field, or URLRefused, for a job no backend should accept."""
@@ -35,8 +38,10 @@ def validate(job: Job, guard: URLGuard) -> None:
         raise InvalidJob("priority", "must be an integer")
     if not MIN_PRIORITY <= job.priority <= MAX_PRIORITY:
         raise InvalidJob("priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
-    if not job.id or len(job.id) > MAX_ID_LENGTH or not job.id.isprintable() or " " in job.id:
-        raise InvalidJob("id", f"must be 1-{MAX_ID_LENGTH} printable characters without spaces")
+    if not ID_PATTERN.fullmatch(job.id):
+        raise InvalidJob(
+            "id", f"must be 1-{MAX_ID_LENGTH} characters of A-Z a-z 0-9 . _ : - (it goes in URLs)"
+        )
 
 
 class Producer(ABC):

@@ -119,6 +119,7 @@ class _StatsCollector(Collector):
             "qc_in_flight": ("Jobs running now", s.running),
             "qc_workers": ("Concurrent job slots", s.workers),
             "qc_queue_maxsize": ("Queued jobs before submit waits", s.maxsize),
+            "qc_dead_letters": ("Failed jobs kept for re-queueing", s.dead_letters),
         }
         for name, (doc, value) in gauges.items():
             g = GaugeMetricFamily(name, doc, labels=["backend"])

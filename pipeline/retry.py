@@ -1,7 +1,7 @@
 """When to try a failed job again, and after how long. Shared by both backends.
 
 Transient failures (``Outcome.retryable``: timeouts, connection errors, 408/429/5xx) are retried with
-exponential backoff and full jitter, up to ``MAX_TRIES`` attempts in all. An upstream
+exponential backoff and equal jitter (uniform in [d/2, d]), up to ``MAX_TRIES`` attempts in all. An upstream
 ``Retry-After`` is honoured: the next attempt never comes sooner than it asks. When it asks for more
 than ``RETRY_MAX_DELAY``, the job is not retried at all (it fails now, with the Retry-After in its
 error, and lands in the dead letters to be re-queued later) rather than hammering the upstream early

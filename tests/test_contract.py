@@ -8,40 +8,18 @@ redis-server with an arq worker pool in this process. (What differs under a cras
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from pipeline.errors import QueueFull
 from pipeline.jobs import Status
-from tests.harness import Harness
 from tests.helpers import async_wait_until
 
-BACKENDS = ["inmemory", "durable"]
 
-
-@pytest.fixture(params=BACKENDS)
-async def make(request: pytest.FixtureRequest, upstream: str) -> AsyncIterator[Any]:
-    """Factory for a Harness on the parametrized backend; closes every one it made."""
-    made: list[Harness] = []
-    redis_url = ""
-    if request.param == "durable":
-        redis_url = request.getfixturevalue("redis_url")
-
-    async def factory(**overrides: Any) -> Harness:
-        h = await Harness.create(request.param, upstream, redis_url, **overrides)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        await h.close()
-
-
-async def test_every_job_completes_exactly_once(make: Any) -> None:
+async def test_every_job_completes_exactly_once(make_harness: Any) -> None:
     """Every submitted job ends done, and the upstream saw each exactly once."""
-    h = await make(workers=3, queue_maxsize=50)
+    h = await make_harness(workers=3, queue_maxsize=50)
     await h.start_workers()
     for i in range(30):
         await h.submit(f"/page/{i}")
@@ -53,9 +31,9 @@ async def test_every_job_completes_exactly_once(make: Any) -> None:
     assert set(seen["jobs"]) == {j.id for j in h.jobs}
 
 
-async def test_upstream_never_sees_more_than_workers(make: Any) -> None:
+async def test_upstream_never_sees_more_than_workers(make_harness: Any) -> None:
     """With WORKERS=3 and plenty queued, the upstream sees exactly 3 concurrent requests at most."""
-    h = await make(workers=3, queue_maxsize=100)
+    h = await make_harness(workers=3, queue_maxsize=100)
     for i in range(24):
         await h.submit(f"/slow/{i}?latency_ms=100")
     await h.start_workers()
@@ -64,9 +42,9 @@ async def test_upstream_never_sees_more_than_workers(make: Any) -> None:
     assert seen["max_concurrency"] == 3  # reached, never exceeded
 
 
-async def test_submit_waits_while_full_and_resumes_when_drained(make: Any) -> None:
+async def test_submit_waits_while_full_and_resumes_when_drained(make_harness: Any) -> None:
     """A submit to a full queue blocks (counted as a producer wait) and completes once workers drain."""
-    h = await make(workers=1, queue_maxsize=2, submit_timeout=30)
+    h = await make_harness(workers=1, queue_maxsize=2, submit_timeout=30)
     await h.submit("/a")
     await h.submit("/b")
     blocked = asyncio.create_task(h.submit("/c"))
@@ -83,9 +61,9 @@ async def test_submit_waits_while_full_and_resumes_when_drained(make: Any) -> No
     assert all(r.status is Status.DONE for r in records)
 
 
-async def test_full_queue_raises_after_submit_timeout(make: Any) -> None:
+async def test_full_queue_raises_after_submit_timeout(make_harness: Any) -> None:
     """With no room for SUBMIT_TIMEOUT seconds, submit raises QueueFull; nothing is half-enqueued."""
-    h = await make(workers=1, queue_maxsize=1, submit_timeout=0.2)
+    h = await make_harness(workers=1, queue_maxsize=1, submit_timeout=0.2)
     await h.submit("/a")
     with pytest.raises(QueueFull):
         await h.submit("/b", job_id="refused-job")
@@ -93,9 +71,9 @@ async def test_full_queue_raises_after_submit_timeout(make: Any) -> None:
     assert (await h.producer.stats()).queued == 1
 
 
-async def test_equal_priorities_run_in_submission_order(make: Any) -> None:
+async def test_equal_priorities_run_in_submission_order(make_harness: Any) -> None:
     """Jobs of equal priority start in the order they were submitted (FIFO)."""
-    h = await make(workers=1, queue_maxsize=20)
+    h = await make_harness(workers=1, queue_maxsize=20)
     for i in range(8):
         await h.submit(f"/fifo/{i}?latency_ms=5", priority=4)
     await h.start_workers()
@@ -105,9 +83,9 @@ async def test_equal_priorities_run_in_submission_order(make: Any) -> None:
     assert [j.id for j in started] == [j.id for j in h.jobs]
 
 
-async def test_priority_zero_overtakes_queued_priority_nine(make: Any) -> None:
+async def test_priority_zero_overtakes_queued_priority_nine(make_harness: Any) -> None:
     """A priority-0 job submitted last runs before the priority-9 jobs queued before it."""
-    h = await make(workers=1, queue_maxsize=20)
+    h = await make_harness(workers=1, queue_maxsize=20)
     low = [await h.submit(f"/low/{i}?latency_ms=5", priority=9) for i in range(6)]
     urgent = await h.submit("/vip?latency_ms=5", priority=0)
     await h.start_workers()
@@ -129,10 +107,10 @@ async def test_priority_zero_overtakes_queued_priority_nine(make: Any) -> None:
     ids=["http-500", "http-404", "timeout", "oversize-body"],
 )
 async def test_failed_fetch_is_recorded_not_lost(
-    make: Any, path: str, overrides: dict[str, Any], error: str
+    make_harness: Any, path: str, overrides: dict[str, Any], error: str
 ) -> None:
     """A fetch that fails ends as a `failed` record carrying the error; the job is not lost."""
-    h = await make(workers=2, **overrides)
+    h = await make_harness(workers=2, **overrides)
     await h.start_workers()
     job = await h.submit(path)
     [record] = await h.wait_all_final()
@@ -143,9 +121,9 @@ async def test_failed_fetch_is_recorded_not_lost(
     assert job.id in (await h.witness())["jobs"]
 
 
-async def test_connection_refused_is_recorded(make: Any) -> None:
+async def test_connection_refused_is_recorded(make_harness: Any) -> None:
     """A URL whose port refuses connections ends failed with a network error after MAX_TRIES."""
-    h = await make(workers=1, max_tries=2)
+    h = await make_harness(workers=1, max_tries=2)
     await h.start_workers()
     h.upstream = "http://127.0.0.1:9"  # discard port: nothing listens
     await h.submit("/nothing")
@@ -155,9 +133,9 @@ async def test_connection_refused_is_recorded(make: Any) -> None:
     assert record.result is not None and "network" in (record.result.error or "")
 
 
-async def test_resubmitted_id_runs_once(make: Any) -> None:
+async def test_resubmitted_id_runs_once(make_harness: Any) -> None:
     """Submitting the same id twice creates one job, and the second answer says it exists."""
-    h = await make(workers=2)
+    h = await make_harness(workers=2)
     await h.start_workers()
     first = await h.producer.submit(
         __import__("pipeline.jobs").jobs.Job(url=h.upstream + "/x", id="same-id")

@@ -321,3 +321,15 @@ async def test_allowed_hosts_applies_to_submissions(make_service: Any) -> None:
     assert "ALLOWED_HOSTS" in refused.json()["error"]
     accepted = await service.client.post("/jobs", json={"url": OK_URL})
     assert accepted.status_code == 202
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "a b", "a?b", "x" * 129, "", "ü"])
+async def test_job_ids_that_cannot_live_in_a_url_are_refused(bad_id: str) -> None:
+    """An id with characters that break /jobs/{id} (slash, space, query) gets 422 naming `id`."""
+    settings = Settings.from_env({})
+    producer = make_producer(settings, Gate())
+    app = create_app(producer)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/jobs", json={"url": "http://127.0.0.1:9/x", "id": bad_id})
+    assert r.status_code == 422
+    assert r.json()["field"] == "id"
