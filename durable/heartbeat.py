@@ -6,7 +6,8 @@ short-lived heartbeat key and registers each job it starts in ``qc:running`` (jo
 A reaper in every worker (each ``HEARTBEAT_INTERVAL``) releases, atomically in one Lua script:
 
 * jobs registered to a worker whose heartbeat has lapsed (``HEARTBEAT_TTL``): that worker is dead;
-* jobs registered to *this* worker that it is not running (it lost them across a Redis restart);
+* jobs registered to *this* worker that it is not running (it lost them across a Redis restart),
+  judged after the script ran, so a job it starts meanwhile is never taken from it;
 * jobs that were started (in-progress key set) but never registered, once older than the TTL
   (a worker killed in the instant between arq starting a job and our function registering it).
 
@@ -23,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Collection
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,17 +35,22 @@ log = logging.getLogger("queue_contrast.durable")
 
 REAP = """
 local released = {}
-local mine = {}
-for id in string.gmatch(ARGV[4], '[^,]+') do mine[id] = true end
+local held = {}
+local starting = {}
+for id in string.gmatch(ARGV[4], '[^,]+') do starting[id] = true end
 local alive = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local job, wid = entries[i], entries[i + 1]
-  if alive[wid] == nil then alive[wid] = redis.call('EXISTS', ARGV[1] .. wid) == 1 end
-  if (not alive[wid]) or (wid == ARGV[3] and not mine[job]) then
-    redis.call('DEL', ARGV[2] .. job)
-    redis.call('HDEL', KEYS[1], job)
-    table.insert(released, job)
+  if wid == ARGV[3] then
+    table.insert(held, job)
+  else
+    if alive[wid] == nil then alive[wid] = redis.call('EXISTS', ARGV[1] .. wid) == 1 end
+    if not alive[wid] then
+      redis.call('DEL', ARGV[2] .. job)
+      redis.call('HDEL', KEYS[1], job)
+      table.insert(released, job)
+    end
   end
 end
 for _, wid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -51,7 +58,7 @@ for _, wid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[7], 'LIMIT', 0, 1000)
 for _, job in ipairs(ids) do
-  if redis.call('HEXISTS', KEYS[1], job) == 0 and not mine[job] then
+  if redis.call('HEXISTS', KEYS[1], job) == 0 and not starting[job] then
     local ttl = redis.call('PTTL', ARGV[2] .. job)
     if ttl > 0 and tonumber(ARGV[5]) - ttl > tonumber(ARGV[6]) then
       redis.call('DEL', ARGV[2] .. job)
@@ -60,6 +67,21 @@ for _, job in ipairs(ids) do
   end
 end
 if #released > 0 then redis.call('HINCRBY', KEYS[4], 'recovered', #released) end
+return {released, held}
+"""
+
+# Release jobs registered to this worker that it no longer runs (it lost them across a Redis
+# restart), each only if still registered to it. KEYS: running. ARGV: in-progress prefix, worker id,
+# then the job ids.
+RELEASE_MINE = """
+local released = {}
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[2] then
+    redis.call('DEL', ARGV[1] .. ARGV[i])
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    table.insert(released, ARGV[i])
+  end
+end
 return released
 """
 
@@ -88,6 +110,7 @@ class Heartbeat:
         self.started = time.time()
         self._beats = 0
         self._reap = redis.register_script(REAP)
+        self._release_mine = redis.register_script(RELEASE_MINE)
 
     async def beat(self, running: list[str], info: dict[str, Any]) -> None:
         """Renew the heartbeat; warn if it had lapsed (our jobs may have been re-delivered)."""
@@ -117,21 +140,33 @@ class Heartbeat:
             await self.redis.sadd(keys.WORKERS, self.worker_id)
         self._beats += 1
 
-    async def reap(self, running: list[str]) -> list[str]:
-        """Release orphaned jobs; returns their ids."""
-        released = await self._reap(
+    async def reap(self, running: Callable[[], Collection[str]]) -> list[str]:
+        """Release orphaned jobs; returns their ids. ``running`` gives the ids this worker runs
+        now; it is asked before the script (to spare jobs being started) and again after it (a
+        job registered to this worker before the script ran is in it by then, so one missing from
+        it really was lost)."""
+        released, held = await self._reap(
             keys=[keys.RUNNING, keys.WORKERS, keys.QUEUE, keys.STATS],
             args=[
                 keys.HEARTBEAT,
                 keys.ARQ_IN_PROGRESS,
                 self.worker_id,
-                ",".join(running),
+                ",".join(running()),
                 self.in_progress_ttl_ms,
                 self.ttl_ms,
                 int(time.time() * 1000),
             ],
         )
         ids = [r.decode() for r in released]
+        now_running = set(running())
+        lost = [h.decode() for h in held if h.decode() not in now_running]
+        if lost:
+            ids += [
+                r.decode()
+                for r in await self._release_mine(
+                    keys=[keys.RUNNING], args=[keys.ARQ_IN_PROGRESS, self.worker_id, *lost]
+                )
+            ]
         if ids:
             log.warning("released %d orphaned jobs for re-delivery: %s", len(ids), ", ".join(ids))
         return ids

@@ -293,9 +293,8 @@ class DurableWorker(WorkerPool):
 
     async def _beat_once(self) -> None:
         assert self.heartbeat is not None and self.arq is not None
-        running = self.running_ids
-        await self.heartbeat.beat(running, {"complete": self.arq.jobs_complete})
-        if self.settings.fast_recovery and await self.heartbeat.reap(running):
+        await self.heartbeat.beat(self.running_ids, {"complete": self.arq.jobs_complete})
+        if self.settings.fast_recovery and await self.heartbeat.reap(lambda: self.running_ids):
             self.arq.wake.set()
 
     async def _beat_forever(self) -> None:
