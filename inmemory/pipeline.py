@@ -74,9 +74,11 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     async def _put(self, job: Job) -> None:
         """Put a first attempt on the queue, waiting up to SUBMIT_TIMEOUT; else QueueFull."""
-        if self.queue.full():
-            self.counters.producer_waits += 1
         item = (job.priority, next(self._seq), job, 1)
+        if not self.queue.full():
+            self.queue.put_nowait(item)  # room now: no timer, no extra task switch
+            return
+        self.counters.producer_waits += 1
         start = time.monotonic()
         try:
             await asyncio.wait_for(self.queue.put(item), self.settings.submit_timeout)
