@@ -111,9 +111,9 @@ def print_table(state: DemoState) -> None:
     for run in state.runs.values():
         console.print(f"  {run.backend}: {run.label}", highlight=False)
     console.print(
-        "in flight at kill = jobs the killed process held; recovery s = from the kill (restart "
-        "included) until every one of them had finished again; lost and duplicates are counted "
-        "at the upstream.",
+        "in flight at kill = jobs the killed process held; lost = submitted - done - failed; "
+        "duplicates = second fetches seen by the upstream; recovery s = from the kill (restart "
+        "included) until every job in flight at the kill had finished again.",
         highlight=False,
     )
     if state.options.svg is not None:
