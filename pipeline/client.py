@@ -33,7 +33,7 @@ async def wait_done(client: httpx.AsyncClient, job_id: str, deadline: float) -> 
         if status in ("done", "failed"):
             return status
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        delay = min(delay * 2, 0.25)
     return "timeout"
 
 
