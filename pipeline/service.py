@@ -63,7 +63,9 @@ class BodyLimit:
             return
         too_large = error(413, f"request body over {self.limit} bytes", "body")
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and not length.isdigit():
+            return await error(400, "invalid Content-Length header", "body")(scope, receive, send)
+        if length is not None and int(length) > self.limit:
             return await too_large(scope, receive, send)
         # Read the (small) body here, before the app: a streamed body over the limit is refused
         # with 413 by us, not half-read by the framework's parser, which answers a bare 400.
@@ -160,7 +162,9 @@ def _add_routes(app: FastAPI, producer: Producer) -> None:
         record = await producer.get(job_id)
         if record is None:
             return error(
-                404, f"unknown job {job_id!r} (the {producer.name} backend has no record)", "id"
+                404,
+                f"unknown job {job_id[:80]!r} (the {producer.name} backend has no record)",
+                "id",
             )
         return JSONResponse(record.to_dict())
 
