@@ -9,7 +9,8 @@ A reaper in every worker (each ``HEARTBEAT_INTERVAL``) releases, atomically in o
 * jobs registered to *this* worker that it is not running (it lost them across a Redis restart),
   judged after the script ran, so a job it starts meanwhile is never taken from it;
 * jobs that were started (in-progress key set) but never registered, once older than the TTL
-  (a worker killed in the instant between arq starting a job and our function registering it).
+  (the claim registers a job in the same script, so this only covers a job claimed without a
+  record, which our function registers a moment later).
 
 Releasing = deleting arq's in-progress key; the job never left arq's queue, so the next poll of any
 live worker runs it again, and arq's try counter (which counted the killed attempt) enforces

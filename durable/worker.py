@@ -44,6 +44,8 @@ log = logging.getLogger("queue_contrast.durable")
 REDIS_RETRY_DELAY_S = 0.5
 UNREGISTERED = "qc_unregistered"  # in arq's job ctx: this attempt is no longer in qc:running
 
+# Register a job whose record was missing at claim time (it expired, or arq's job was enqueued by
+# other means): write the record and register the job. Same counting as CLAIM.
 BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'failed' then
@@ -92,15 +94,34 @@ end
 return 1
 """
 
-# KEYS: arq's in-progress key for the job, arq's queue. ARGV: job id, now (ms), in-progress TTL (ms).
-# arq's own start_jobs does this in four round trips (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC),
-# one job after another; one atomic script is the same check-and-claim in one round trip.
+# Claim a job and register it, in one round trip. arq's own start_jobs claims with four (WATCH,
+# EXISTS, ZSCORE, MULTI/PSETEX/EXEC), and our function then registered the job with a fifth (BEGIN).
+# Registering at claim time also leaves no moment where a job is claimed but not yet registered.
+# KEYS: in-progress key, queue, record, running, stats, arq's retry key.
+# ARGV: job id, now (ms), in-progress TTL (ms), worker id, room channel, record TTL (s).
+# Returns false (not claimable) or {score, previous status}; a job whose outcome is already
+# recorded is claimed but not registered: it will be skipped without fetching.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-return score
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'done' or status == 'failed' then
+  redis.call('HINCRBY', KEYS[5], 'skipped_duplicates', 1)
+  return {score, status}
+end
+if not status then return {score, ''} end
+if status == 'running' then
+  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+  redis.call('HINCRBY', KEYS[5], 'duplicates', 1)
+end
+local try = (tonumber(redis.call('GET', KEYS[6])) or 0) + 1
+redis.call('HSET', KEYS[3], 'status', 'running', 'attempts', try)
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], '1')
+return {score, status}
 """
 
 
@@ -112,13 +133,17 @@ class _ArqWorker(Worker):
         self.owner = owner
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
+        self.claimed: dict[str, str] = {}
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         self.wake.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, with its claim done by one Lua script (``CLAIM``) per job."""
+        """arq's start_jobs, with its claim (and our registration) done by one Lua script per job.
+
+        ``claimed[job_id]`` keeps the record's status before the claim for :meth:`DurableWorker._run`
+        ('' = no record yet, 'done'/'failed' = outcome already recorded: skip)."""
         for job_id in (j.decode() for j in job_ids):
             if job_id in self.tasks:
                 continue  # already ours: arq keeps a running job in its queue until it ends
@@ -128,25 +153,42 @@ class _ArqWorker(Worker):
                 return
             self.job_counter += 1
             try:
-                score = await self._claim(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                claim = await self._claim(
+                    keys=[
+                        in_progress_key_prefix + job_id,
+                        self.queue_name,
+                        keys.RECORD + job_id,
+                        keys.RUNNING,
+                        keys.STATS,
+                        keys.ARQ_RETRY + job_id,
+                    ],
+                    args=[
+                        job_id,
+                        timestamp_ms(),
+                        int(self.in_progress_timeout_s * 1000),
+                        self.owner.worker_id,
+                        keys.ROOM,
+                        self.owner.settings.result_ttl,
+                    ],
                 )
             except BaseException:
                 self._release_sem_dec_counter_on_complete()
                 raise
-            if score is None:  # running elsewhere, finished, or deferred to later
+            if claim is None:  # running elsewhere, finished, or deferred to later
                 # give the slot back WITHOUT waking the poll loop: a job another worker holds at
                 # the head of the queue would otherwise make this loop spin
                 self.job_counter -= 1
                 self.sem.release()
                 continue
+            score, previous = claim
+            self.claimed[job_id] = previous.decode()
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up without calling our function (e.g. max tries after crashes): record it."""
+        self.claimed.pop(job_id, None)
         tries = await self.pool.get(keys.ARQ_RETRY + job_id)
         await super().finish_failed_job(job_id, result_data)
         reason = "arq gave up"
@@ -306,6 +348,8 @@ class DurableWorker(WorkerPool):
                 log.warning("heartbeat failed: redis unavailable (%s)", exc)
 
     async def _after_job_end(self, ctx: dict[str, Any]) -> None:
+        assert self.arq is not None
+        self.arq.claimed.pop(ctx["job_id"], None)
         if ctx.get(UNREGISTERED):
             return  # FINISH already removed it from qc:running
         assert self.arq is not None
@@ -365,22 +409,27 @@ class DurableWorker(WorkerPool):
         """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
         job = Job.from_dict(job_dict)
         attempt = int(ctx["job_try"])
-        with _redis_or_retry(job.id):
-            previous = await self._begin(
-                keys=[keys.RECORD + job.id, keys.RUNNING, keys.STATS],
-                args=[
-                    attempt,
-                    job.id,
-                    self.worker_id,
-                    job.url,
-                    job.priority,
-                    self.settings.result_ttl,
-                    keys.ROOM,
-                ],
-            )
-        if previous.decode() in ("done", "failed"):
-            log.info("%s already %s: re-delivery skipped", job.id, previous.decode())
-            ctx[UNREGISTERED] = True  # BEGIN did not register it
+        assert self.arq is not None
+        previous = self.arq.claimed.pop(job.id, "")
+        if not previous:  # no record when claimed (it expired): BEGIN writes one and registers
+            with _redis_or_retry(job.id):
+                previous = (
+                    await self._begin(
+                        keys=[keys.RECORD + job.id, keys.RUNNING, keys.STATS],
+                        args=[
+                            attempt,
+                            job.id,
+                            self.worker_id,
+                            job.url,
+                            job.priority,
+                            self.settings.result_ttl,
+                            keys.ROOM,
+                        ],
+                    )
+                ).decode()
+        if previous in ("done", "failed"):
+            log.info("%s already %s: re-delivery skipped", job.id, previous)
+            ctx[UNREGISTERED] = True  # the claim did not register it
             return None
         try:
             outcome = await self.handler(job, attempt)

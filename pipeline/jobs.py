@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
@@ -36,7 +36,7 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (used by the durable backend's payload)."""
-        return asdict(self)
+        return {"url": self.url, "priority": self.priority, "id": self.id}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -62,7 +62,8 @@ class Outcome:
         return self.status is Status.DONE
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # a shallow dict: dataclasses.asdict deep-copies every field, a hot-path cost per job
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["status"] = self.status.value
         return d
 
