@@ -11,6 +11,7 @@ restart forgets them. A poison job that crashes the process takes every other jo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -49,6 +50,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.handler = handler
         self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue(settings.queue_maxsize)
         self.records: dict[str, JobRecord] = {}
+        self._finished: collections.deque[tuple[float, JobRecord]] = collections.deque()
         self.dead: dict[str, DeadLetter] = {}  # insertion order = oldest first
         self.counters = _Counters()
         self.durations = Durations()  # every attempt's fetch time, for /metrics
@@ -195,6 +197,10 @@ class InMemoryPipeline(Producer, WorkerPool):
                 time.time(),
             )
         self._set(job.id, status=outcome.status, result=outcome)
+        self._forget_expired()
+        final = self.records.get(job.id)
+        if final is not None:
+            self._finished.append((time.monotonic(), final))
         mark = "●" if outcome.ok else "!"
         log.info(
             "← %s %s %s %.3fs %s",
@@ -204,6 +210,15 @@ class InMemoryPipeline(Producer, WorkerPool):
             outcome.elapsed_s,
             outcome.error or "",
         )
+
+    def _forget_expired(self) -> None:
+        """Drop records finished more than RESULT_TTL ago, as Redis expires durable ones: a
+        long-running service must not keep every job it ever ran."""
+        horizon = time.monotonic() - self.settings.result_ttl
+        while self._finished and self._finished[0][0] < horizon:
+            _, record = self._finished.popleft()
+            if self.records.get(record.id) is record:  # not re-queued since (a new record then)
+                del self.records[record.id]
 
     async def _requeue_later(self, job: Job, attempt: int, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -147,3 +147,19 @@ async def test_resubmitted_id_runs_once(make_harness: Any) -> None:
     h.jobs.append(__import__("pipeline.jobs").jobs.Job(url=h.upstream + "/x", id="same-id"))
     await h.wait_all_final()
     assert (await h.witness())["jobs"]["same-id"]["hits"] == 1
+
+
+async def test_finished_records_expire_after_result_ttl(make_harness: Any) -> None:
+    """A finished job's record is forgotten once RESULT_TTL passes, on both backends."""
+    h = await make_harness(workers=1, result_ttl=1)
+    await h.start_workers()
+    first = await h.submit("/old")
+    await h.wait_all_final()
+
+    async def forgotten() -> bool:
+        h.jobs.clear()  # wait only on the newest job: the old record is meant to vanish
+        await h.submit("/tick")  # in memory, expiry is checked as jobs finish
+        await h.wait_all_final()
+        return await h.producer.get(first.id) is None
+
+    await async_wait_until(forgotten, 15, "the finished record to expire", every=0.3)
