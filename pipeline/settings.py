@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     retry_max_delay: float = Field(
         30.0, ge=0, le=3600, description="longest retry backoff, seconds"
     )
-    result_ttl: int = Field(86_400, ge=1, description="seconds durable job records are kept")
+    result_ttl: int = Field(
+        86_400, ge=1, description="seconds a job record is kept (after it finishes, in memory)"
+    )
     allowed_hosts: str = Field("", description="comma-separated host allow-list; empty allows all")
     allow_link_local: bool = Field(False, description="permit 169.254/16, fe80::/10, fd00:ec2::254")
     qc_test_hooks: bool = Field(
