@@ -7,6 +7,7 @@ import logging
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
+from durable.producer import redis_client
 from durable.redis_errors import map_redis_errors
 from pipeline.settings import Settings
 
@@ -53,7 +54,7 @@ async def persistence_warnings(redis: Redis) -> list[str]:
 
 
 async def warn_about_persistence(settings: Settings) -> list[str]:
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+    redis = redis_client(settings)  # the same connection settings as the producer's
     try:
         with map_redis_errors(f"connecting to {settings.redis_url}"):
             warnings = await persistence_warnings(redis)
