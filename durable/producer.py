@@ -163,9 +163,15 @@ class DurableProducer(Producer):
         """Run the enqueue script until it answers, waiting out a full queue until the submit
         deadline (then QueueFull). True: enqueued; False: known id / not a dead letter."""
         deadline = time.monotonic() + self.settings.submit_timeout
+        job_keys, args = self._enqueue_call(job, mode)  # built once, however long we wait
+        waited = False
         while True:
             try:
-                code = await self._try_enqueue(job, mode)
+                with map_redis_errors("enqueueing"):
+                    code = int((await self._enqueue(keys=job_keys, args=args))[0])
+                    if code == -1 and not waited:  # one producer wait per call, however long
+                        waited = True
+                        await self.redis.hincrby(keys.STATS, "producer_waits", 1)
             except BackendUnavailable:
                 if time.monotonic() >= deadline:
                     raise
@@ -179,11 +185,10 @@ class DurableProducer(Producer):
                 raise QueueFull(self.settings.queue_maxsize, self.settings.submit_timeout)
             await self._wait_for_room(min(ROOM_POLL_S, deadline - now))
 
-    async def _try_enqueue(self, job: Job, mode: str = "submit") -> int:
-        """1: enqueued. 0: the id exists (submit) or is not a dead letter (requeue). -1: queue
-        full. -2: arq still holds the id (requeue only)."""
-        now_ms = int(time.time() * 1000)
-        payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
+    def _enqueue_call(self, job: Job, mode: str) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV for ``ENQUEUE``; the script answers 1 enqueued, 0 the id exists (submit)
+        or is not a dead letter (requeue), -1 queue full, -2 arq still holds the id (requeue)."""
+        payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, int(time.time() * 1000))
         args: list[Any] = [
             self.settings.queue_maxsize,
             priority_offset_ms(job.priority),
@@ -205,17 +210,7 @@ class DurableProducer(Producer):
             keys.ARQ_RETRY + job.id,
             keys.ARQ_IN_PROGRESS + job.id,
         ]
-        with map_redis_errors("enqueueing"):
-            code, _ = await self._enqueue(keys=job_keys, args=args)
-            if code == -1:
-                await self._count_wait(job.id)
-        return int(code)
-
-    async def _count_wait(self, job_id: str) -> None:
-        # one "producer wait" per job that found the queue full, however long it waited
-        marker = f"qc:waited:{job_id}"
-        if await self.redis.set(marker, 1, nx=True, ex=600):
-            await self.redis.hincrby(keys.STATS, "producer_waits", 1)
+        return job_keys, args
 
     async def get(self, job_id: str) -> JobRecord | None:
         with map_redis_errors("reading a job"):
@@ -229,9 +224,9 @@ class DurableProducer(Producer):
                 pipe.hgetall(keys.STATS)
                 pipe.smembers(keys.WORKERS)
                 pipe.hlen(keys.DEAD)
-                in_queue, running, raw, worker_ids, dead = await pipe.execute()
+                pipe.hgetall(keys.DURATIONS)
+                in_queue, running, raw, worker_ids, dead, durations = await pipe.execute()
             beats = await self._heartbeats(sorted(w.decode() for w in worker_ids))
-            durations = await self.redis.hgetall(keys.DURATIONS)
         counters = {k.decode(): int(v) for k, v in raw.items()}
         return Stats(
             backend=self.name,
