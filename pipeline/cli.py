@@ -197,7 +197,8 @@ def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: in
     """Run the stand-in slow API, the independent witness of what got fetched.
 
     Any GET answers after --latency-ms. GET /stats: hits, unique_jobs, duplicates, in_flight,
-    max_concurrency (counted by the X-Job-Id header); GET /jobs: hits per job id; POST /reset.
+    max_concurrency (counted by the X-Job-Id header), connections (TCP); GET /jobs: hits per
+    job id; POST /reset.
     Query knobs: ?status=500 ?latency_ms=N ?bytes=N ?retry_after=S ?crash=1 (sends X-Test-Crash:
     a worker started with QC_TEST_HOOKS=1 dies on it). ?fail_times=N applies the failure knobs
     (status, default 500 then; retry_after; crash) to only the first N hits of each X-Job-Id,

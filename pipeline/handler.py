@@ -1,7 +1,8 @@
 """The fetch handler: one job in, one Outcome out. It knows nothing of queues.
 
-One ``httpx.AsyncClient`` per process is shared by every worker task. The body is streamed and
-counted; a body over ``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id
+One ``httpx.AsyncClient`` per process is shared by every worker task (one per ten workers for
+large ``WORKERS``: see ``FETCHES_PER_CLIENT``). The body is streamed and counted; a body over
+``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id
 goes out in ``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network
 failures are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
 (timeouts, connection errors, 408, 429, 5xx).
@@ -17,6 +18,7 @@ import asyncio
 import email.utils
 import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -55,15 +57,36 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# Concurrent fetches one httpx client serves. httpcore's pool rescans every connection (and, for
+# each idle one, every other: quadratic) on each request start and end; past ~20 connections that
+# bookkeeping costs more CPU than the HTTP itself (encode/httpcore#1035), so larger WORKERS counts
+# get several clients, each with a pool of at most this many busy connections.
+FETCHES_PER_CLIENT = 10
+
+
 class Fetcher:
-    """Fetches job URLs with one shared client. Use as an async context manager."""
+    """Fetches job URLs with one shared client per ``FETCHES_PER_CLIENT`` workers (one client for
+    the default WORKERS). Use as an async context manager."""
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.job_timeout),
-            limits=httpx.Limits(max_connections=max(settings.workers, 1) * 2),
+        if client is not None:
+            self.clients = [client]
+        else:
+            workers = max(settings.workers, 1)
+            shards = -(-workers // FETCHES_PER_CLIENT)
+            # loading the CA bundle costs ~0.1 s of CPU: once for all clients
+            tls = httpx.create_ssl_context(trust_env=False)
+            self.clients = [self._new_client(-(-workers // shards), tls) for _ in range(shards)]
+        self._in_flight = [0] * len(self.clients)
+
+    def _new_client(self, fetches: int, tls: ssl.SSLContext) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=fetches * 2)
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.settings.job_timeout),
+            limits=limits,
+            verify=tls,
             follow_redirects=False,
             trust_env=False,
         )
@@ -75,7 +98,8 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for client in self.clients:
+            await client.aclose()
 
     async def __call__(self, job: Job, attempt: int = 1) -> Outcome:
         """Fetch ``job.url``; never raises for HTTP, network or guard failures."""
@@ -128,8 +152,19 @@ class Fetcher:
         headers = {"X-Job-Id": job.id, "Host": url.netloc.decode("ascii")}
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         pinned = url.copy_with(host=str(ip))
-        request = self.client.build_request("GET", pinned, headers=headers, extensions=extensions)
-        response = await self.client.send(request, stream=True)
+        shard = self._in_flight.index(min(self._in_flight))  # the least busy client
+        client = self.clients[shard]
+        request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
+        self._in_flight[shard] += 1
+        try:
+            return await self._exchange(job, client, request)
+        finally:
+            self._in_flight[shard] -= 1
+
+    async def _exchange(
+        self, job: Job, client: httpx.AsyncClient, request: httpx.Request
+    ) -> tuple[int, int, float | None]:
+        response = await client.send(request, stream=True)
         if self.settings.qc_test_hooks and response.headers.get("x-test-crash") == "1":
             _test_crash(job)
         try:

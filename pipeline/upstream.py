@@ -1,9 +1,10 @@
 """The stand-in third-party API: slow on purpose, and the independent witness in every crash test.
 
 Any ``GET`` path answers after ``latency_ms``. It counts what it saw by the ``X-Job-Id`` header:
-``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight`` and
-``max_concurrency``; ``GET /jobs`` gives each job id's hits, first and last arrival (unix time)
-and how many of its requests are open now. Per-request knobs in the query string let tests and
+``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight``,
+``max_concurrency`` and ``connections`` (distinct client address:port pairs: TCP connections);
+``GET /jobs`` gives each job id's hits, first and last arrival (unix time) and how many of its
+requests are open now. Per-request knobs in the query string let tests and
 demos provoke failures: ``?status=500``, ``?latency_ms=N``, ``?bytes=N`` (body size),
 ``?retry_after=S``, ``?crash=1`` (sends ``X-Test-Crash``, which a worker started with
 ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
@@ -40,9 +41,12 @@ class Witness:
     max_concurrency: int = 0
     completed: int = 0
     jobs: dict[str, list[float]] = field(default_factory=dict)
+    peers: set[tuple[str, int]] = field(default_factory=set)
 
-    def enter(self, job_id: str | None) -> None:
+    def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> None:
         self.hits += 1
+        if peer is not None:
+            self.peers.add(peer)
         self.in_flight += 1
         self.max_concurrency = max(self.max_concurrency, self.in_flight)
         if job_id:
@@ -69,6 +73,7 @@ class Witness:
             "in_flight": self.in_flight,
             "max_concurrency": self.max_concurrency,
             "completed": self.completed,
+            "connections": len(self.peers),
         }
 
 
@@ -131,7 +136,8 @@ def create_upstream(
     async def answer(request: Request) -> Response:
         job_id = request.headers.get("x-job-id")
         seen = witness  # a request still running across a /reset must not touch the new counts
-        seen.enter(job_id)
+        client = request.client
+        seen.enter(job_id, (client.host, client.port) if client else None)
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
             await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)

@@ -200,6 +200,8 @@ async def test_fetcher_resolves_names_and_refuses_any_bad_address(
 
 async def test_fetcher_does_not_follow_redirects() -> None:
     """The fetcher's own client never follows redirects (a 3xx to a metadata URL stays a 3xx)."""
-    async with Fetcher(Settings.from_env({})) as fetcher:
-        assert fetcher.client.follow_redirects is False
-        assert fetcher.client.trust_env is False  # no proxy from the environment either
+    async with Fetcher(Settings.from_env({}, workers=25)) as fetcher:
+        assert len(fetcher.clients) == 3  # every one of them
+        for client in fetcher.clients:
+            assert client.follow_redirects is False
+            assert client.trust_env is False  # no proxy from the environment either
