@@ -64,14 +64,21 @@ redis.call('PUBLISH', ARGV[7], '1')
 return status or ''
 """
 
-# KEYS: record, stats, dead letters, duration histogram, running (job id -> worker id).
+# KEYS: record, stats, dead letters, duration histogram, running (job id -> worker id), and arq's
+# queue, job, retry and in-progress keys.
 # ARGV: status, attempts, result JSON, counter to bump, dead letter JSON, job id, histogram bucket
-# ('' for none), seconds, count field, sum field, this worker's id.
+# ('' for none), seconds, count field, sum field, this worker's id, '1' to complete arq's job.
 # One round trip: counts the attempt's duration, takes the job out of qc:running if this worker
 # holds it there, and writes the record only while it is not final: the outcome is recorded once
 # per job id. A dead letter gets the job's url and priority from the record, so it can be re-queued
-# after the record expires.
+# after the record expires. With ARGV[12], also does what arq's finish_job would do next for a
+# finished job (take it off the queue, delete its job, try counter and in-progress keys), so the
+# record and the queue change together and arq's own transaction is skipped.
 FINISH = """
+if ARGV[12] == '1' then
+  redis.call('ZREM', KEYS[6], ARGV[6])
+  redis.call('DEL', KEYS[7], KEYS[8], KEYS[9])
+end
 if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
   redis.call('HINCRBY', KEYS[4], ARGV[9], 1)
@@ -134,6 +141,7 @@ class _ArqWorker(Worker):
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.claimed: dict[str, str] = {}
+        self.completed: set[str] = set()  # jobs FINISH already took off arq's queue
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
@@ -185,6 +193,32 @@ class _ArqWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's end-of-job transaction, unless our FINISH script already did its work (one round
+        trip a job instead of two). arq's result key is then not written: our record is the result."""
+        if finish and job_id in self.completed:
+            self.completed.discard(job_id)
+            return
+        self.completed.discard(job_id)
+        await super().finish_job(
+            job_id,
+            finish,
+            result_data,
+            result_timeout_s,
+            keep_result_forever,
+            incr_score,
+            keep_in_progress,
+        )
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq gave up without calling our function (e.g. max tries after crashes): record it."""
@@ -363,9 +397,11 @@ class DurableWorker(WorkerPool):
         outcome: Outcome | None,
         counter: str,
         timed: bool = False,
+        complete: bool = False,
     ) -> bool:
         """Write the record unless it is already final; bump ``counter`` in the stats; with
-        ``timed``, count the outcome's duration in the histogram. Unregisters from qc:running."""
+        ``timed``, count the outcome's duration in the histogram. Unregisters from qc:running.
+        With ``complete``, also take the job off arq's queue (see FINISH)."""
         dead = ""
         if status is Status.FAILED and outcome is not None:
             dead = json.dumps(
@@ -381,7 +417,17 @@ class DurableWorker(WorkerPool):
         if timed and outcome is not None:
             bucket, seconds = bucket_label(outcome.elapsed_s), outcome.elapsed_s
         written = await self._finish(
-            keys=[keys.RECORD + job_id, keys.STATS, keys.DEAD, keys.DURATIONS, keys.RUNNING],
+            keys=[
+                keys.RECORD + job_id,
+                keys.STATS,
+                keys.DEAD,
+                keys.DURATIONS,
+                keys.RUNNING,
+                keys.QUEUE,
+                keys.ARQ_JOB + job_id,
+                keys.ARQ_RETRY + job_id,
+                keys.ARQ_IN_PROGRESS + job_id,
+            ],
             args=[
                 status.value,
                 attempts,
@@ -394,16 +440,28 @@ class DurableWorker(WorkerPool):
                 COUNT,
                 SUM,
                 self.worker_id,
+                "1" if complete else "",
             ],
         )
+        if complete:
+            assert self.arq is not None
+            self.arq.completed.add(job_id)
         return bool(written)
 
     async def _record_attempt(
-        self, job_id: str, status: Status, attempts: int, outcome: Outcome, counter: str
+        self,
+        job_id: str,
+        status: Status,
+        attempts: int,
+        outcome: Outcome,
+        counter: str,
+        complete: bool = False,
     ) -> bool:
         """:meth:`record` the attempt and count its fetch time in the shared histogram (read by
         the API's /metrics), in the same round trip."""
-        return await self.record(job_id, status, attempts, outcome, counter, timed=True)
+        return await self.record(
+            job_id, status, attempts, outcome, counter, timed=True, complete=complete
+        )
 
     async def _run(self, ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any] | None:
         """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
@@ -447,7 +505,7 @@ class DurableWorker(WorkerPool):
                 raise Retry(defer=delay)
             counter = "done" if outcome.ok else "failed"
             await asyncio.shield(
-                self._record_attempt(job.id, outcome.status, attempt, outcome, counter)
+                self._record_attempt(job.id, outcome.status, attempt, outcome, counter, True)
             )
             ctx[UNREGISTERED] = True
         return outcome.to_dict()

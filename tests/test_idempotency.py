@@ -84,10 +84,10 @@ async def test_redelivery_after_outcome_is_not_fetched_again(durable: Harness) -
     [record] = await h.wait_all_final()
     assert record.status is Status.DONE
 
-    async def arq_finished() -> (
-        bool
-    ):  # arq ends the job (result set, job key gone) after our record
-        return bool(await redis.exists(keys.ARQ_RESULT + job.id))
+    async def arq_finished() -> bool:
+        """arq's side of the job is gone: off the queue, no job key, no in-progress key."""
+        gone = not await redis.exists(keys.ARQ_JOB + job.id, keys.ARQ_IN_PROGRESS + job.id)
+        return gone and await redis.zscore(keys.QUEUE, job.id) is None
 
     await async_wait_until(arq_finished, 15, "arq to finish the first delivery")
     now_ms = int(time.time() * 1000)
