@@ -12,7 +12,7 @@ peak RSS (``ru_maxrss``). Variants:
   and the real handler (``Fetcher``).
 
 The parent (``run``) resets the upstream before each variant, reads the concurrency the upstream
-saw afterwards, and kills a child whose RSS passes ``RSS_CAP_MB`` (reported, never exceeded by much).
+saw afterwards, and kills a child whose RSS passes ``rss_cap_mb()`` (reported, never exceeded by much).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -31,7 +32,15 @@ import httpx
 
 from benchmarks.common import ROOT
 
-RSS_CAP_MB = 3072
+RSS_CAP_MB = 8192  # at most; never more than a third of this machine's memory (rss_cap_mb)
+
+
+def rss_cap_mb() -> int:
+    """The RSS past which a variant's child is killed: RSS_CAP_MB or a third of RAM, less."""
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return int(min(RSS_CAP_MB, total_mb // 3))
+
+
 VARIANTS = ("gather_shared", "gather_per_request", "pipeline")
 
 

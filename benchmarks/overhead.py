@@ -23,8 +23,11 @@ import redis.asyncio as aioredis
 
 from benchmarks.common import noop_handler, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
+from pipeline.backend import validate
+from pipeline.handler import Handler
 from pipeline.jobs import Job
 from pipeline.settings import Settings
+from pipeline.urlguard import URLGuard
 
 ENQUEUE_BATCH = 100
 NOOP_URL = "http://127.0.0.1:9/noop/"  # never fetched: the handler is a no-op
@@ -34,7 +37,9 @@ def make_jobs(n: int) -> list[Job]:
     return [Job(url=f"{NOOP_URL}{i}", id=f"j{i}") for i in range(n)]
 
 
-async def raw_queue(n: int, workers: int, maxsize: int) -> dict[str, Any]:
+async def raw_queue(
+    n: int, workers: int, maxsize: int, handler: Handler = noop_handler
+) -> dict[str, Any]:
     """The article's Better: a bounded asyncio.Queue, fixed workers, task_done/join."""
     jobs = make_jobs(n)
     q: asyncio.Queue[Job] = asyncio.Queue(maxsize)
@@ -43,7 +48,7 @@ async def raw_queue(n: int, workers: int, maxsize: int) -> dict[str, Any]:
         while True:
             job = await q.get()
             try:
-                await noop_handler(job, 1)
+                await handler(job, 1)
             finally:
                 q.task_done()
 
@@ -59,11 +64,13 @@ async def raw_queue(n: int, workers: int, maxsize: int) -> dict[str, Any]:
     return {"jobs": n, "completed": n, "seconds": round(elapsed, 3), "rate": rate(n, elapsed)}
 
 
-async def inmemory(n: int, workers: int, maxsize: int) -> dict[str, Any]:
+async def inmemory(
+    n: int, workers: int, maxsize: int, handler: Handler = noop_handler
+) -> dict[str, Any]:
     """InMemoryPipeline: the same pattern plus validation, priorities, records, counters."""
     jobs = make_jobs(n)
     settings = Settings.from_env({}, workers=workers, queue_maxsize=maxsize)
-    pipe = InMemoryPipeline(settings, noop_handler)
+    pipe = InMemoryPipeline(settings, handler)
     await pipe.start()
     start = time.perf_counter()
     for job in jobs:
@@ -78,6 +85,17 @@ async def inmemory(n: int, workers: int, maxsize: int) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "rate": rate(n, elapsed),
     }
+
+
+def validation_us(n: int) -> float:
+    """CPU µs per job spent in ``validate`` alone (URL parse with httpx + guard + id/priority):
+    the part of every backend's submit that the raw queue does not do."""
+    jobs = make_jobs(n)
+    guard = URLGuard(frozenset(), allow_link_local=False)
+    start = time.process_time()
+    for job in jobs:
+        validate(job, guard)
+    return round((time.process_time() - start) / n * 1e6, 1)
 
 
 class Clock:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from benchmarks import durability, flood, io_efficiency, overhead, recovery, report
-from benchmarks.common import Progress, machine, private_redis, upstream
+from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -39,7 +39,7 @@ class Sizes:
     cpu_requests: int = 1000
     flood_n: tuple[int, ...] = (1_000, 10_000)
     flood_workers: int = 50
-    per_request_max: int = 1_000
+    per_request_max: int = 10_000
     gather_cap_s: float = 60.0
     durability_jobs: int = 5_000
     recovery_jobs: int = 10
@@ -70,11 +70,21 @@ def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def section_overhead(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
     n, w = s.noop_jobs, s.workers
-    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "inmemory": [], "saq": [], "durable": []}
+    runs: dict[str, list[dict[str, Any]]] = {
+        "raw": [],
+        "inmemory": [],
+        "raw_yield": [],
+        "inmemory_yield": [],
+        "saq": [],
+        "durable": [],
+    }
+    m = s.inmemory_maxsize
     for i in range(s.rounds):
         step(f"overhead round {i + 1}/{s.rounds}: raw asyncio.Queue and InMemoryPipeline, {n} jobs")
-        runs["raw"].append(await overhead.raw_queue(n, w, s.inmemory_maxsize))
-        runs["inmemory"].append(await overhead.inmemory(n, w, s.inmemory_maxsize))
+        runs["raw"].append(await overhead.raw_queue(n, w, m))
+        runs["inmemory"].append(await overhead.inmemory(n, w, m))
+        runs["raw_yield"].append(await overhead.raw_queue(n, w, m, yielding_noop_handler))
+        runs["inmemory_yield"].append(await overhead.inmemory(n, w, m, yielding_noop_handler))
         step(f"overhead round {i + 1}/{s.rounds}: SAQ, {n} jobs")
         runs["saq"].append(await overhead.saq_bench(n, w, redis_url))
         step(f"overhead round {i + 1}/{s.rounds}: durable (ours), {n} jobs")
@@ -83,7 +93,13 @@ async def section_overhead(s: Sizes, redis_url: str, step: Any) -> dict[str, Any
     arq = await overhead.stock_arq(n, w, redis_url)
     best = {k: _best(v) for k, v in runs.items()}
     best["arq"] = {**arq, "rounds": [arq["rate"]]}
-    return {"jobs": n, "workers": w, "inmemory_maxsize": s.inmemory_maxsize, "systems": best}
+    return {
+        "jobs": n,
+        "workers": w,
+        "inmemory_maxsize": s.inmemory_maxsize,
+        "systems": best,
+        "validation_us_per_job": overhead.validation_us(n),
+    }
 
 
 async def section_flood(s: Sizes, base: str, big: bool, step: Any) -> dict[str, Any]:
@@ -93,13 +109,13 @@ async def section_flood(s: Sizes, base: str, big: bool, step: Any) -> dict[str, 
         for n in sizes:
             for variant in flood.VARIANTS:
                 if variant == "gather_per_request" and n > s.per_request_max:
-                    rows.append({"variant": variant, "n": n, "skipped": _per_request_skip(s)})
+                    rows.append({"variant": variant, "n": n, "skipped": _per_request_skip(s, n)})
                     continue
                 step(f"Bad vs Better: {variant}, N={n} (fresh process)")
                 await client.post(f"{base}/reset")
                 cap = s.gather_cap_s if variant != "pipeline" else 60 + n / 10
                 result = await asyncio.to_thread(
-                    flood.run_child, variant, n, base, s.flood_workers, cap, flood.RSS_CAP_MB
+                    flood.run_child, variant, n, base, s.flood_workers, cap, flood.rss_cap_mb()
                 )
                 seen = (await client.get(f"{base}/stats")).json()
                 rows.append(
@@ -115,14 +131,14 @@ async def section_flood(s: Sizes, base: str, big: bool, step: Any) -> dict[str, 
         "rows": rows,
         "workers": s.flood_workers,
         "latency_ms": s.latency_ms,
-        "rss_cap_mb": flood.RSS_CAP_MB,
+        "rss_cap_mb": flood.rss_cap_mb(),
     }
 
 
-def _per_request_skip(s: Sizes) -> str:
+def _per_request_skip(s: Sizes, n: int) -> str:
     return (
-        f"gather_per_request is not run above N={s.per_request_max}: each client costs ~20 ms of "
-        "CPU and ~0.8 MB here (see its peak RSS), so N=10,000 would need ~8 GB and minutes of CPU."
+        f"gather_per_request is not run above N={s.per_request_max:,}: each client costs ~0.8 MB "
+        f"(its peak RSS ÷ N where it ran), so N={n:,} would need ~{n * 0.8 / 1000:,.0f} GB."
     )
 
 

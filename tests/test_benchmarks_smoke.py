@@ -43,7 +43,16 @@ def test_machine_is_named(results: dict) -> None:
 def test_overhead_section(results: dict) -> None:
     """Every system in section 1 ran all its no-op jobs and has a positive rate."""
     o = results["overhead"]
-    assert set(o["systems"]) == {"raw", "inmemory", "arq", "saq", "durable"}
+    assert set(o["systems"]) == {
+        "raw",
+        "inmemory",
+        "raw_yield",
+        "inmemory_yield",
+        "arq",
+        "saq",
+        "durable",
+    }
+    assert o["validation_us_per_job"] > 0
     for name, s in o["systems"].items():
         assert s["completed"] >= o["jobs"], name
         assert s["rate"] > 0, name
