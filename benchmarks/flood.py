@@ -32,6 +32,7 @@ import httpx
 
 from benchmarks.common import ROOT
 
+PIPELINE_RESULT_TTL_S = 30  # records of finished jobs kept this long (the service default is a day)
 RSS_CAP_MB = 8192  # at most; never more than a third of this machine's memory (rss_cap_mb)
 
 
@@ -107,10 +108,16 @@ def _summary(seen: collections.Counter[str], wall: float, partial: bool = False)
 async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
     from inmemory.pipeline import InMemoryPipeline
     from pipeline.handler import Fetcher
-    from pipeline.jobs import Job, Status
+    from pipeline.jobs import Job
     from pipeline.settings import Settings
 
-    settings = Settings.from_env({}, workers=workers, queue_maxsize=workers * 2, max_tries=1)
+    settings = Settings.from_env(
+        {},
+        workers=workers,
+        queue_maxsize=workers * 2,
+        max_tries=1,
+        result_ttl=PIPELINE_RESULT_TTL_S,
+    )
     counts: collections.Counter[str] = collections.Counter()
     async with Fetcher(settings) as fetcher:
         pipe = InMemoryPipeline(settings, fetcher)
@@ -118,14 +125,40 @@ async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
         for i, url in enumerate(urls):
             await pipe.submit(Job(url=url, id=str(i)))
         await pipe.join()
-        for record in pipe.records.values():
-            if record.status is Status.DONE:
-                counts["ok"] += 1
-            else:
-                error = record.result.error if record.result else "no outcome"
-                counts[(error or "?").split(":")[0]] += 1
+        counts["ok"] = (await pipe.stats()).done
+        for letter in await pipe.dead_letters():  # every job that failed, with its error
+            counts[(letter.error or "?").split(":")[0]] += 1
         await pipe.close()
     return counts
+
+
+def record_bytes(n: int = 10_000) -> int:
+    """Memory one finished job's record takes in InMemoryPipeline (tracemalloc over ``n`` jobs
+    submitted and run, their URLs and ids included): what ``RESULT_TTL`` costs a long-running
+    service per job it keeps."""
+    import tracemalloc
+
+    from inmemory.pipeline import InMemoryPipeline
+    from pipeline.jobs import Job, Outcome, Status
+    from pipeline.settings import Settings
+
+    async def handler(job: Job, attempt: int) -> Outcome:
+        return Outcome(Status.DONE, http_status=200, bytes=40, elapsed_s=0.05, attempts=attempt)
+
+    async def fill() -> int:
+        pipe = InMemoryPipeline(Settings.from_env({}, workers=1, queue_maxsize=n), handler)
+        await pipe.start()
+        tracemalloc.start()
+        for i in range(n):
+            await pipe.submit(Job(url=f"http://127.0.0.1:9/flood/{i}", id=f"flood-{i}"))
+        await pipe.join()
+        used = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert len(pipe.records) == n
+        await pipe.close()
+        return used
+
+    return asyncio.run(fill()) // n
 
 
 async def _main(variant: str, n: int, upstream: str, workers: int) -> dict[str, Any]:

@@ -132,6 +132,8 @@ async def section_flood(s: Sizes, base: str, big: bool, step: Any) -> dict[str, 
         "workers": s.flood_workers,
         "latency_ms": s.latency_ms,
         "rss_cap_mb": flood.rss_cap_mb(),
+        "pipeline_result_ttl_s": flood.PIPELINE_RESULT_TTL_S,
+        "record_bytes": await asyncio.to_thread(flood.record_bytes),
     }
 
 

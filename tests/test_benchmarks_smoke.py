@@ -76,6 +76,7 @@ def test_io_section(results: dict) -> None:
 def test_flood_section(results: dict) -> None:
     """Section 3 ran each variant (or says why not); the pipeline had no errors."""
     rows = results["flood"]["rows"]
+    assert results["flood"]["record_bytes"] > 0
     assert {r["variant"] for r in rows} == {"gather_shared", "gather_per_request", "pipeline"}
     for r in rows:
         assert "skipped" in r or ("peak_rss_mb" in r and r["successes"] + r["errors"] <= r["n"])
