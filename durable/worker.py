@@ -16,6 +16,7 @@ What we add around arq (by subclassing, not forking):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -101,34 +102,48 @@ end
 return 1
 """
 
-# Claim a job and register it, in one round trip. arq's own start_jobs claims with four (WATCH,
-# EXISTS, ZSCORE, MULTI/PSETEX/EXEC), and our function then registered the job with a fifth (BEGIN).
-# Registering at claim time also leaves no moment where a job is claimed but not yet registered.
-# KEYS: in-progress key, queue, record, running, stats, arq's retry key.
-# ARGV: job id, now (ms), in-progress TTL (ms), worker id, room channel, record TTL (s).
-# Returns false (not claimable) or {score, previous status}; a job whose outcome is already
+# Claim jobs and register them, in one round trip for as many jobs as there are free slots. arq's
+# own start_jobs claims each job with four (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC), and our
+# function then registered it with a fifth (BEGIN). Registering at claim time also leaves no moment
+# where a job is claimed but not yet registered.
+# KEYS: queue, running, stats, then for each job: its in-progress key, record, arq's retry key.
+# ARGV: now (ms), in-progress TTL (ms), worker id, room channel, record TTL (s), then the job ids.
+# Returns two strings per job, in order: its score ('' = not claimable: running elsewhere, gone, or
+# deferred to later) and its record's status before the claim. A job whose outcome is already
 # recorded is claimed but not registered: it will be skipped without fetching.
 CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-local status = redis.call('HGET', KEYS[3], 'status')
-if status == 'done' or status == 'failed' then
-  redis.call('HINCRBY', KEYS[5], 'skipped_duplicates', 1)
-  return {score, status}
+local out = {}
+local registered = false
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local k = 3 + (i - 6) * 3
+  local score, status = '', ''
+  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
+    local queued = redis.call('ZSCORE', KEYS[1], id)
+    if queued and tonumber(queued) <= tonumber(ARGV[1]) then
+      redis.call('PSETEX', KEYS[k + 1], ARGV[2], '1')
+      score = queued
+      status = redis.call('HGET', KEYS[k + 2], 'status') or ''
+      if status == 'done' or status == 'failed' then
+        redis.call('HINCRBY', KEYS[3], 'skipped_duplicates', 1)
+      elseif status ~= '' then
+        if status == 'running' then
+          redis.call('HINCRBY', KEYS[k + 2], 'duplicates', 1)
+          redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
+        end
+        local try = (tonumber(redis.call('GET', KEYS[k + 3])) or 0) + 1
+        redis.call('HSET', KEYS[k + 2], 'status', 'running', 'attempts', try)
+        redis.call('EXPIRE', KEYS[k + 2], ARGV[5])
+        redis.call('HSET', KEYS[2], id, ARGV[3])
+        registered = true
+      end
+    end
+  end
+  out[#out + 1] = score
+  out[#out + 1] = status
 end
-if not status then return {score, ''} end
-if status == 'running' then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
-  redis.call('HINCRBY', KEYS[5], 'duplicates', 1)
-end
-local try = (tonumber(redis.call('GET', KEYS[6])) or 0) + 1
-redis.call('HSET', KEYS[3], 'status', 'running', 'attempts', try)
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], '1')
-return {score, status}
+if registered then redis.call('PUBLISH', ARGV[4], '1') end
+return out
 """
 
 
@@ -148,51 +163,62 @@ class _ArqWorker(Worker):
         self.wake.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, with its claim (and our registration) done by one Lua script per job.
+        """arq's start_jobs, with the claims (and our registrations) done by one Lua script for
+        every slot free at that moment: one round trip for several jobs when several finished.
 
         ``claimed[job_id]`` keeps the record's status before the claim for :meth:`DurableWorker._run`
         ('' = no record yet, 'done'/'failed' = outcome already recorded: skip)."""
-        for job_id in (j.decode() for j in job_ids):
-            if job_id in self.tasks:
-                continue  # already ours: arq keeps a running job in its queue until it ends
+        # a job of ours stays in arq's queue until it ends: skip it
+        pending = collections.deque(j for j in map(bytes.decode, job_ids) if j not in self.tasks)
+        while pending:
             await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
+            batch = [pending.popleft()]
+            while pending and not self.sem.locked():  # more free slots: no wait to take them
+                await self.sem.acquire()
+                batch.append(pending.popleft())
+            room = max(self.max_jobs - self.job_counter, 0)
+            for _ in batch[room:]:
                 self.sem.release()
+            del batch[room:]
+            if not batch:
                 return
-            self.job_counter += 1
+            self.job_counter += len(batch)
             try:
-                claim = await self._claim(
-                    keys=[
-                        in_progress_key_prefix + job_id,
-                        self.queue_name,
-                        keys.RECORD + job_id,
-                        keys.RUNNING,
-                        keys.STATS,
-                        keys.ARQ_RETRY + job_id,
-                    ],
-                    args=[
-                        job_id,
-                        timestamp_ms(),
-                        int(self.in_progress_timeout_s * 1000),
-                        self.owner.worker_id,
-                        keys.ROOM,
-                        self.owner.settings.result_ttl,
-                    ],
-                )
+                claims = await self._claim_batch(batch)
             except BaseException:
-                self._release_sem_dec_counter_on_complete()
+                for _ in batch:
+                    self._release_sem_dec_counter_on_complete()
                 raise
-            if claim is None:  # running elsewhere, finished, or deferred to later
-                # give the slot back WITHOUT waking the poll loop: a job another worker holds at
-                # the head of the queue would otherwise make this loop spin
-                self.job_counter -= 1
-                self.sem.release()
-                continue
-            score, previous = claim
-            self.claimed[job_id] = previous.decode()
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            for job_id, (score, previous) in zip(batch, claims, strict=True):
+                if not score:  # running elsewhere, finished, or deferred to later
+                    # give the slot back WITHOUT waking the poll loop: a job another worker holds
+                    # at the head of the queue would otherwise make this loop spin
+                    self.job_counter -= 1
+                    self.sem.release()
+                    continue
+                self.claimed[job_id] = previous.decode()
+                task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+
+    async def _claim_batch(self, job_ids: list[str]) -> list[tuple[bytes, bytes]]:
+        """Run CLAIM for ``job_ids``; (score, previous status) per job, score b'' if not taken."""
+        job_keys = [self.queue_name, keys.RUNNING, keys.STATS]
+        for job_id in job_ids:
+            job_keys += [in_progress_key_prefix + job_id, keys.RECORD + job_id]
+            job_keys.append(keys.ARQ_RETRY + job_id)
+        flat = await self._claim(
+            keys=job_keys,
+            args=[
+                timestamp_ms(),
+                int(self.in_progress_timeout_s * 1000),
+                self.owner.worker_id,
+                keys.ROOM,
+                self.owner.settings.result_ttl,
+                *job_ids,
+            ],
+        )
+        return list(zip(flat[::2], flat[1::2], strict=True))
 
     async def finish_job(
         self,
@@ -297,7 +323,10 @@ class DurableWorker(WorkerPool):
     def _make_arq(self) -> _ArqWorker:
         s = self.settings
         return _ArqWorker(
-            functions=[func(self._run, name=keys.FUNCTION, max_tries=s.max_tries)],
+            # keep_result=0: arq does not pickle each result for a key we never write (FINISH
+            # records the outcome); log_results=False: nor repr() it for a log line
+            functions=[func(self._run, name=keys.FUNCTION, max_tries=s.max_tries, keep_result=0)],
+            log_results=False,
             owner=self,
             redis_settings=RedisSettings.from_dsn(s.redis_url),
             max_jobs=s.workers,
