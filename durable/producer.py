@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from durable import keys, records
 from durable.redis_errors import UNAVAILABLE, map_redis_errors
+from durable.script_batch import ScriptBatch
 from pipeline.backend import Producer
 from pipeline.errors import BackendUnavailable, QueueFull
 from pipeline.jobs import MAX_PRIORITY, DeadLetter, Job, JobRecord, Stats, Status, Submitted
@@ -96,7 +97,7 @@ class DurableProducer(Producer):
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         super().__init__(settings)
         self.redis = redis or redis_client(settings)
-        self._enqueue = self.redis.register_script(ENQUEUE)
+        self._enqueue = ScriptBatch(self.redis, ENQUEUE)  # a burst of submits: one round trip
         self._room = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
@@ -168,7 +169,7 @@ class DurableProducer(Producer):
         while True:
             try:
                 with map_redis_errors("enqueueing"):
-                    code = int((await self._enqueue(keys=job_keys, args=args))[0])
+                    code = int((await self._enqueue(job_keys, args))[0])
                     if code == -1 and not waited:  # one producer wait per call, however long
                         waited = True
                         await self.redis.hincrby(keys.STATS, "producer_waits", 1)
