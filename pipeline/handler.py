@@ -2,9 +2,9 @@
 
 One ``httpx.AsyncClient`` per process is shared by every worker task (one per ten workers for
 large ``WORKERS``: see ``FETCHES_PER_CLIENT``). The body is streamed and counted; a body over
-``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id
-goes out in ``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network
-failures are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
+``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id goes out in
+``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network failures
+are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
 (timeouts, connection errors, 408, 429, 5xx).
 
 Test hook: with ``QC_TEST_HOOKS=1`` (``Settings.qc_test_hooks``), an upstream answer carrying
