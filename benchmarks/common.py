@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pipeline.harness.processes import CLI, Proc, child_env
+from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from pipeline.jobs import Job, Outcome, Status
-from pipeline.processes import CLI, Proc, child_env
-from pipeline.redis_launcher import RedisProcess, start_redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = "127.0.0.1"

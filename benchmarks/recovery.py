@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from benchmarks.common import private_redis, wait_until
+from pipeline.harness.processes import CLI, Proc, child_env
 from pipeline.jobs import Job
-from pipeline.processes import CLI, Proc, child_env
 from pipeline.settings import Settings
 
 

@@ -25,12 +25,13 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from durable import keys, records
+from durable.connection import redis_client
 from durable.redis_errors import UNAVAILABLE, map_redis_errors
 from durable.script_batch import ScriptBatch
 from pipeline.backend import Producer
+from pipeline.durations import Durations
 from pipeline.errors import BackendUnavailable, QueueFull
 from pipeline.jobs import MAX_PRIORITY, DeadLetter, Job, JobRecord, Stats, Status, Submitted
-from pipeline.metrics import Durations
 from pipeline.settings import Settings
 
 # KEYS: record, arq job, arq result, arq queue, running, dead letters, arq retry, arq in-progress.
@@ -78,14 +79,6 @@ JOB_KEY_TTL_MS = 7 * 86_400_000  # arq drops a job not started within this ("job
 def priority_offset_ms(priority: int) -> int:
     """How far before "now" a job's queue score goes; the script adds Redis's clock in µs."""
     return (MAX_PRIORITY - priority) * keys.PRIORITY_SPAN_MS
-
-
-def redis_client(settings: Settings) -> Redis:
-    """One client per process; redis-py reconnects on the next command after a lost connection."""
-    client: Redis = Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=5
-    )
-    return client
 
 
 class DurableProducer(Producer):
@@ -136,6 +129,12 @@ class DurableProducer(Producer):
     async def ping(self) -> None:
         with map_redis_errors("pinging"):
             await self.redis.ping()
+
+    async def check_backend(self) -> list[str]:
+        from durable.redis_check import persistence_warnings
+
+        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
+            return await persistence_warnings(self.redis)
 
     async def _submit(self, job: Job) -> Submitted:
         created = await self._enqueue_waiting(job, "submit")

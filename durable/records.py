@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from redis.asyncio import Redis
 
 from durable import keys
 from pipeline.jobs import JobRecord, Outcome, Status
-
-TERMINAL = {Status.DONE.value, Status.FAILED.value}
 
 
 def decode(raw: dict[bytes, bytes]) -> JobRecord | None:
@@ -31,10 +28,3 @@ def decode(raw: dict[bytes, bytes]) -> JobRecord | None:
 
 async def read(redis: Redis, job_id: str) -> JobRecord | None:
     return decode(await redis.hgetall(keys.RECORD + job_id))
-
-
-def fields(status: Status, attempts: int, outcome: Outcome | None) -> dict[str, Any]:
-    d: dict[str, Any] = {"status": status.value, "attempts": attempts}
-    if outcome is not None:
-        d["result"] = json.dumps(outcome.to_dict())
-    return d

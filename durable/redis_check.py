@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from durable.producer import redis_client
+from durable.connection import redis_client
 from durable.redis_errors import map_redis_errors
 from pipeline.settings import Settings
-
-log = logging.getLogger("queue_contrast.durable")
 
 
 async def persistence_warnings(redis: Redis) -> list[str]:
@@ -53,13 +49,11 @@ async def persistence_warnings(redis: Redis) -> list[str]:
     return warnings
 
 
-async def warn_about_persistence(settings: Settings) -> list[str]:
+async def check_redis(settings: Settings) -> list[str]:
+    """The start-up check behind ``Producer.check_backend`` and ``WorkerPool.check_backend``."""
     redis = redis_client(settings)  # the same connection settings as the producer's
     try:
         with map_redis_errors(f"connecting to {settings.redis_url}"):
-            warnings = await persistence_warnings(redis)
+            return await persistence_warnings(redis)
     finally:
         await redis.aclose()
-    for line in warnings:
-        log.warning("%s", line)
-    return warnings

@@ -34,9 +34,9 @@ from durable import keys
 from durable.heartbeat import Heartbeat, new_worker_id
 from durable.redis_errors import UNAVAILABLE
 from pipeline.backend import WorkerPool
+from pipeline.durations import COUNT, SUM, bucket_label
 from pipeline.handler import Handler
 from pipeline.jobs import Job, Outcome, Status
-from pipeline.metrics import COUNT, SUM, bucket_label
 from pipeline.retry import retry_delay
 from pipeline.settings import Settings
 
@@ -366,6 +366,11 @@ class DurableWorker(WorkerPool):
         await self.arq.pool.aclose(close_connection_pool=True)
         self.arq._pool = None
 
+    async def check_backend(self) -> list[str]:
+        from durable.redis_check import check_redis
+
+        return await check_redis(self.settings)
+
     def request_stop(self) -> None:
         self._stop_requested = True
         if self.arq is not None:
@@ -477,21 +482,6 @@ class DurableWorker(WorkerPool):
             self.arq.completed.add(job_id)
         return bool(written)
 
-    async def _record_attempt(
-        self,
-        job_id: str,
-        status: Status,
-        attempts: int,
-        outcome: Outcome,
-        counter: str,
-        complete: bool = False,
-    ) -> bool:
-        """:meth:`record` the attempt and count its fetch time in the shared histogram (read by
-        the API's /metrics), in the same round trip."""
-        return await self.record(
-            job_id, status, attempts, outcome, counter, timed=True, complete=complete
-        )
-
     async def _run(self, ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any] | None:
         """The arq job function: fetch once, record the outcome, or ask arq to retry later."""
         job = Job.from_dict(job_dict)
@@ -528,13 +518,15 @@ class DurableWorker(WorkerPool):
         with _redis_or_retry(job.id):
             if delay is not None:
                 await asyncio.shield(
-                    self._record_attempt(job.id, Status.QUEUED, attempt, outcome, "retried")
+                    self.record(job.id, Status.QUEUED, attempt, outcome, "retried", timed=True)
                 )
                 ctx[UNREGISTERED] = True
                 raise Retry(defer=delay)
             counter = "done" if outcome.ok else "failed"
             await asyncio.shield(
-                self._record_attempt(job.id, outcome.status, attempt, outcome, counter, True)
+                self.record(
+                    job.id, outcome.status, attempt, outcome, counter, timed=True, complete=True
+                )
             )
             ctx[UNREGISTERED] = True
         return outcome.to_dict()

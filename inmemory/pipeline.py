@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 
 from pipeline.backend import Producer, WorkerPool
+from pipeline.durations import Durations
 from pipeline.errors import QueueFull
 from pipeline.handler import Handler
 from pipeline.jobs import DeadLetter, Job, JobRecord, Outcome, Stats, Status, Submitted
-from pipeline.metrics import Durations
 from pipeline.retry import retry_delay
 from pipeline.settings import Settings
 
@@ -149,6 +149,9 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def stop_workers(self) -> None:
+        self.request_stop()
 
     async def join(self) -> None:
         """Wait until every job taken from the queue has been marked done (``task_done``)."""

@@ -102,6 +102,16 @@ class Producer(ABC):
     async def ping(self) -> None:
         """Raise BackendUnavailable when the backend cannot serve."""
 
+    async def check_backend(self) -> list[str]:
+        """Start-up check: one line per risk found in the backend's storage (empty: none).
+        Raises BackendUnavailable when it cannot be reached."""
+        return []
+
+    def stop_workers(self) -> None:
+        """Stop taking jobs now, where this producer runs workers itself (no-op otherwise): called
+        from the signal handler, before the HTTP server drains."""
+        return None
+
 
 class WorkerPool(ABC):
     """Runs jobs until ``request_stop``; then finishes in-flight jobs within the grace period."""
@@ -113,3 +123,7 @@ class WorkerPool(ABC):
     @abstractmethod
     def request_stop(self) -> None:
         """Stop taking jobs (safe to call from a signal handler)."""
+
+    async def check_backend(self) -> list[str]:
+        """Start-up check, as :meth:`Producer.check_backend`."""
+        return []

@@ -3,8 +3,6 @@ off CI), an upstream witness, and process management that reaps every child by P
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -12,41 +10,15 @@ import httpx
 import pytest
 import redis
 
-from pipeline.redis_launcher import RedisProcess, start_redis
+from pipeline.harness.redis_launcher import RedisProcess
 from tests.harness import Harness
-from tests.helpers import Processes
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _start_private_redis(persistence: str = "always") -> RedisProcess:
-    if shutil.which("redis-server"):
-        return start_redis(persistence=persistence)
-    if IN_CI:
-        pytest.fail(
-            "CI=true but redis-server is not installed: durable tests need a real Redis "
-            "(apt-get install -y redis-server)"
-        )
-    print(
-        "\nNOTICE: redis-server not installed; durable tests use the embedded fakeredis TCP "
-        "server in its own process. Durability claims are only proven against redis-server."
-    )
-    return start_redis(prefer="embedded")
-
-
-def need_redis_server() -> None:
-    """Skip off CI where only a real redis-server can show the property; fail under CI=true."""
-    if shutil.which("redis-server"):
-        return
-    if IN_CI:
-        pytest.fail("CI=true but redis-server is not installed")
-    pytest.skip("needs a real redis-server (not installed here); CI runs it")
+from tests.helpers import Processes, start_private_redis
 
 
 @pytest.fixture(scope="session")
 def redis_proc() -> Iterator[RedisProcess]:
     """One private Redis for the session (free port, temp dir, AOF on); stopped by PID."""
-    proc = _start_private_redis()
+    proc = start_private_redis()
     yield proc
     proc.stop()
 
@@ -103,3 +75,15 @@ async def make_harness(
     yield factory
     for h in made:
         await h.close()
+
+
+# Tests that start processes of their own are the slow set (``-m slow``); ``-m "not slow"`` runs the
+# unit and contract tests while you work. Modules of process tests also say so with ``pytestmark``.
+PROCESS_FIXTURES = frozenset({"processes", "own_redis", "volatile_redis", "local_compose"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a process-starting fixture as ``slow``."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

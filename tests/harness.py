@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 
 from pipeline.backend import Producer, WorkerPool
-from pipeline.chooser import make_producer, make_worker
+from pipeline.cli.chooser import make_producer, make_worker
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job, JobRecord, Status
-from pipeline.service import create_app
+from pipeline.service.app import create_app
 from pipeline.settings import Settings
 from tests.helpers import async_wait_until
 

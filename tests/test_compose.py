@@ -31,8 +31,8 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.processes import CLI, Proc
-from pipeline.redis_launcher import free_port
+from pipeline.harness.processes import CLI, Proc
+from pipeline.harness.redis_launcher import free_port
 from pipeline.settings import Settings
 from tests.helpers import Processes, get_json, wait_until
 

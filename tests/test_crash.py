@@ -23,9 +23,17 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.redis_launcher import RedisProcess
-from tests.conftest import _start_private_redis, need_redis_server
-from tests.helpers import Proc, Processes, get_json, wait_until
+from pipeline.harness.redis_launcher import RedisProcess
+from tests.helpers import (
+    Proc,
+    Processes,
+    get_json,
+    need_redis_server,
+    start_private_redis,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
 N = 60
 LATENCY_MS = 300
@@ -46,7 +54,7 @@ STOCK_TTL_S = 60 + 1 + 10
 @pytest.fixture
 def own_redis() -> Iterator[RedisProcess]:
     """A private Redis for one test (AOF on), so the test may kill it; stopped by PID."""
-    proc = _start_private_redis()
+    proc = start_private_redis()
     yield proc
     proc.stop()
 

@@ -7,7 +7,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import CLI, child_env
+
+pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
 
 def run_demo(tmp_path: Path, *args: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ import pytest
 from tests.browser import as_rendered, chromium, rendered_stats, require_chromium, screenshot
 from tests.helpers import Processes, get_json, wait_until
 
+pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
+
 JOBS_OK, JOBS_RETRIED, JOBS_FAILED_AT_ONCE = 30, 3, 1
 FAST_RETRIES = {"MAX_TRIES": 2, "RETRY_BASE_DELAY": 0.05, "RETRY_MAX_DELAY": 0.1}
 

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.helpers import IN_CI
+
+pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = "tests/netns_guard_checks.py"

@@ -9,9 +9,8 @@ import redis
 from redis.asyncio import Redis
 
 from durable.redis_check import persistence_warnings
-from pipeline.redis_launcher import RedisProcess, start_redis
-from tests.conftest import need_redis_server
-from tests.helpers import Processes
+from pipeline.harness.redis_launcher import RedisProcess, start_redis
+from tests.helpers import Processes, need_redis_server
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import metrics
 from pipeline.backend import Producer, WorkerPool
-from pipeline.chooser import make_producer, make_worker
+from pipeline.cli.chooser import make_producer, make_worker
 from pipeline.jobs import MAX_URL_LENGTH, Job, Outcome, Status
-from pipeline.service import MAX_BODY_BYTES, create_app
+from pipeline.service import metrics
+from pipeline.service.app import MAX_BODY_BYTES, create_app
 from pipeline.settings import Settings
 from tests.helpers import Processes, async_wait_until, get_json, wait_until
 

@@ -10,8 +10,11 @@ import re
 import signal
 
 import httpx
+import pytest
 
 from tests.helpers import Processes, get_json, wait_until
+
+pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
 
 def _submit(api: str, url: str, n: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 Prefers a real ``redis-server`` (free port, temp ``--dir``, AOF with ``appendfsync always`` unless
 asked otherwise). Where none is installed, it starts the embedded stand-in instead: fakeredis's TCP
-server in its own process (``python -m pipeline.embedded_redis``), so it outlives a killed worker.
+server in its own process (``python -m pipeline.harness.embedded_redis``), so it outlives a killed worker.
 Either way the child prints or answers readiness before this returns; every wait is bounded.
 """
 
@@ -92,11 +92,6 @@ class RedisProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
 
-    def restart(self) -> RedisProcess:
-        """Start again on the same port and data dir (AOF replays what was persisted)."""
-        self.kill()
-        return self.start()
-
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
         if self._owns_dir:
@@ -145,5 +140,5 @@ def start_redis(
             info: dict[str, object] = client.info("server")
         proc.version = str(info.get("redis_version", "?"))
         return proc
-    args = [sys.executable, "-m", "pipeline.embedded_redis", "--port", str(port)]
+    args = [sys.executable, "-m", "pipeline.harness.embedded_redis", "--port", str(port)]
     return RedisProcess("embedded", port, data_dir, args, _owns_dir=owns).start()

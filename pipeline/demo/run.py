@@ -23,111 +23,21 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
 
-from pipeline import demo_chart
-from pipeline.processes import Proc, Processes, child_env
-from pipeline.redis_launcher import RedisProcess, redis_server_path, start_redis
+from pipeline.demo import chart as demo_chart
+from pipeline.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
+from pipeline.harness.processes import Proc, Processes, child_env
+from pipeline.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
 
 DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
 FINISH_TIMEOUT_S = 90.0
 POLL_S = 0.1
 SUBMIT_CONCURRENCY = 16
-
-
-@dataclass(frozen=True)
-class Scenario:
-    key: str
-    label: str
-    backend: str
-    fast_recovery: bool = True
-    db_offset: int = 0
-
-    @property
-    def kills(self) -> str:
-        return "serve" if self.backend == "inmemory" else "worker"
-
-
-SCENARIOS = {
-    "inmemory": Scenario("inmemory", "inmemory (asyncio.Queue)", "inmemory"),
-    "durable": Scenario("durable", "durable (arq + heartbeats)", "durable"),
-    "stock-arq": Scenario("stock-arq", "durable, stock arq recovery", "durable", False, 1),
-}
-
-
-@dataclass
-class Options:
-    jobs: int = 100
-    kill_after: float = 0.25
-    latency_ms: float = 200
-    workers: int = 5
-    scenarios: tuple[str, ...] = ("inmemory", "durable", "stock-arq")
-    svg: Path | None = Path("crash-demo.svg")
-    redis: str = "auto"  # auto | redis-server | embedded
-
-
-@dataclass
-class Run:
-    """The live state and the result of one scenario (also what ``--json`` prints)."""
-
-    backend: str
-    label: str
-    submitted: int = 0
-    phase: str = "starting"
-    done_before_kill: int = 0
-    queued_at_kill: int = 0
-    in_flight_at_kill: int = 0
-    done_after_restart: int = 0
-    completed: int = 0
-    failed: int = 0
-    lost: int = 0
-    duplicates: int = 0
-    fetched_by_upstream: int = 0
-    unknown_after_restart: int = 0
-    recovery_s: float | None = None
-    kill_t: float | None = None
-    restart_t: float | None = None
-    timeline: list[list[float]] = field(default_factory=list)
-    error: str | None = None
-    t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
-
-    def t(self) -> float:
-        """Seconds since this scenario started submitting."""
-        return round(time.time() - self.t0, 3)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class DemoState:
-    """Everything a progress display (or a web page) needs, updated while the demo runs."""
-
-    options: Options
-    redis: str = ""
-    upstream: str = ""
-    started: float = field(default_factory=time.time)
-    runs: dict[str, Run] = field(default_factory=dict)
-    finished: bool = False
-
-    def t(self) -> float:
-        return round(time.time() - self.started, 3)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "redis": self.redis,
-            "upstream": self.upstream,
-            "elapsed_s": self.t(),
-            "finished": self.finished,
-            "jobs": self.options.jobs,
-            "runs": [r.to_dict() for r in self.runs.values()],
-        }
 
 
 def with_db(url: str, offset: int) -> str:
@@ -136,16 +46,23 @@ def with_db(url: str, offset: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def clear_our_keys(url: str) -> int:
-    """Delete arq's and our keys (only those) so a demo starts from an empty queue."""
+class NotEmpty(RuntimeError):
+    """The demo was pointed at a Redis database that holds data it did not create."""
+
+
+def require_empty(url: str) -> None:
+    """Refuse a database that holds any key: the demo never touches data it did not create."""
     client = redis.Redis.from_url(url)
     try:
-        stale = [k for pattern in ("arq:*", "qc:*") for k in client.scan_iter(pattern)]
-        if stale:
-            client.delete(*stale)
-        return len(stale)
+        keys = int(client.dbsize())
     finally:
         client.close()
+    if keys:
+        raise NotEmpty(
+            f"{url} holds {keys} keys the crash demo did not create; it runs only on an empty "
+            "database: point REDIS_URL at an unused one (e.g. redis://host:6379/15), or unset "
+            "REDIS_URL to let the demo start a private redis-server"
+        )
 
 
 class Demo:
@@ -179,8 +96,6 @@ class Demo:
 
     async def _run(self, sc: Scenario, run: Run, procs: Processes) -> None:
         env = self.env(sc)
-        if sc.backend == "durable":
-            clear_our_keys(env["REDIS_URL"])
         serve, api = await asyncio.to_thread(procs.serve, **env)
         target: Proc = serve
         if sc.backend == "durable":
@@ -306,6 +221,9 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
     ticker: asyncio.Task[None] | None = None
     try:
         redis_url, redis_proc, state.redis = await asyncio.to_thread(resolve_redis, opts.redis)
+        for key in opts.scenarios:
+            if SCENARIOS[key].backend == "durable":
+                require_empty(with_db(redis_url, SCENARIOS[key].db_offset))
         _, upstream = await asyncio.to_thread(procs.upstream, opts.latency_ms)
         state.upstream = upstream
         for key in opts.scenarios:
@@ -338,7 +256,11 @@ def resolve_redis(choice: str = "auto") -> tuple[str, RedisProcess | None, str]:
 
     given = os.environ.get("REDIS_URL")
     if given and choice == "auto":
-        return given, None, f"REDIS_URL={given} (yours; only arq:* and qc:* keys are touched)"
+        return (
+            given,
+            None,
+            f"REDIS_URL={given} (yours: an empty database, checked before the demo starts)",
+        )
     if choice == "redis-server" and not redis_server_path():
         raise RuntimeError("--redis redis-server: no redis-server on PATH")
     prefer = "embedded" if choice == "embedded" else "redis-server"
@@ -365,8 +287,8 @@ def write_outputs(state: DemoState, as_json: bool) -> str:
 
 def main(opts: Options, as_json: bool, page_port: int | None = None) -> int:
     """Run the demo and print its results; with ``page_port``, also serve the live page there
-    (``pipeline.demo_page``), which stays up with the final state until Ctrl-C."""
-    from pipeline import demo_view
+    (``pipeline.demo.page``), which stays up with the final state until Ctrl-C."""
+    from pipeline.demo import terminal as demo_view
 
     view = demo_view.ProgressView(sys.stderr)
     state = DemoState(opts)
@@ -382,10 +304,14 @@ def main(opts: Options, as_json: bool, page_port: int | None = None) -> int:
         else:
             demo_view.print_table(state)
 
-    if page_port is None:
-        asyncio.run(demo())
-    else:
-        from pipeline.demo_page import run_with_page
+    try:
+        if page_port is None:
+            asyncio.run(demo())
+        else:
+            from pipeline.demo.page import run_with_page
 
-        asyncio.run(run_with_page(demo(), state.snapshot, "127.0.0.1", page_port))
+            asyncio.run(run_with_page(demo(), state.snapshot, "127.0.0.1", page_port))
+    except NotEmpty as exc:
+        print(f"queue-contrast crash-demo: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 1 if any(r.error for r in state.runs.values()) else 0

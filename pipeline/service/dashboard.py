@@ -26,20 +26,22 @@ SHARED_SCRIPTS = ("chart.js",)
 
 
 @cache
-def load_page(name: str) -> str:
-    """The HTML page ``pipeline/static/<name>``, with the shared scripts it includes inlined."""
-    static = resources.files("pipeline").joinpath("static")
-    html = static.joinpath(name).read_text(encoding="utf-8")
+def load_page(name: str, package: str = "pipeline.service") -> str:
+    """The HTML page ``<package>/static/<name>``, with the shared scripts it includes (from this
+    package's ``static/``) inlined."""
+    html = resources.files(package).joinpath("static", name).read_text(encoding="utf-8")
+    shared = resources.files(__package__ or "pipeline.service").joinpath("static")
     for script in SHARED_SCRIPTS:
         marker = INCLUDE.format(name=script)
         if marker in html:
-            html = html.replace(marker, static.joinpath(script).read_text(encoding="utf-8"))
+            html = html.replace(marker, shared.joinpath(script).read_text(encoding="utf-8"))
     return html
 
 
-def html_response(name: str) -> HTMLResponse:
-    """``load_page(name)`` as a response the browser revalidates (pages change across versions)."""
-    return HTMLResponse(load_page(name), headers={"Cache-Control": "no-cache"})
+def html_response(name: str, package: str = "pipeline.service") -> HTMLResponse:
+    """``load_page(name, package)`` as a response the browser revalidates (pages change across
+    versions)."""
+    return HTMLResponse(load_page(name, package), headers={"Cache-Control": "no-cache"})
 
 
 def add_dashboard(app: FastAPI) -> None:

@@ -5,7 +5,7 @@ the dashboard's) and ``GET /snapshot`` (``get_snapshot()`` as JSON, which the pa
 second). ``run_with_page(work, get_snapshot, host, port)`` runs the demo coroutine ``work`` with the
 page served beside it, and keeps serving the final state until Ctrl-C when ``linger`` is set.
 
-The snapshot is ``pipeline.crash_demo.DemoState.snapshot()``; the page reads these keys::
+The snapshot is ``pipeline.demo.run.DemoState.snapshot()``; the page reads these keys::
 
     {
       "elapsed_s": 12.3,        # seconds since the demo started: the chart's x axis ends here
@@ -44,8 +44,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from pipeline.dashboard import html_response
-from pipeline.serving import READY_TIMEOUT_S, _Server, bind
+from pipeline.service.dashboard import html_response
+from pipeline.service.serving import Server, bind, wait_started
 
 DEMO_PAGE = "demo.html"
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def create_demo_app(get_snapshot: Snapshot) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return html_response(DEMO_PAGE)
+        return html_response(DEMO_PAGE, __package__ or "pipeline.demo")
 
     @app.get("/snapshot")
     async def snapshot() -> JSONResponse:
@@ -92,11 +92,12 @@ async def run_with_page(
     config = uvicorn.Config(
         create_demo_app(get_snapshot), log_level="warning", access_log=False, lifespan="off"
     )
-    server = _Server(config)
+    server = Server(config)
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     work_task: asyncio.Task[T] | None = None
     try:
-        await _until_started(server, server_task)
+        if not await wait_started(server, server_task):
+            raise RuntimeError("the crash-demo page did not start")
         if server.should_exit:  # interrupted before the demo began
             return None
         task = work_task = asyncio.ensure_future(work)
@@ -119,13 +120,3 @@ async def run_with_page(
         server.should_exit = True
         await server_task
     return None if work_task.cancelled() else work_task.result()
-
-
-async def _until_started(server: uvicorn.Server, task: asyncio.Task[None]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT_S
-    # uvicorn exposes only a `started` flag, no event: poll it, bounded by the deadline
-    while not server.started and not task.done() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    if not server.started:
-        raise RuntimeError(f"the crash-demo page did not start within {READY_TIMEOUT_S}s")

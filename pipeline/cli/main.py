@@ -71,24 +71,23 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    from pipeline.backend import WorkerPool
-    from pipeline.chooser import make_producer
+    from pipeline.cli.chooser import make_producer, serve_runs_workers
     from pipeline.handler import Fetcher
-    from pipeline.service import create_app
-    from pipeline.serving import serve as run_server
+    from pipeline.service.app import create_app
+    from pipeline.service.serving import serve as run_server
 
-    fetcher = Fetcher(settings) if settings.queue_backend == "inmemory" else None
+    fetcher = Fetcher(settings) if serve_runs_workers(settings) else None
     producer = make_producer(settings, fetcher)
     try:
-        await _check_backend(settings)
+        _log_warnings(await producer.check_backend())
         await run_server(
             create_app(producer),
             settings.host,
             settings.port,
             "serve",
-            on_exit=producer.request_stop if isinstance(producer, WorkerPool) else None,
+            on_exit=producer.stop_workers,
             backend=settings.queue_backend,
-            workers=settings.workers,
+            workers=settings.workers if producer.runs_workers else "none",
             maxsize=settings.queue_maxsize,
         )
     except BackendUnavailable as exc:
@@ -98,11 +97,10 @@ async def _serve(settings: Settings) -> None:
             await fetcher.aclose()
 
 
-async def _check_backend(settings: Settings) -> None:
-    if settings.queue_backend == "durable":
-        from durable.redis_check import warn_about_persistence
-
-        await warn_about_persistence(settings)
+def _log_warnings(warnings: list[str]) -> None:
+    log = logging.getLogger("queue_contrast")
+    for line in warnings:
+        log.warning("%s", line)
 
 
 @main.command()
@@ -114,7 +112,7 @@ def worker() -> None:
     re-delivered within seconds (heartbeats). With QUEUE_BACKEND=inmemory this exits 2: that
     queue lives inside `serve`.
     """
-    from pipeline.chooser import NoSeparateWorkers
+    from pipeline.cli.chooser import NoSeparateWorkers
 
     settings = load_settings()
     _logging()
@@ -127,12 +125,12 @@ def worker() -> None:
 
 
 async def _worker(settings: Settings) -> None:
-    from pipeline.chooser import make_worker
+    from pipeline.cli.chooser import make_worker
     from pipeline.handler import Fetcher
 
     async with Fetcher(settings) as fetcher:
         pool = make_worker(settings, fetcher)
-        await _check_backend(settings)
+        _log_warnings(await pool.check_backend())
         _on_signals(pool.request_stop)
         print(
             f"worker ready: backend={settings.queue_backend} workers={settings.workers} "
@@ -167,7 +165,7 @@ def submit(
     On 503 (queue full) it waits as Retry-After asks and tries again, so nothing is dropped; it
     prints one line per job: its id and status. Exit code 1 if any job failed (with --wait).
     """
-    from pipeline.client import submit_all
+    from pipeline.cli.client import submit_all
 
     settings = load_settings()
     lines = [u.strip() for u in (file_ or []) if u.strip() and not u.startswith("#")]
@@ -204,8 +202,8 @@ def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: in
     (status, default 500 then; retry_after; crash) to only the first N hits of each X-Job-Id,
     and answers 200 after that.
     """
-    from pipeline.serving import serve as run_server
-    from pipeline.upstream import create_upstream
+    from pipeline.harness.upstream import create_upstream
+    from pipeline.service.serving import serve as run_server
 
     app = create_upstream(latency_ms, fail_rate, seed)
     asyncio.run(run_server(app, host, port, "upstream", latency_ms=latency_ms, fail_rate=fail_rate))
@@ -235,7 +233,7 @@ def dead_letters_list(api: str | None, as_json: bool) -> None:
     """Print one line per dead letter, oldest first: id, attempts, last error, url."""
     import json
 
-    from pipeline.client import format_dead_letter, list_dead_letters
+    from pipeline.cli.client import format_dead_letter, list_dead_letters
 
     letters = list_dead_letters(_api_url(api))
     if as_json:
@@ -258,7 +256,7 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     Goes through the same backpressure as submit: on 503 it waits as Retry-After asks. Prints one
     line per re-queued id. Exit code 1 if JOB_ID is not a dead letter.
     """
-    from pipeline.client import retry_dead_letters
+    from pipeline.cli.client import retry_dead_letters
 
     if bool(job_id) == all_:
         _fail("give one dead letter's JOB_ID, or --all", EXIT_USAGE)
@@ -335,8 +333,8 @@ def crash_demo(
     """
     from pathlib import Path
 
-    from pipeline.crash_demo import SCENARIOS, Options
-    from pipeline.crash_demo import main as run
+    from pipeline.demo.run import main as run
+    from pipeline.demo.state import SCENARIOS, Options
 
     chosen = tuple(SCENARIOS) if "all" in backends else tuple(dict.fromkeys(backends))
     opts = Options(
@@ -349,7 +347,3 @@ def crash_demo(
         redis=redis_choice,
     )
     sys.exit(run(opts, as_json, page_port))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,8 @@
-"""The one place that names both backends. ``durable`` is imported only when chosen."""
+"""The one place that names both backends. ``durable`` is imported only when chosen.
+
+Everything else (the CLI's commands, the service, the demo, the tests' harness) asks the contract
+(``Producer.runs_workers``, ``check_backend``) instead of testing ``QUEUE_BACKEND`` itself.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ BACKENDS = ("inmemory", "durable")
 
 class NoSeparateWorkers(SettingsError):
     """``worker`` was started with the in-memory backend, whose queue lives inside ``serve``."""
+
+
+def serve_runs_workers(settings: Settings) -> bool:
+    """Whether ``serve`` runs the workers itself for this backend (and so needs a handler)."""
+    return settings.queue_backend == "inmemory"
 
 
 def make_producer(settings: Settings, handler: Handler | None = None) -> Producer:

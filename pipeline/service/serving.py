@@ -19,7 +19,7 @@ import uvicorn
 READY_TIMEOUT_S = 30
 
 
-class _Server(uvicorn.Server):
+class Server(uvicorn.Server):
     """uvicorn re-raises a captured SIGTERM after shutdown (exit status -15); a graceful stop is
     a success here, so handle the signals on the loop and exit 0."""
 
@@ -55,6 +55,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+async def wait_started(
+    server: uvicorn.Server, task: asyncio.Task[None], timeout: float = READY_TIMEOUT_S
+) -> bool:
+    """Wait until ``server`` (running as ``task``) accepts connections; False if it exited first
+    or did not start within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    # uvicorn exposes only a `started` flag, no event: poll it, bounded by the deadline
+    while not server.started and not task.done() and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    return bool(server.started)
+
+
 async def serve(
     app: Any,
     host: str,
@@ -74,15 +87,10 @@ async def serve(
         timeout_graceful_shutdown=None,
         backlog=2048,
     )
-    server = _Server(config)
+    server = Server(config)
     server.on_exit = on_exit
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT_S
-    # uvicorn exposes only a `started` flag, no event: poll it, bounded by the deadline
-    while not server.started and not task.done() and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    if server.started:
+    if await wait_started(server, task):
         details = " ".join(f"{k}={v}" for k, v in extra.items())
         print(f"{name} ready: http://{host}:{real_port} {details}".rstrip(), flush=True)
     await task

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from pipeline.crash_demo import DemoState, Run
+from pipeline.demo.state import DemoState, Run
 
 
 def _progress_table(state: DemoState) -> Table:

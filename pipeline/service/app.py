@@ -18,10 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline import metrics
 from pipeline.backend import Producer
-from pipeline.dashboard import add_dashboard
-from pipeline.dead_letter_api import add_dead_letter_routes
 from pipeline.errors import BackendUnavailable, InvalidJob, QueueFull
 from pipeline.jobs import (
     DEFAULT_PRIORITY,
@@ -32,6 +29,9 @@ from pipeline.jobs import (
     Job,
     new_job_id,
 )
+from pipeline.service import metrics
+from pipeline.service.dashboard import add_dashboard
+from pipeline.service.dead_letters import add_dead_letter_routes
 
 MAX_BODY_BYTES = 16 * 1024
 

@@ -1,0 +1,100 @@
+"""The crash demo's state: its options, its scenarios, and each scenario's live counts.
+
+Plain data, shared by the run (``pipeline.demo.run``), the terminal view and the web page.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    label: str
+    backend: str
+    fast_recovery: bool = True
+    db_offset: int = 0
+
+    @property
+    def kills(self) -> str:
+        return "serve" if self.backend == "inmemory" else "worker"
+
+
+SCENARIOS = {
+    "inmemory": Scenario("inmemory", "inmemory (asyncio.Queue)", "inmemory"),
+    "durable": Scenario("durable", "durable (arq + heartbeats)", "durable"),
+    "stock-arq": Scenario("stock-arq", "durable, stock arq recovery", "durable", False, 1),
+}
+
+
+@dataclass
+class Options:
+    jobs: int = 100
+    kill_after: float = 0.25
+    latency_ms: float = 200
+    workers: int = 5
+    scenarios: tuple[str, ...] = ("inmemory", "durable", "stock-arq")
+    svg: Path | None = Path("crash-demo.svg")
+    redis: str = "auto"  # auto | redis-server | embedded
+
+
+@dataclass
+class Run:
+    """The live state and the result of one scenario (also what ``--json`` prints)."""
+
+    backend: str
+    label: str
+    submitted: int = 0
+    phase: str = "starting"
+    done_before_kill: int = 0
+    queued_at_kill: int = 0
+    in_flight_at_kill: int = 0
+    done_after_restart: int = 0
+    completed: int = 0
+    failed: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    fetched_by_upstream: int = 0
+    unknown_after_restart: int = 0
+    recovery_s: float | None = None
+    kill_t: float | None = None
+    restart_t: float | None = None
+    timeline: list[list[float]] = field(default_factory=list)
+    error: str | None = None
+    t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
+
+    def t(self) -> float:
+        """Seconds since this scenario started submitting."""
+        return round(time.time() - self.t0, 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DemoState:
+    """Everything a progress display (or a web page) needs, updated while the demo runs."""
+
+    options: Options
+    redis: str = ""
+    upstream: str = ""
+    started: float = field(default_factory=time.time)
+    runs: dict[str, Run] = field(default_factory=dict)
+    finished: bool = False
+
+    def t(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "redis": self.redis,
+            "upstream": self.upstream,
+            "elapsed_s": self.t(),
+            "finished": self.finished,
+            "jobs": self.options.jobs,
+            "runs": [r.to_dict() for r in self.runs.values()],
+        }
