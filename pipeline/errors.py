@@ -4,7 +4,8 @@
     ├── QueueFull            the queue stayed full for the whole submit timeout  (HTTP 503)
     ├── InvalidJob           the job itself is unacceptable                      (HTTP 422)
     │   └── URLRefused       the URL points somewhere the service will not fetch (HTTP 422)
-    ├── BackendUnavailable   the backend (Redis) cannot be reached               (HTTP 503)
+    ├── Conflict             the job's state does not allow it (cancel a done job) (HTTP 409)
+    ├── BackendUnavailable   the backend (Redis) cannot be reached or take writes (HTTP 503)
     └── SettingsError        an environment variable holds an invalid value      (exit 2)
 
 The durable backend converts redis errors into ``BackendUnavailable`` in one place
@@ -41,8 +42,17 @@ class URLRefused(InvalidJob):
         super().__init__("url", message)
 
 
+class Conflict(QueueContrastError):
+    """The job exists but its state does not allow the operation (e.g. cancelling a finished job)."""
+
+    def __init__(self, message: str, status: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class BackendUnavailable(QueueContrastError):
-    """The backend's storage (Redis) cannot be reached."""
+    """The backend's storage (Redis) cannot be reached, or cannot take writes right now (full,
+    loading, read-only replica, busy)."""
 
 
 class SettingsError(QueueContrastError):

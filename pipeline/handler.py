@@ -1,11 +1,16 @@
-"""The fetch handler: one job in, one Outcome out. It knows nothing of queues.
+"""The fetch handler: one job (an HTTP request) in, one Outcome (its response) out. It knows
+nothing of queues.
 
 One ``httpx.AsyncClient`` per process is shared by every worker task (one per ten workers for
-large ``WORKERS``: see ``FETCHES_PER_CLIENT``). The body is streamed and counted; a body over
-``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read whole). The job id goes out in
-``X-Job-Id`` so the upstream can tell a first fetch from a duplicate. HTTP and network failures
-are recorded in the Outcome, never raised; ``retryable`` says whether trying again could help
-(timeouts, connection errors, 408, 429, 5xx).
+large ``WORKERS``: see ``FETCHES_PER_CLIENT``). The request is the job's method, headers and body;
+the job id goes out in ``X-Job-Id`` and ``Idempotency-Key`` (the same on every attempt), so the
+upstream can tell a first delivery from a duplicate, and one that honours idempotency keys applies
+the job's effect once. The response body is streamed and counted; its first ``RESULT_BODY_BYTES``
+are kept in the Outcome (``truncated`` when cut), with the response headers a client needs
+(``KEPT_RESPONSE_HEADERS``); a body over ``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read
+whole). HTTP and network failures are recorded in the Outcome, never raised; ``retryable`` says
+whether trying again could help (timeouts, connection errors, 408, 429, 5xx). Each attempt is
+bounded by the job's ``timeout_s``, else ``JOB_TIMEOUT``.
 
 Test hook: with ``QC_TEST_HOOKS=1`` (``Settings.qc_test_hooks``), an upstream answer carrying
 ``X-Test-Crash: 1`` makes the handler hard-exit the whole process with ``TEST_CRASH_EXIT`` (70), as a
@@ -15,6 +20,7 @@ poison job that crashes its worker would. Off by default; only tests and demos t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import os
@@ -27,7 +33,7 @@ from typing import NoReturn
 import httpx
 
 from pipeline.errors import URLRefused
-from pipeline.jobs import Job, Outcome, Status
+from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
 from pipeline.settings import Settings
 from pipeline.urlguard import URLGuard
 
@@ -40,6 +46,18 @@ Handler = Callable[[Job, int], Awaitable[Outcome]]
 
 class BodyTooLarge(Exception):
     pass
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    """What ``Fetcher._exchange`` read: status, kept headers, size and the kept body prefix."""
+
+    status: int
+    headers: dict[str, str]
+    size: int
+    body: bytes | None
+    truncated: bool
+    retry_after: float | None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -102,8 +120,9 @@ class Fetcher:
             await client.aclose()
 
     async def __call__(self, job: Job, attempt: int = 1) -> Outcome:
-        """Fetch ``job.url``; never raises for HTTP, network or guard failures."""
+        """Make the job's request; never raises for HTTP, network or guard failures."""
         start = time.monotonic()
+        timeout = job.timeout_s or self.settings.job_timeout
 
         def failed(error: str, *, retryable: bool, **kw: object) -> Outcome:
             return Outcome(
@@ -116,8 +135,8 @@ class Fetcher:
             )
 
         try:
-            async with asyncio.timeout(self.settings.job_timeout):
-                status, size, retry_after = await self._fetch(job)
+            async with asyncio.timeout(timeout):
+                response = await self._fetch(job)
         except URLRefused as exc:
             return failed(f"refused: {exc.message}", retryable=False)
         except BodyTooLarge:
@@ -126,35 +145,62 @@ class Fetcher:
         except httpx.TimeoutException as exc:
             return failed(f"timeout: {type(exc).__name__}", retryable=True)
         except TimeoutError:
-            return failed(f"timeout: over JOB_TIMEOUT={self.settings.job_timeout}s", retryable=True)
+            return failed(f"timeout: over {timeout:g}s", retryable=True)
         except (httpx.TransportError, OSError) as exc:
             return failed(f"network: {type(exc).__name__}: {exc}", retryable=True)
-        elapsed = time.monotonic() - start
-        if status < 400:
-            return Outcome(Status.DONE, status, size, elapsed, attempt)
-        error = f"HTTP {status}"
-        if retry_after is not None:
-            error += f", Retry-After {retry_after:g}s"
+        return self._outcome(response, attempt, time.monotonic() - start)
+
+    @staticmethod
+    def _outcome(r: Response, attempt: int, elapsed: float) -> Outcome:
+        if r.status < 400:
+            return Outcome(
+                Status.DONE,
+                r.status,
+                r.size,
+                elapsed,
+                attempt,
+                headers=r.headers,
+                truncated=r.truncated,
+                body=r.body,
+            )
+        error = f"HTTP {r.status}"
+        if r.retry_after is not None:
+            error += f", Retry-After {r.retry_after:g}s"
         return Outcome(
             Status.FAILED,
-            status,
-            size,
+            r.status,
+            r.size,
             elapsed,
             attempt,
             error=error,
-            retryable=status in RETRYABLE_STATUS,
-            retry_after_s=retry_after,
+            retryable=r.status in RETRYABLE_STATUS,
+            retry_after_s=r.retry_after,
+            headers=r.headers,
+            truncated=r.truncated,
+            body=r.body,
         )
 
-    async def _fetch(self, job: Job) -> tuple[int, int, float | None]:
+    def _request_headers(self, job: Job, host: str) -> dict[str, str]:
+        headers = {name: value for name, value in job.headers}
+        if job.body is not None and not any(n.lower() == "content-type" for n in headers):
+            headers["Content-Type"] = (
+                "application/json" if job.body_type == "json" else "text/plain; charset=utf-8"
+            )
+        headers.update({"X-Job-Id": job.id, "Idempotency-Key": job.id, "Host": host})
+        return headers
+
+    async def _fetch(self, job: Job) -> Response:
         url = self.guard.check(job.url)
         ip = await self.guard.resolve(url)
-        headers = {"X-Job-Id": job.id, "Host": url.netloc.decode("ascii")}
+        headers = self._request_headers(job, url.netloc.decode("ascii"))
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         pinned = url.copy_with(host=str(ip))
         shard = self._in_flight.index(min(self._in_flight))  # the least busy client
         client = self.clients[shard]
-        request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
+        content = job.body.encode("utf-8") if job.body is not None else None
+        request = client.build_request(
+            job.method, pinned, headers=headers, content=content, extensions=extensions
+        )
         self._in_flight[shard] += 1
         try:
             return await self._exchange(job, client, request)
@@ -163,23 +209,35 @@ class Fetcher:
 
     async def _exchange(
         self, job: Job, client: httpx.AsyncClient, request: httpx.Request
-    ) -> tuple[int, int, float | None]:
+    ) -> Response:
         response = await client.send(request, stream=True)
         if self.settings.qc_test_hooks and response.headers.get("x-test-crash") == "1":
             _test_crash(job)
         try:
-            size = 0
+            keep = self.settings.result_body_bytes
+            cap = self.settings.max_response_bytes
+            size, kept = 0, bytearray()
             async for chunk in response.aiter_raw():
                 size += len(chunk)
-                if size > self.settings.max_response_bytes:
+                if size > cap:
                     raise BodyTooLarge
-            return (
+                if len(kept) < keep:
+                    kept += chunk[: keep - len(kept)]
+            return Response(
                 response.status_code,
+                kept_headers(response.headers),
                 size,
+                bytes(kept) if keep else None,
+                size > len(kept) and keep > 0,
                 parse_retry_after(response.headers.get("retry-after")),
             )
         finally:
             await response.aclose()
+
+
+def kept_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The response headers a job's client needs (``KEPT_RESPONSE_HEADERS``), lower-case names."""
+    return {name: headers[name] for name in KEPT_RESPONSE_HEADERS if name in headers}
 
 
 def _test_crash(job: Job) -> NoReturn:

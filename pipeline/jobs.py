@@ -1,24 +1,66 @@
-"""The job and its outcome: plain data shared by every backend."""
+"""The job and its outcome: plain data shared by every backend.
+
+A job is one HTTP request to make — a crawler's ``GET``, a ``POST`` of JSON to an AI inference
+API — and its outcome is the response: status, the headers a client needs, and the first
+``RESULT_BODY_BYTES`` of the body. Header values that look like credentials are sent but never
+shown (:func:`mask_headers`): every record, listing, log line and dead letter shows ``***``.
+"""
 
 from __future__ import annotations
 
+import builtins
 import enum
+import re
+import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
 MAX_URL_LENGTH = 2048
 MAX_ID_LENGTH = 128
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+BODYLESS_METHODS = frozenset({"GET", "HEAD"})
+SECRET = "***"
+
+# Header names whose values are credentials: sent to the upstream, never shown.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+SECRET_NAME = re.compile(
+    r"auth|token|secret|passw|credential|session|signature|api[-_]?key|private|cookie", re.I
+)
+
+# Response headers kept in the outcome (what a client of the job needs to use the stored body).
+KEPT_RESPONSE_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "content-language",
+    "etag",
+    "last-modified",
+    "retry-after",
+    "location",
+    "cache-control",
+    "expires",
+    "date",
+)
 
 
 class Status(enum.StrEnum):
-    """Where a job is in its life."""
+    """Where a job is in its life (see the state machine in ``durable/runner.py``)."""
 
-    QUEUED = "queued"
+    SCHEDULED = "scheduled"  # waiting for its run_at
+    QUEUED = "queued"  # ready, or waiting for a retry back-off or its flow key's limit
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELLED})
 
 
 def new_job_id() -> str:
@@ -26,27 +68,117 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def is_secret_header(name: str) -> bool:
+    """Whether ``name``'s value is a credential (shown as ``***``)."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or SECRET_NAME.search(lowered) is not None
+
+
+def mask_headers(headers: tuple[tuple[str, str], ...] | dict[str, str]) -> dict[str, str]:
+    """The headers as shown to anyone: credential values replaced by ``***``."""
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {name: SECRET if is_secret_header(name) else value for name, value in pairs}
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """Fetch ``url``. Priority 0 is the most urgent, 9 the least."""
+    """One HTTP request to make. Priority 0 is the most urgent, 9 the least.
+
+    ``body`` is the exact text sent (UTF-8); ``body_type`` says where it came from: ``json`` (the
+    submitted JSON value, serialized; sent as ``application/json`` unless the headers say
+    otherwise) or ``text`` (``text/plain; charset=utf-8``). ``timeout_s`` and ``max_tries``
+    override the service's ``JOB_TIMEOUT`` / ``MAX_TRIES`` for this job (never above them).
+    ``run_at`` (unix seconds) delays the first attempt. ``flow_key`` names the flow-control key;
+    without one, the key is the URL's ``host:port`` (:meth:`flow`)."""
 
     url: str
     priority: int = DEFAULT_PRIORITY
     id: str = field(default_factory=new_job_id)
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
+    body_type: str | None = None  # "json" | "text" | None
+    timeout_s: float | None = None
+    max_tries: int | None = None
+    run_at: float | None = None
+    flow_key: str | None = None
+    created_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (used by the durable backend's payload)."""
-        return {"url": self.url, "priority": self.priority, "id": self.id}
+        """A JSON-safe dict (the durable payload, dead letters); defaults are left out."""
+        d: dict[str, Any] = {"url": self.url, "priority": self.priority, "id": self.id}
+        if self.method != "GET":
+            d["method"] = self.method
+        if self.headers:
+            d["headers"] = [list(h) for h in self.headers]
+        for name in ("body", "body_type", "timeout_s", "max_tries", "run_at", "flow_key"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        d["created_at"] = self.created_at
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         """Inverse of :meth:`to_dict`."""
-        return cls(url=data["url"], priority=int(data["priority"]), id=data["id"])
+        return cls(
+            url=data["url"],
+            priority=int(data.get("priority", DEFAULT_PRIORITY)),
+            id=data["id"],
+            method=data.get("method", "GET"),
+            headers=tuple((str(k), str(v)) for k, v in data.get("headers") or ()),
+            body=data.get("body"),
+            body_type=data.get("body_type"),
+            timeout_s=data.get("timeout_s"),
+            max_tries=data.get("max_tries"),
+            run_at=data.get("run_at"),
+            flow_key=data.get("flow_key"),
+            created_at=float(data.get("created_at") or 0.0),
+        )
+
+    def flow(self) -> str:
+        """The flow-control key: ``flow_key``, else the URL's ``host:port`` (lower-case, explicit
+        port; IPv6 in brackets)."""
+        return self.flow_key or url_flow_key(self.url)
+
+    def record(self, status: Status) -> JobRecord:
+        """A fresh record of this job in ``status``, with its secret headers masked."""
+        return JobRecord(
+            id=self.id,
+            url=self.url,
+            priority=self.priority,
+            status=status,
+            method=self.method,
+            flow_key=self.flow(),
+            headers=mask_headers(self.headers),
+            run_at=self.run_at,
+            created_at=self.created_at,
+            timeout_s=self.timeout_s,
+            max_tries=self.max_tries,
+        )
+
+
+def url_flow_key(url: str) -> str:
+    """``host:port`` of ``url`` as a flow key (``example.com:443``); '' if it cannot be parsed."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+        host = (parts.hostname or "").lower()
+    except ValueError:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if host else ""
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one fetch did. The handler never raises: failures are recorded here."""
+    """What one attempt did. The handler never raises: failures are recorded here.
+
+    ``bytes`` counts the body received; ``body`` keeps its first ``RESULT_BODY_BYTES`` (``truncated``
+    when cut) and is stored apart from the record (``GET /jobs/{id}/result``), never in it."""
 
     status: Status
     http_status: int | None = None
@@ -56,25 +188,32 @@ class Outcome:
     error: str | None = None
     retryable: bool = False
     retry_after_s: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    truncated: bool = False
+    body: builtins.bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status is Status.DONE
 
     def to_dict(self) -> dict[str, Any]:
+        """The outcome without its body (which is stored apart)."""
         # a shallow dict: dataclasses.asdict deep-copies every field, a hot-path cost per job
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "body"}
         d["status"] = self.status.value
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        return cls(**{**data, "status": Status(data["status"])})
+        known = {f.name for f in fields(cls)} - {"body"}
+        kept = {k: v for k, v in data.items() if k in known}
+        return cls(**{**kept, "status": Status(data.get("status", Status.FAILED))})
 
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
-    """What ``GET /jobs/{id}`` shows: the job, its status, attempts so far, and its outcome."""
+    """What ``GET /jobs/{id}`` shows: the job (secrets masked), its status, attempts so far, and
+    its last outcome (without the body: ``GET /jobs/{id}/result``)."""
 
     id: str
     url: str
@@ -83,15 +222,31 @@ class JobRecord:
     attempts: int = 0
     result: Outcome | None = None
     duplicates: int = 0
+    method: str = "GET"
+    flow_key: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    run_at: float | None = None
+    created_at: float = 0.0
+    timeout_s: float | None = None
+    max_tries: int | None = None
+    finished_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "url": self.url,
+            "method": self.method,
             "priority": self.priority,
             "status": self.status.value,
             "attempts": self.attempts,
             "duplicates": self.duplicates,
+            "flow_key": self.flow_key,
+            "headers": self.headers,
+            "run_at": self.run_at,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "timeout_s": self.timeout_s,
+            "max_tries": self.max_tries,
             "result": self.result.to_dict() if self.result else None,
         }
 
@@ -105,8 +260,20 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class ResultBody:
+    """A finished job's stored response body and the upstream's content type."""
+
+    body: bytes
+    content_type: str | None
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A job that ended ``failed``, kept with its last error until re-queued (``retry_dead``)."""
+    """A job that ended ``failed``, kept with its last error until re-queued (``retry_dead``).
+
+    ``job`` is the whole request (secrets included: it must be re-sent as it was); :meth:`to_dict`
+    shows it masked."""
 
     id: str
     url: str
@@ -115,21 +282,49 @@ class DeadLetter:
     error: str | None
     http_status: int | None = None
     failed_at: float = 0.0  # unix time
+    job: Job | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As shown to API clients: the request's method and masked headers, never a secret."""
+        job = self.job
+        return {
+            "id": self.id,
+            "url": self.url,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "error": self.error,
+            "http_status": self.http_status,
+            "failed_at": self.failed_at,
+            "method": job.method if job else "GET",
+            "headers": mask_headers(job.headers) if job else {},
+        }
+
+    def to_storage(self) -> dict[str, Any]:
+        """As stored (durable: ``qc:dead``), with the whole job so it can be re-queued."""
+        d = self.to_dict()
+        d["job"] = self.job.to_dict() if self.job else None
+        del d["headers"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeadLetter:
+        job = Job.from_dict(data["job"]) if data.get("job") else None
         return cls(
             id=str(data["id"]),
-            url=str(data.get("url") or ""),
-            priority=int(data.get("priority", DEFAULT_PRIORITY)),
+            url=str(data.get("url") or (job.url if job else "")),
+            priority=int(data.get("priority", job.priority if job else DEFAULT_PRIORITY)),
             attempts=int(data.get("attempts") or 0),
             error=data.get("error"),
             http_status=data.get("http_status"),
             failed_at=float(data.get("failed_at") or 0.0),
+            job=job,
         )
+
+    def requeue_job(self) -> Job:
+        """The job to queue again: the same request and id, a fresh life."""
+        if self.job is not None:
+            return Job.from_dict({**self.job.to_dict(), "run_at": None, "created_at": time.time()})
+        return Job(url=self.url, priority=self.priority, id=self.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +334,66 @@ class Requeued:
 
     ids: list[str]
     left: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is None on the last page."""
+
+    items: list[Any]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimit:
+    """Limits on one flow key: at most ``parallelism`` fetches at once, at most ``rate`` fetch
+    starts in any sliding window of ``period_s`` seconds. None = no such limit."""
+
+    parallelism: int | None = None
+    rate: int | None = None
+    period_s: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parallelism": self.parallelism, "rate": self.rate, "period_s": self.period_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowLimit:
+        p, r = data.get("parallelism"), data.get("rate")
+        return cls(
+            None if p is None else int(p),
+            None if r is None else int(r),
+            float(data.get("period_s") or 1.0),
+        )
+
+    @property
+    def unlimited(self) -> bool:
+        return self.parallelism is None and self.rate is None
+
+
+@dataclass(frozen=True, slots=True)
+class FlowState:
+    """What ``GET /flows`` shows for one key."""
+
+    key: str
+    limit: FlowLimit  # the effective limit (its own, else the "*" default)
+    own_limit: bool  # set for this key (FLOW_LIMITS or PUT), not inherited from "*"
+    in_flight: int = 0
+    waiting: int = 0  # jobs of this key held back by its limit or pause
+    starts_in_window: int = 0
+    paused: bool = False  # by hand (POST /flows/{key}/pause)
+    throttled_until: float | None = None  # unix time: an upstream's 429/503 Retry-After
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            **self.limit.to_dict(),
+            "own_limit": self.own_limit,
+            "in_flight": self.in_flight,
+            "waiting": self.waiting,
+            "starts_in_window": self.starts_in_window,
+            "paused": self.paused,
+            "throttled_until": self.throttled_until,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +411,11 @@ class Stats:
     maxsize: int
     producer_waits: int = 0
     dead_letters: int = 0
+    scheduled: int = 0
+    cancelled: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        extra = d.pop("extra")
-        d.update(extra)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d.update(self.extra)
         return d

@@ -1,7 +1,9 @@
 """When to try a failed job again, and after how long. Shared by both backends.
 
 Transient failures (``Outcome.retryable``: timeouts, connection errors, 408/429/5xx) are retried with
-exponential backoff and equal jitter (uniform in [d/2, d]), up to ``MAX_TRIES`` attempts in all. An upstream
+exponential backoff and equal jitter (uniform in [d/2, d]), up to ``MAX_TRIES`` attempts in all (or
+the job's own ``max_tries``), whatever the method: every attempt carries the same
+``Idempotency-Key``, so an upstream that honours it applies a POST once. An upstream
 ``Retry-After`` is honoured: the next attempt never comes sooner than it asks. When it asks for more
 than ``RETRY_MAX_DELAY``, the job is not retried at all (it fails now, with the Retry-After in its
 error, and lands in the dead letters to be re-queued later) rather than hammering the upstream early
@@ -22,9 +24,12 @@ def backoff_s(attempt: int, base: float, cap: float, rng: random.Random | None =
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def retry_delay(outcome: Outcome, attempt: int, settings: Settings) -> float | None:
-    """Seconds to wait before retrying, or None when the job should not be retried."""
-    if outcome.ok or not outcome.retryable or attempt >= settings.max_tries:
+def retry_delay(
+    outcome: Outcome, attempt: int, settings: Settings, max_tries: int | None = None
+) -> float | None:
+    """Seconds to wait before retrying, or None when the job should not be retried. ``max_tries``
+    is the job's own (at most ``MAX_TRIES``), else ``MAX_TRIES``."""
+    if outcome.ok or not outcome.retryable or attempt >= (max_tries or settings.max_tries):
         return None
     delay = backoff_s(attempt, settings.retry_base_delay, settings.retry_max_delay)
     if outcome.retry_after_s is not None:

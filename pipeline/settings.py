@@ -13,6 +13,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import SettingsError
+from pipeline.flows import parse_limits
+from pipeline.jobs import FlowLimit
 
 BackendName = Literal["inmemory", "durable"]
 
@@ -36,6 +38,19 @@ class Settings(BaseSettings):
         5.0, ge=0, le=600, description="seconds submit waits on a full queue"
     )
     max_response_bytes: int = Field(10 * 1024 * 1024, ge=1, description="cap on a fetched body")
+    result_body_bytes: int = Field(
+        1024 * 1024, ge=0, description="bytes of each response body kept with the job; 0 = none"
+    )
+    max_request_body_bytes: int = Field(
+        64 * 1024, ge=0, le=16 * 1024 * 1024, description="cap on a job's request body (bytes)"
+    )
+    flow_limits: str = Field(
+        "", description='per-key limits, JSON: {"host:port": {"parallelism", "rate", "period_s"}}'
+    )
+    allow_eviction: bool = Field(
+        False,
+        description="start even if Redis may evict keys (maxmemory-policy other than noeviction)",
+    )
     shutdown_grace: float = Field(
         10.0, ge=0, le=3600, description="seconds to finish work on SIGTERM"
     )
@@ -78,6 +93,17 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+    @field_validator("flow_limits")
+    @classmethod
+    def _flow_limits_parse(cls, v: str) -> str:
+        parse_limits(v)  # raises ValueError with a one-line reason
+        return v
+
+    @property
+    def flow_limit_map(self) -> dict[str, FlowLimit]:
+        """``FLOW_LIMITS`` parsed: key (or ``"*"``) → limit."""
+        return parse_limits(self.flow_limits)
 
     @property
     def allowed_host_set(self) -> frozenset[str]:
