@@ -1,23 +1,41 @@
 """The stand-in third-party API: slow on purpose, and the independent witness in every crash test.
 
-Any ``GET`` path answers after ``latency_ms``. It counts what it saw by the ``X-Job-Id`` header:
+Any path answers ``GET``, ``HEAD``, ``POST``, ``PUT``, ``PATCH``, ``DELETE`` and ``OPTIONS`` after
+``latency_ms`` with JSON naming what it received: ``method``, ``path``, ``job`` (the ``X-Job-Id``)
+and, for a request with a body, ``body_bytes`` and the body itself as ``json`` (a JSON
+Content-Type whose body parses), ``body`` (other UTF-8 text) or ``body_base64``.
+
+It counts what it saw by the ``X-Job-Id`` header:
 ``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight``,
 ``max_concurrency`` and ``connections`` (distinct client address:port pairs: TCP connections);
 ``GET /jobs`` gives each job id's hits, first and last arrival (unix time) and how many of its
-requests are open now. Per-request knobs in the query string let tests and
-demos provoke failures: ``?status=500``, ``?latency_ms=N``, ``?bytes=N`` (body size),
-``?retry_after=S``, ``?crash=1`` (sends ``X-Test-Crash``, which a worker started with
-``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
+requests are open now. ``GET /requests`` (``?job=ID``, ``?host=HOST:PORT`` filter it) returns the
+last ``LOG_MAX`` requests in arrival order, each with its method, path, raw query, every header as
+received (lower-cased names, repeated ones joined by ", "; secrets included: this is a witness),
+body (UTF-8 text, else base64; the first ``LOG_BODY_MAX`` bytes), arrival time (unix, float), the
+local address it arrived on and its ``X-Job-Id``. ``POST /reset`` forgets everything.
+
+Per-request knobs in the query string let tests and demos provoke failures: ``?status=500``,
+``?latency_ms=N``, ``?retry_after=S``, ``?crash=1`` (sends ``X-Test-Crash``, which a worker started
+with ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
 ``?fail_times=N`` makes the failure knobs (``status``, default 500 with this knob; ``retry_after``;
 ``crash``) apply only to the first N hits of each ``X-Job-Id``; later hits of that job answer 200, so
 a job can fail, be retried, and succeed. Requests without ``X-Job-Id`` always get the failure.
+
+Other knobs shape the response, on every hit: ``?content_type=``, ``?etag=``, ``?last_modified=``,
+``?location=`` and ``?header=Name:Value`` (repeatable) set response headers; the body is the
+request's body with its Content-Type for ``?echo=1``, else exactly ``?text=...``, else ``?bytes=N``
+bytes, else the JSON echo above. A 1xx, 204 or 304 status has no body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +46,22 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 CHUNK = 64 * 1024
+LOG_MAX = 10_000  # requests kept for GET /requests, oldest dropped first
+LOG_BODY_MAX = 64 * 1024  # bytes of each request body kept in that log
+FETCH_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+HEADER_KNOBS = {
+    "content_type": "content-type",
+    "etag": "etag",
+    "last_modified": "last-modified",
+    "location": "location",
+}
 
 
 @dataclass
 class Witness:
     """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open,
     answered] (unix times; ``open`` = requests for that job being answered now; ``answered`` = when
-    the last one ended)."""
+    the last one ended); ``log`` holds the last ``LOG_MAX`` requests (see ``GET /requests``)."""
 
     hits: int = 0
     in_flight: int = 0
@@ -42,19 +69,23 @@ class Witness:
     completed: int = 0
     jobs: dict[str, list[float]] = field(default_factory=dict)
     peers: set[tuple[str, int]] = field(default_factory=set)
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_MAX))
+    logged: int = 0  # requests ever logged (so ``logged - len(log)`` fell out of it)
 
-    def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> None:
+    def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> float:
+        """Count one arriving request; returns its arrival time (unix)."""
+        now = time.time()
         self.hits += 1
         if peer is not None:
             self.peers.add(peer)
         self.in_flight += 1
         self.max_concurrency = max(self.max_concurrency, self.in_flight)
         if job_id:
-            now = time.time()
             seen = self.jobs.setdefault(job_id, [0, now, now, 0, 0.0])
             seen[0] += 1
             seen[2] = now
             seen[3] += 1
+        return now
 
     def leave(self, job_id: str | None) -> None:
         self.in_flight -= 1
@@ -62,6 +93,33 @@ class Witness:
         if job_id:
             self.jobs[job_id][3] -= 1
             self.jobs[job_id][4] = time.time()
+
+    def record(self, request: Request, arrived: float) -> dict[str, Any]:
+        """Append ``request`` to the log at its arrival (so the log keeps arrival order); its body
+        is filled in by :func:`read_body` once read."""
+        server = request.scope.get("server") or (request.url.hostname or "", request.url.port or 0)
+        headers: dict[str, str] = {}
+        for name, value in request.headers.raw:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.logged += 1
+        entry: dict[str, Any] = {
+            "seq": self.logged,
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": headers,
+            "body": "",
+            "body_encoding": "utf-8",
+            "body_bytes": 0,
+            "body_truncated": False,
+            "arrived": arrived,
+            "host": host_key(server[0], server[1]),
+            "port": server[1],
+            "job": request.headers.get("x-job-id"),
+        }
+        self.log.append(entry)
+        return entry
 
     def summary(self) -> dict[str, Any]:
         unique = len(self.jobs)
@@ -75,6 +133,24 @@ class Witness:
             "completed": self.completed,
             "connections": len(self.peers),
         }
+
+
+def host_key(host: str, port: int) -> str:
+    """``host:port`` as a flow key names it (``[::1]:8081`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def read_body(request: Request, entry: dict[str, Any]) -> bytes:
+    """Read the request's body and put (the first ``LOG_BODY_MAX`` bytes of) it in its log entry."""
+    body = await request.body()
+    kept = body[:LOG_BODY_MAX]
+    try:
+        entry["body"] = kept.decode()
+    except UnicodeDecodeError:
+        entry["body"], entry["body_encoding"] = base64.b64encode(kept).decode(), "base64"
+    entry["body_bytes"] = len(body)
+    entry["body_truncated"] = len(body) > LOG_BODY_MAX
+    return body
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -105,6 +181,66 @@ def _knobs(request: Request, failing: bool) -> tuple[int, dict[str, str]]:
     return _int(request, "status", 500 if "fail_times" in query else 200), headers
 
 
+def _shaping_headers(request: Request) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The response headers the shaping knobs ask for: the named ones, and ``?header=N:V``s."""
+    query = request.query_params
+    named = {header: query[knob] for knob, header in HEADER_KNOBS.items() if knob in query}
+    extra = []
+    for item in query.getlist("header"):
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"?header={item!r}: expected Name:Value")
+        extra.append((name.strip(), value.strip()))
+    return named, extra
+
+
+def _echo(request: Request, body: bytes, job_id: str | None) -> dict[str, Any]:
+    """The default JSON answer: what was asked, and the body as JSON, text or base64."""
+    echo: dict[str, Any] = {"job": job_id, "path": request.url.path, "method": request.method}
+    if not body:
+        return echo
+    echo["body_bytes"] = len(body)
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            echo["json"] = json.loads(body)
+            return echo
+        except ValueError:
+            pass
+    try:
+        echo["body"] = body.decode()
+    except UnicodeDecodeError:
+        echo["body_base64"] = base64.b64encode(body).decode()
+    return echo
+
+
+def _reply(
+    request: Request, body: bytes, job_id: str | None, status: int, headers: dict[str, str]
+) -> Response:
+    """The response for one hit: the failure knobs' ``status``/``headers``, shaped by the rest."""
+    try:
+        named, extra = _shaping_headers(request)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    headers = {**headers, **named}
+    query = request.query_params
+    response: Response
+    if status < 200 or status in (204, 304):
+        response = Response(b"", status_code=status, headers=headers)
+    elif query.get("echo"):
+        ctype = request.headers.get("content-type")
+        headers = {"content-type": ctype, **headers} if ctype else headers
+        response = Response(body, status_code=status, headers=headers)
+    elif "text" in query:
+        response = Response(query["text"], status, headers, media_type="text/plain")
+    elif _int(request, "bytes", 0) > 0:
+        response = StreamingResponse(_body(_int(request, "bytes", 0)), status, headers)
+    else:
+        response = JSONResponse(_echo(request, body, job_id), status, headers)
+    for name, value in extra:
+        response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return response
+
+
 def create_upstream(
     latency_ms: float = 100, fail_rate: float = 0.0, seed: int | None = None
 ) -> Starlette:
@@ -128,6 +264,16 @@ def create_upstream(
             }
         )
 
+    async def requests(request: Request) -> JSONResponse:
+        query = request.query_params
+        kept = [
+            e
+            for e in witness.log
+            if ("job" not in query or e["job"] == query["job"])
+            and ("host" not in query or e["host"] == query["host"])
+        ]
+        return JSONResponse({"requests": kept, "dropped": witness.logged - len(witness.log)})
+
     async def reset(_: Request) -> JSONResponse:
         nonlocal witness
         witness = Witness()
@@ -137,19 +283,16 @@ def create_upstream(
         job_id = request.headers.get("x-job-id")
         seen = witness  # a request still running across a /reset must not touch the new counts
         client = request.client
-        seen.enter(job_id, (client.host, client.port) if client else None)
+        arrived = seen.enter(job_id, (client.host, client.port) if client else None)
+        entry = seen.record(request, arrived)
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
+            body = await read_body(request, entry)
             await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)
             status, headers = _knobs(request, failing)
             if fail_rate and rng.random() < fail_rate:
                 status = 500
-            size = _int(request, "bytes", 0)
-            if size:
-                return StreamingResponse(_body(size), status_code=status, headers=headers)
-            return JSONResponse(
-                {"job": job_id, "path": request.url.path}, status_code=status, headers=headers
-            )
+            return _reply(request, body, job_id, status, headers)
         finally:
             seen.leave(job_id)
 
@@ -157,8 +300,9 @@ def create_upstream(
         routes=[
             Route("/stats", stats),
             Route("/jobs", jobs),
+            Route("/requests", requests),
             Route("/reset", reset, methods=["POST"]),
-            Route("/{path:path}", answer),
+            Route("/{path:path}", answer, methods=FETCH_METHODS),
         ]
     )
 

@@ -1,0 +1,188 @@
+"""The upstream stand-in, the witness every other test trusts: what it echoes, records and counts.
+
+Most tests run it in-process through ``httpx.ASGITransport`` (the base URL's host:port is the
+"local address" the app sees, so two base URLs stand for two ports); one starts the real
+``queue-contrast upstream`` on two ports."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from pipeline.harness import upstream as upstream_module
+from pipeline.harness.upstream import create_upstream
+
+HOST_A = "http://127.0.0.1:9001"
+HOST_B = "http://127.0.0.1:9002"
+
+Client = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Client]:
+    """A factory of in-process clients, all talking to one upstream (latency 0 unless given)."""
+    app = create_upstream(latency_ms=0)
+    made: list[httpx.AsyncClient] = []
+
+    def make(base_url: str = HOST_A) -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+async def _json(c: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    response = await c.get(path, params=params)
+    response.raise_for_status()
+    return response.json()
+
+
+async def test_a_plain_get_keeps_the_existing_counters(client: Client) -> None:
+    """One GET with a job id: the /stats counters, /jobs entry and JSON answer are as before."""
+    c = client()
+    answer = await c.get("/page/1", headers={"X-Job-Id": "j1"})
+    assert answer.status_code == 200
+    assert answer.json() == {"job": "j1", "path": "/page/1", "method": "GET"}
+    stats = await _json(c, "/stats")
+    assert {k: stats[k] for k in upstream_module.Witness().summary()} == {
+        "hits": 1,
+        "unique_jobs": 1,
+        "duplicates": 0,
+        "in_flight": 0,
+        "max_concurrency": 1,
+        "completed": 1,
+        "connections": 1,
+    }
+    jobs = await _json(c, "/jobs")
+    assert set(jobs) == {"j1"}
+    assert jobs["j1"]["hits"] == 1 and jobs["j1"]["open"] == 0
+    assert jobs["j1"]["first"] <= jobs["j1"]["last"] <= jobs["j1"]["answered"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "GET", "OPTIONS"])
+async def test_every_method_is_answered_with_its_json_body_echoed(
+    client: Client, method: str
+) -> None:
+    """Each method reaches the catch-all, is counted, and its JSON body comes back parsed."""
+    c = client()
+    answer = await c.request(method, "/api/items/7", json={"a": [1, 2]}, headers={"X-Job-Id": "m1"})
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "job": "m1",
+        "path": "/api/items/7",
+        "method": method,
+        "body_bytes": len(b'{"a":[1,2]}'),
+        "json": {"a": [1, 2]},
+    }
+    assert (await _json(c, "/stats"))["hits"] == 1
+
+
+async def test_head_is_answered_and_recorded(client: Client) -> None:
+    """HEAD is a method the catch-all answers; the request log shows it."""
+    c = client()
+    assert (await c.head("/h", headers={"X-Job-Id": "h1"})).status_code == 200
+    logged = (await _json(c, "/requests", job="h1"))["requests"]
+    assert [e["method"] for e in logged] == ["HEAD"]
+
+
+async def test_text_and_binary_bodies_are_echoed_and_logged(client: Client) -> None:
+    """A text body comes back as ``body``; a non-UTF-8 one as base64, in the answer and the log."""
+    c = client()
+    text = await c.post("/t", content="héllo", headers={"Content-Type": "text/plain"})
+    assert text.json()["body"] == "héllo" and text.json()["body_bytes"] == len("héllo".encode())
+    raw = bytes([0xFF, 0x00, 0xFE])
+    binary = await c.put("/b", content=raw, headers={"X-Job-Id": "bin"})
+    assert base64.b64decode(binary.json()["body_base64"]) == raw
+    [entry] = (await _json(c, "/requests", job="bin"))["requests"]
+    assert entry["body_encoding"] == "base64" and base64.b64decode(entry["body"]) == raw
+    assert entry["body_bytes"] == 3
+
+
+async def test_the_request_log_keeps_every_header_body_and_arrival(client: Client) -> None:
+    """/requests?job= lists that job's requests in arrival order with all their headers (secrets
+    too), body, query, arrival time, local port and job id; other jobs are filtered out."""
+    c = client()
+    secret = {"Authorization": "Bearer s3cret", "X-Api-Key": "k-123"}
+    await c.post("/a?x=1&y=2", json={"n": 1}, headers={"X-Job-Id": "r1", **secret})
+    await c.get("/other", headers={"X-Job-Id": "r2"})
+    await c.delete("/a", headers={"X-Job-Id": "r1", "Idempotency-Key": "r1"})
+    logged = (await _json(c, "/requests", job="r1"))["requests"]
+    assert [(e["method"], e["path"]) for e in logged] == [("POST", "/a"), ("DELETE", "/a")]
+    first, second = logged
+    assert first["headers"]["authorization"] == "Bearer s3cret"
+    assert first["headers"]["x-api-key"] == "k-123"
+    assert first["headers"]["x-job-id"] == "r1"
+    assert first["headers"]["content-type"] == "application/json"
+    assert second["headers"]["idempotency-key"] == "r1"
+    assert first["query"] == "x=1&y=2"
+    assert first["body"] == '{"n":1}' and first["body_encoding"] == "utf-8"
+    assert first["job"] == "r1" and first["port"] == 9001 and first["host"] == "127.0.0.1:9001"
+    assert 0 < first["arrived"] <= second["arrived"]
+    assert first["seq"] < second["seq"]
+    everything = await _json(c, "/requests")
+    assert [e["job"] for e in everything["requests"]] == ["r1", "r2", "r1"]
+    assert everything["dropped"] == 0
+
+
+async def test_the_request_log_is_bounded_and_reset_clears_it(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past LOG_MAX entries the oldest go (and are counted as dropped); /reset empties the log."""
+    monkeypatch.setattr(upstream_module, "LOG_MAX", 3)
+    c = client()
+    await c.post("/reset")  # a new witness, built with the smaller log
+    for i in range(5):
+        await c.get(f"/n/{i}")
+    log = await _json(c, "/requests")
+    assert [e["path"] for e in log["requests"]] == ["/n/2", "/n/3", "/n/4"]
+    assert log["dropped"] == 2
+    await c.post("/reset")
+    assert await _json(c, "/requests") == {"requests": [], "dropped": 0}
+
+
+async def test_header_knobs_set_the_response_headers(client: Client) -> None:
+    """?content_type ?etag ?last_modified ?location and repeated ?header=N:V reach the response."""
+    c = client()
+    answer = await c.get(
+        "/k",
+        params=[
+            ("content_type", "application/vnd.x+json"),
+            ("etag", '"v1"'),
+            ("last_modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("location", "/elsewhere"),
+            ("header", "X-One: 1"),
+            ("header", "X-Two:two:parts"),
+        ],
+    )
+    assert answer.headers["content-type"] == "application/vnd.x+json"
+    assert answer.headers["etag"] == '"v1"'
+    assert answer.headers["last-modified"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert answer.headers["location"] == "/elsewhere"
+    assert answer.headers["x-one"] == "1" and answer.headers["x-two"] == "two:parts"
+    assert (await c.get("/k", params={"header": "no-colon"})).status_code == 400
+
+
+async def test_body_knobs_text_bytes_echo_and_bodyless_statuses(client: Client) -> None:
+    """?text= is the exact body; ?bytes=N gives N bytes; ?echo=1 returns the request body with its
+    Content-Type; a 304 or 204 has no body."""
+    c = client()
+    text = await c.get("/t", params={"text": "exact ✓ text"})
+    assert text.text == "exact ✓ text" and text.headers["content-type"].startswith("text/plain")
+    typed = await c.get("/t", params={"text": "<p>", "content_type": "text/html"})
+    assert typed.text == "<p>" and typed.headers["content-type"] == "text/html"
+    assert len((await c.get("/b", params={"bytes": 70_000})).content) == 70_000
+    echoed = await c.post(
+        "/e?echo=1", content=b"<x>\xff</x>", headers={"Content-Type": "application/xml"}
+    )
+    assert echoed.content == b"<x>\xff</x>"
+    assert echoed.headers["content-type"] == "application/xml"
+    not_modified = await c.get("/c", params={"status": 304, "etag": '"v1"'})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert not_modified.headers["etag"] == '"v1"'
+    assert (await c.delete("/d", params={"status": 204})).content == b""
