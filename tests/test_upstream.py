@@ -6,6 +6,7 @@ Most tests run it in-process through ``httpx.ASGITransport`` (the base URL's hos
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,6 +19,16 @@ from pipeline.harness.upstream import create_upstream
 
 HOST_A = "http://127.0.0.1:9001"
 HOST_B = "http://127.0.0.1:9002"
+
+EXISTING_STATS = (
+    "hits",
+    "unique_jobs",
+    "duplicates",
+    "in_flight",
+    "max_concurrency",
+    "completed",
+    "connections",
+)
 
 Client = Callable[..., httpx.AsyncClient]
 
@@ -50,7 +61,7 @@ async def test_a_plain_get_keeps_the_existing_counters(client: Client) -> None:
     assert answer.status_code == 200
     assert answer.json() == {"job": "j1", "path": "/page/1", "method": "GET"}
     stats = await _json(c, "/stats")
-    assert {k: stats[k] for k in upstream_module.Witness().summary()} == {
+    assert {k: stats[k] for k in EXISTING_STATS} == {
         "hits": 1,
         "unique_jobs": 1,
         "duplicates": 0,
@@ -186,3 +197,78 @@ async def test_body_knobs_text_bytes_echo_and_bodyless_statuses(client: Client) 
     assert not_modified.status_code == 304 and not_modified.content == b""
     assert not_modified.headers["etag"] == '"v1"'
     assert (await c.delete("/d", params={"status": 204})).content == b""
+
+
+def _keyed(key: str) -> dict[str, str]:
+    return {"X-Job-Id": key, "Idempotency-Key": key}
+
+
+async def test_infer_replays_a_key_it_has_applied(client: Client) -> None:
+    """Two deliveries with one Idempotency-Key: one effect, one replay, the same status and body."""
+    c = client()
+    first = await c.post("/infer?status=201", json={"prompt": "hi"}, headers=_keyed("k1"))
+    assert first.status_code == 201
+    assert first.json() == {"output": {"prompt": "hi"}, "key": "k1", "effect": 1}
+    again = await c.post("/infer", json={"prompt": "changed"}, headers=_keyed("k1"))
+    assert (again.status_code, again.content) == (201, first.content)
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    stats = await _json(c, "/stats")
+    assert (stats["deliveries"], stats["effects"], stats["replays"]) == (2, 1, 1)
+    assert stats["infer_keys"] == 1
+    assert (stats["hits"], stats["duplicates"]) == (2, 1)  # /infer requests are hits too
+    assert await _json(c, "/effects") == {"k1": {"deliveries": 2, "effects": 1, "replays": 1}}
+
+
+async def test_concurrent_duplicates_wait_for_the_first_and_apply_once(client: Client) -> None:
+    """Three requests with one key at once: the first applies the effect, the two that arrive
+    while it is processed wait and get its stored answer."""
+    c = client()
+    answers = await asyncio.gather(
+        *(c.post("/infer?latency_ms=300", json={"n": 1}, headers=_keyed("same")) for _ in range(3))
+    )
+    assert {a.content for a in answers} == {answers[0].content}
+    assert answers[0].json()["effect"] == 1
+    assert sorted(a.headers.get("idempotent-replayed", "") for a in answers) == ["", "true", "true"]
+    assert await _json(c, "/effects") == {"same": {"deliveries": 3, "effects": 1, "replays": 2}}
+
+
+async def test_a_failed_answer_is_not_stored_so_the_retry_applies(client: Client) -> None:
+    """fail_times=1: the first delivery gets 503 and applies nothing; the retry applies the effect
+    (not a replay of the 503); a third delivery replays the success."""
+    c = client()
+    url = "/infer?fail_times=1&status=503&retry_after=1"
+    failed = await c.post(url, json={"x": 1}, headers=_keyed("f1"))
+    assert failed.status_code == 503 and failed.headers["retry-after"] == "1"
+    assert await _json(c, "/effects") == {"f1": {"deliveries": 1, "effects": 0, "replays": 0}}
+    retried = await c.post(url, json={"x": 1}, headers=_keyed("f1"))
+    assert retried.status_code == 200 and "idempotent-replayed" not in retried.headers
+    assert retried.json() == {"output": {"x": 1}, "key": "f1", "effect": 1}
+    third = await c.post(url, json={"x": 1}, headers=_keyed("f1"))
+    assert (third.status_code, third.content) == (200, retried.content)
+    assert await _json(c, "/effects") == {"f1": {"deliveries": 3, "effects": 1, "replays": 1}}
+
+
+async def test_a_crash_answer_is_applied_and_its_redelivery_replayed(client: Client) -> None:
+    """?crash=1&status=200&fail_times=1: the effect is applied before the crash header goes out, so the
+    re-delivery is a replay (and carries no crash header)."""
+    c = client()
+    crash = await c.post("/infer?crash=1&status=200&fail_times=1", json={}, headers=_keyed("c1"))
+    assert crash.status_code == 200 and crash.headers["x-test-crash"] == "1"
+    again = await c.post("/infer?crash=1&status=200&fail_times=1", json={}, headers=_keyed("c1"))
+    assert again.content == crash.content and "x-test-crash" not in again.headers
+    assert (await _json(c, "/effects"))["c1"] == {"deliveries": 2, "effects": 1, "replays": 1}
+
+
+async def test_infer_without_a_key_applies_every_time(client: Client) -> None:
+    """No Idempotency-Key: each delivery is an effect; a body that is not JSON is a 400, no effect."""
+    c = client()
+    one = await c.post("/infer", json=[1])
+    two = await c.post("/infer", json=[1])
+    assert (one.json()["effect"], two.json()["effect"]) == (1, 2)
+    assert one.json()["key"] is None
+    bad = await c.post("/infer", content=b"{not json", headers=_keyed("bad"))
+    assert bad.status_code == 400
+    stats = await _json(c, "/stats")
+    assert (stats["deliveries"], stats["effects"], stats["replays"]) == (3, 2, 0)
+    assert await _json(c, "/effects") == {"bad": {"deliveries": 1, "effects": 0, "replays": 0}}

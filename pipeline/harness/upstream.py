@@ -26,6 +26,23 @@ Other knobs shape the response, on every hit: ``?content_type=``, ``?etag=``, ``
 ``?location=`` and ``?header=Name:Value`` (repeatable) set response headers; the body is the
 request's body with its Content-Type for ``?echo=1``, else exactly ``?text=...``, else ``?bytes=N``
 bytes, else the JSON echo above. A 1xx, 204 or 304 status has no body.
+
+``POST /infer`` stands in for an AI inference API that honours ``Idempotency-Key`` as real ones
+do: after the latency it answers ``{"output": <the request's JSON>, "key": <Idempotency-Key>,
+"effect": n}``, n numbering the effects it has applied (one counter for the whole witness). A key
+it has already applied gets the stored answer again, same status and body (plus
+``Idempotent-Replayed: true``), at once: a *replay*, not a second effect. That includes a
+duplicate that arrives while the first request with its key is still being processed: it waits
+for the first and takes its stored answer (if the first stored none, e.g. it was cancelled, the
+duplicate is processed itself). A request without the header applies an effect every time.
+The failure knobs work here too, and a failing hit fails in front of the idempotency store: a
+non-2xx answer (a knob's status, ``--fail-rate``'s 500, 400 for a body that is not JSON) applies
+nothing and stores nothing, so a retry after a 503 applies the effect then. ``?crash=1`` with a 2xx
+status does apply and store the effect (the crash header goes to this answer only): the worker
+dies *after* the effect, and its re-delivery should be a replay. Every request to /infer is also
+a hit like any other (``hits``, ``/jobs``, ``/requests``). ``/stats`` adds ``deliveries``
+(requests to /infer), ``effects``, ``replays`` and ``infer_keys`` (distinct keys delivered);
+``GET /effects`` maps each key to its ``deliveries``, ``effects`` and ``replays``.
 """
 
 from __future__ import annotations
@@ -58,6 +75,60 @@ HEADER_KNOBS = {
 
 
 @dataclass
+class Effects:
+    """``POST /infer``'s idempotency store: the answer applied for each ``Idempotency-Key``, the
+    keys being processed now, and per key [deliveries, effects, replays]."""
+
+    deliveries: int = 0
+    effects: int = 0
+    replays: int = 0
+    keys: dict[str, list[int]] = field(default_factory=dict)
+    stored: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    pending: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def deliver(self, key: str | None) -> None:
+        self.deliveries += 1
+        if key:
+            self.keys.setdefault(key, [0, 0, 0])[0] += 1
+
+    async def apply(
+        self, key: str | None, output: Any, status: int, delay_s: float
+    ) -> tuple[int, bytes, bool]:
+        """(status, body, replayed): the stored answer for an applied ``key``, else — after
+        ``delay_s`` — a new effect, stored under ``key``. A request whose key is being processed
+        waits for that request, then takes its stored answer (or, if it stored none, processes)."""
+        while key and key in self.pending:
+            await self.pending[key].wait()
+        if key and key in self.stored:
+            self.replays += 1
+            self.keys[key][2] += 1
+            return *self.stored[key], True
+        done = asyncio.Event()
+        if key:
+            self.pending[key] = done
+        try:
+            await asyncio.sleep(delay_s)
+            self.effects += 1
+            body = json.dumps({"output": output, "key": key, "effect": self.effects}).encode()
+            if key:
+                self.keys[key][1] += 1
+                self.stored[key] = (status, body)
+            return status, body, False
+        finally:
+            if key:
+                del self.pending[key]
+            done.set()
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "deliveries": self.deliveries,
+            "effects": self.effects,
+            "replays": self.replays,
+            "infer_keys": len(self.keys),
+        }
+
+
+@dataclass
 class Witness:
     """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open,
     answered] (unix times; ``open`` = requests for that job being answered now; ``answered`` = when
@@ -71,6 +142,7 @@ class Witness:
     peers: set[tuple[str, int]] = field(default_factory=set)
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_MAX))
     logged: int = 0  # requests ever logged (so ``logged - len(log)`` fell out of it)
+    effects: Effects = field(default_factory=Effects)
 
     def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> float:
         """Count one arriving request; returns its arrival time (unix)."""
@@ -132,6 +204,7 @@ class Witness:
             "max_concurrency": self.max_concurrency,
             "completed": self.completed,
             "connections": len(self.peers),
+            **self.effects.summary(),
         }
 
 
@@ -151,6 +224,13 @@ async def read_body(request: Request, entry: dict[str, Any]) -> bytes:
     entry["body_bytes"] = len(body)
     entry["body_truncated"] = len(body) > LOG_BODY_MAX
     return body
+
+
+def _arrive(seen: Witness, request: Request, job_id: str | None) -> dict[str, Any]:
+    """Count and log one arriving request; returns its log entry."""
+    client = request.client
+    arrived = seen.enter(job_id, (client.host, client.port) if client else None)
+    return seen.record(request, arrived)
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -224,7 +304,7 @@ def _reply(
     headers = {**headers, **named}
     query = request.query_params
     response: Response
-    if status < 200 or status in (204, 304):
+    if _bodyless(status):
         response = Response(b"", status_code=status, headers=headers)
     elif query.get("echo"):
         ctype = request.headers.get("content-type")
@@ -239,6 +319,37 @@ def _reply(
     for name, value in extra:
         response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     return response
+
+
+def _bodyless(status: int) -> bool:
+    return status < 200 or status in (204, 304)
+
+
+async def _infer_reply(
+    effects: Effects,
+    key: str | None,
+    body: bytes,
+    status: int,
+    headers: dict[str, str],
+    delay_s: float,
+) -> Response:
+    """``POST /infer``'s answer: a failure knob's non-2xx after the delay (nothing applied or
+    stored), 400 for a body that is not JSON, else the effect's answer, new or replayed."""
+    if not 200 <= status < 300:
+        await asyncio.sleep(delay_s)
+        if _bodyless(status):
+            return Response(b"", status, headers)
+        return JSONResponse(
+            {"error": f"failure knob: status {status}", "key": key}, status, headers
+        )
+    try:
+        output = json.loads(body) if body else None
+    except ValueError:
+        return JSONResponse({"error": "the body is not JSON", "key": key}, 400, headers)
+    status, content, replayed = await effects.apply(key, output, status, delay_s)
+    if replayed:
+        headers = {**headers, "Idempotent-Replayed": "true"}
+    return Response(b"" if _bodyless(status) else content, status, headers, "application/json")
 
 
 def create_upstream(
@@ -274,17 +385,39 @@ def create_upstream(
         ]
         return JSONResponse({"requests": kept, "dropped": witness.logged - len(witness.log)})
 
+    async def effects(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                k: {"deliveries": v[0], "effects": v[1], "replays": v[2]}
+                for k, v in witness.effects.keys.items()
+            }
+        )
+
     async def reset(_: Request) -> JSONResponse:
         nonlocal witness
         witness = Witness()
         return JSONResponse({"reset": True})
 
+    async def infer(request: Request) -> Response:
+        job_id, key = request.headers.get("x-job-id"), request.headers.get("idempotency-key")
+        seen = witness
+        entry = _arrive(seen, request, job_id)
+        failing = _failing(request, seen, job_id)
+        seen.effects.deliver(key)
+        try:
+            body = await read_body(request, entry)
+            status, headers = _knobs(request, failing)
+            if fail_rate and rng.random() < fail_rate:
+                status = 500
+            delay_s = _int(request, "latency_ms", int(latency_ms)) / 1000
+            return await _infer_reply(seen.effects, key, body, status, headers, delay_s)
+        finally:
+            seen.leave(job_id)
+
     async def answer(request: Request) -> Response:
         job_id = request.headers.get("x-job-id")
         seen = witness  # a request still running across a /reset must not touch the new counts
-        client = request.client
-        arrived = seen.enter(job_id, (client.host, client.port) if client else None)
-        entry = seen.record(request, arrived)
+        entry = _arrive(seen, request, job_id)
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
             body = await read_body(request, entry)
@@ -301,7 +434,9 @@ def create_upstream(
             Route("/stats", stats),
             Route("/jobs", jobs),
             Route("/requests", requests),
+            Route("/effects", effects),
             Route("/reset", reset, methods=["POST"]),
+            Route("/infer", infer, methods=["POST"]),
             Route("/{path:path}", answer, methods=FETCH_METHODS),
         ]
     )
