@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -272,3 +273,102 @@ async def test_infer_without_a_key_applies_every_time(client: Client) -> None:
     stats = await _json(c, "/stats")
     assert (stats["deliveries"], stats["effects"], stats["replays"]) == (3, 2, 0)
     assert await _json(c, "/effects") == {"bad": {"deliveries": 1, "effects": 0, "replays": 0}}
+
+
+@pytest.mark.parametrize(
+    ("times", "window_s", "expected"),
+    [
+        ([], 1.0, 0),
+        ([5.0], 1.0, 1),
+        ([0.0, 1.0], 1.0, 1),  # exactly one window apart: different windows
+        ([0.0, 0.5, 1.0], 1.0, 2),
+        ([0.0, 0.25, 0.5, 0.75, 1.0, 1.25], 1.0, 4),  # a closed interval would say 5
+        ([0.0, 0.25, 0.5, 0.75, 1.0, 1.25], 1.25, 5),
+        ([0.0, 0.25, 0.5, 0.75, 1.0, 1.25], 0.25, 1),
+        ([2.0, 1.0, 1.0, 1.0], 1.0, 3),  # unsorted, simultaneous arrivals
+        ([0.0, 0.125, 0.25, 1.0, 1.125, 1.25, 2.0], 1.0, 3),  # 3 per second, bursts
+        ([0.0, 0.125, 0.25, 1.0, 1.125, 1.25, 2.0], 1.125, 4),
+        ([0.0, 0.125, 0.25, 1.0, 1.125, 1.25, 2.0], 100.0, 7),
+    ],
+)
+def test_max_arrivals_in_window_counts_half_open_windows(
+    times: list[float], window_s: float, expected: int
+) -> None:
+    """The largest count of arrivals in any [t, t + window_s): exact at the window's edge."""
+    assert upstream_module.max_arrivals_in_window(times, window_s) == expected
+
+
+def test_max_arrivals_in_window_matches_the_definition() -> None:
+    """On random arrivals, the two-pointer count equals the brute-force count from each arrival."""
+    rng = random.Random(7)
+    for _ in range(200):
+        times = [rng.randrange(0, 40) / 8 for _ in range(rng.randrange(1, 30))]
+        window_s = rng.randrange(1, 16) / 8
+        brute = max(sum(1 for u in times if t <= u < t + window_s) for t in times)
+        assert upstream_module.max_arrivals_in_window(times, window_s) == brute
+    with pytest.raises(ValueError):
+        upstream_module.max_arrivals_in_window([1.0], 0)
+
+
+async def test_stats_per_host_count_arrivals_and_concurrency_by_local_port() -> None:
+    """Requests on two local ports are counted per host:port: hits, max_concurrency and the most
+    arrivals in any ?window_s window, from the arrival times /arrivals lists."""
+    now = [1000.0]
+    app = create_upstream(latency_ms=0, clock=lambda: now[0])
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url=HOST_A) as a,
+        httpx.AsyncClient(transport=transport, base_url=HOST_B) as b,
+    ):
+        for t in (1000.0, 1000.5, 1001.0, 1001.5):
+            now[0] = t
+            await a.get("/x")
+        for t in (1000.25, 1000.375):
+            now[0] = t
+            await b.post("/infer", json={})
+        now[0] = 1003.0
+        await asyncio.gather(*(a.get("/slow?latency_ms=300") for _ in range(3)))
+
+        stats = await _json(a, "/stats")
+        assert stats["window_s"] == 1.0
+        assert stats["hosts"] == {
+            "127.0.0.1:9001": {
+                "hits": 7,
+                "in_flight": 0,
+                "max_concurrency": 3,
+                "max_arrivals_in_window": 3,  # the three at 1003.0
+            },
+            "127.0.0.1:9002": {
+                "hits": 2,
+                "in_flight": 0,
+                "max_concurrency": 1,
+                "max_arrivals_in_window": 2,
+            },
+        }
+        assert (stats["hits"], stats["max_concurrency"]) == (9, 3)
+        narrow = (await _json(a, "/stats", window_s=0.125))["hosts"]
+        assert narrow["127.0.0.1:9002"]["max_arrivals_in_window"] == 1  # 0.125 apart exactly
+        wide = (await _json(a, "/stats", window_s=1.5))["hosts"]
+        assert wide["127.0.0.1:9001"]["max_arrivals_in_window"] == 3
+        arrivals = (await _json(a, "/arrivals", host="127.0.0.1:9001"))["arrivals"]
+        assert [x["t"] for x in arrivals] == [
+            1000.0,
+            1000.5,
+            1001.0,
+            1001.5,
+            1003.0,
+            1003.0,
+            1003.0,
+        ]
+        assert [x["in_flight"] for x in arrivals] == [1, 1, 1, 1, 1, 2, 3]
+        everything = (await _json(a, "/arrivals"))["arrivals"]
+        assert [x["host"] for x in everything[:3]] == [
+            "127.0.0.1:9001",
+            "127.0.0.1:9002",
+            "127.0.0.1:9002",
+        ]
+        for bad in ("0", "-1", "nan", "inf", "soon"):
+            assert (await a.get("/stats", params={"window_s": bad})).status_code == 400
+        await a.post("/reset")
+        assert (await _json(a, "/stats"))["hosts"] == {}
+        assert await _json(a, "/arrivals") == {"arrivals": []}

@@ -43,6 +43,17 @@ dies *after* the effect, and its re-delivery should be a replay. Every request t
 a hit like any other (``hits``, ``/jobs``, ``/requests``). ``/stats`` adds ``deliveries``
 (requests to /infer), ``effects``, ``replays`` and ``infer_keys`` (distinct keys delivered);
 ``GET /effects`` maps each key to its ``deliveries``, ``effects`` and ``replays``.
+
+Per host: one process can listen on several ports (``queue-contrast upstream --port A --port B``),
+each standing for one third-party host. ``/stats`` has ``hosts``: for each local ``host:port`` a
+request arrived on (as a flow key names it: ``127.0.0.1:A``), its ``hits``, ``in_flight``,
+``max_concurrency`` and ``max_arrivals_in_window``: the most arrivals in any half-open window
+``[t, t + window_s)`` (``/stats?window_s=S``, default 1, echoed as ``window_s``), counted exactly
+from the arrival times by :func:`max_arrivals_in_window`. ``GET /arrivals?host=HOST:PORT`` lists
+that host's arrivals (all hosts' without ``?host``) in arrival order: unix time ``t``,
+``in_flight`` (that host's open requests just after this one arrived), ``job`` and ``host``.
+A request "arrives" when its headers have been read and the app is called; the last
+``ARRIVALS_MAX`` arrivals of each host are kept. The knobs work the same on every port.
 """
 
 from __future__ import annotations
@@ -50,10 +61,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +77,7 @@ from starlette.routing import Route
 CHUNK = 64 * 1024
 LOG_MAX = 10_000  # requests kept for GET /requests, oldest dropped first
 LOG_BODY_MAX = 64 * 1024  # bytes of each request body kept in that log
+ARRIVALS_MAX = 100_000  # arrivals kept per host for the window measure and GET /arrivals
 FETCH_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 HEADER_KNOBS = {
     "content_type": "content-type",
@@ -72,6 +85,53 @@ HEADER_KNOBS = {
     "last_modified": "last-modified",
     "location": "location",
 }
+
+
+def max_arrivals_in_window(times: Iterable[float], window_s: float) -> int:
+    """The largest number of ``times`` within any half-open interval ``[t, t + window_s)``: two
+    arrivals count together when they are less than ``window_s`` apart, and arrivals exactly
+    ``window_s`` apart fall in different windows. That is the sliding-window limit "at most
+    ``rate`` starts in any ``period_s``" as a limiter that admits a start when fewer than ``rate``
+    starts lie in ``(now - period_s, now]`` enforces it. Exact: two pointers over the sorted times
+    (the best interval can always start at an arrival)."""
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0, not {window_s}")
+    ordered = sorted(times)
+    best = first = 0
+    for last, t in enumerate(ordered):
+        while t - ordered[first] >= window_s:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+@dataclass
+class Host:
+    """The requests that arrived on one local address (``host:port``): ``arrivals`` keeps the last
+    ``ARRIVALS_MAX`` as (unix time, this host's requests open just after it arrived, job id)."""
+
+    hits: int = 0
+    in_flight: int = 0
+    max_concurrency: int = 0
+    arrivals: deque[tuple[float, int, str | None]] = field(
+        default_factory=lambda: deque(maxlen=ARRIVALS_MAX)
+    )
+
+    def enter(self, now: float, job_id: str | None) -> None:
+        self.hits += 1
+        self.in_flight += 1
+        self.max_concurrency = max(self.max_concurrency, self.in_flight)
+        self.arrivals.append((now, self.in_flight, job_id))
+
+    def summary(self, window_s: float) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "in_flight": self.in_flight,
+            "max_concurrency": self.max_concurrency,
+            "max_arrivals_in_window": max_arrivals_in_window(
+                (a[0] for a in self.arrivals), window_s
+            ),
+        }
 
 
 @dataclass
@@ -119,6 +179,12 @@ class Effects:
                 del self.pending[key]
             done.set()
 
+    def view(self) -> dict[str, dict[str, int]]:
+        """``GET /effects``: per key, its deliveries, effects and replays."""
+        return {
+            k: {"deliveries": v[0], "effects": v[1], "replays": v[2]} for k, v in self.keys.items()
+        }
+
     def summary(self) -> dict[str, int]:
         return {
             "deliveries": self.deliveries,
@@ -143,10 +209,17 @@ class Witness:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_MAX))
     logged: int = 0  # requests ever logged (so ``logged - len(log)`` fell out of it)
     effects: Effects = field(default_factory=Effects)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # arrival and answer times (unix); tests pass a fake
 
-    def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> float:
-        """Count one arriving request; returns its arrival time (unix)."""
-        now = time.time()
+    def enter(
+        self, job_id: str | None, peer: tuple[str, int] | None = None, host: str | None = None
+    ) -> float:
+        """Count one request arriving (from ``peer``, on local address ``host``); returns its
+        arrival time (unix)."""
+        now = self.clock()
+        if host is not None:
+            self.hosts.setdefault(host, Host()).enter(now, job_id)
         self.hits += 1
         if peer is not None:
             self.peers.add(peer)
@@ -159,17 +232,18 @@ class Witness:
             seen[3] += 1
         return now
 
-    def leave(self, job_id: str | None) -> None:
+    def leave(self, job_id: str | None, host: str | None = None) -> None:
+        if host is not None:
+            self.hosts[host].in_flight -= 1
         self.in_flight -= 1
         self.completed += 1
         if job_id:
             self.jobs[job_id][3] -= 1
-            self.jobs[job_id][4] = time.time()
+            self.jobs[job_id][4] = self.clock()
 
-    def record(self, request: Request, arrived: float) -> dict[str, Any]:
-        """Append ``request`` to the log at its arrival (so the log keeps arrival order); its body
-        is filled in by :func:`read_body` once read."""
-        server = request.scope.get("server") or (request.url.hostname or "", request.url.port or 0)
+    def record(self, request: Request, arrived: float, server: tuple[str, int]) -> dict[str, Any]:
+        """Append ``request`` (arrived on local address ``server``) to the log at its arrival, so
+        the log keeps arrival order; its body is filled in by :func:`read_body` once read."""
         headers: dict[str, str] = {}
         for name, value in request.headers.raw:
             key, text = name.decode("latin-1").lower(), value.decode("latin-1")
@@ -193,7 +267,7 @@ class Witness:
         self.log.append(entry)
         return entry
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, window_s: float = 1.0) -> dict[str, Any]:
         unique = len(self.jobs)
         tagged = sum(int(v[0]) for v in self.jobs.values())
         return {
@@ -205,7 +279,42 @@ class Witness:
             "completed": self.completed,
             "connections": len(self.peers),
             **self.effects.summary(),
+            "window_s": window_s,
+            "hosts": {k: h.summary(window_s) for k, h in self.hosts.items()},
         }
+
+    def jobs_view(self) -> dict[str, dict[str, Any]]:
+        """``GET /jobs``: per job id, its hits, first and last arrival, open requests, answered."""
+        return {
+            k: {
+                "hits": int(v[0]),
+                "first": v[1],
+                "last": v[2],
+                "open": int(v[3]),
+                "answered": v[4] or None,
+            }
+            for k, v in self.jobs.items()
+        }
+
+    def requests_view(self, job: str | None, host: str | None) -> dict[str, Any]:
+        """``GET /requests``: the kept requests (of ``job``, on ``host``) in arrival order."""
+        kept = [
+            e
+            for e in self.log
+            if (job is None or e["job"] == job) and (host is None or e["host"] == host)
+        ]
+        return {"requests": kept, "dropped": self.logged - len(self.log)}
+
+    def arrivals(self, host: str | None) -> list[dict[str, Any]]:
+        """Every kept arrival (of ``host``, or of all hosts), in arrival order."""
+        hosts = [host] if host is not None else list(self.hosts)
+        found = [
+            {"t": t, "in_flight": n, "job": job, "host": h}
+            for h in hosts
+            if h in self.hosts
+            for t, n, job in self.hosts[h].arrivals
+        ]
+        return sorted(found, key=lambda a: float(a["t"])) if host is None else found
 
 
 def host_key(host: str, port: int) -> str:
@@ -227,10 +336,22 @@ async def read_body(request: Request, entry: dict[str, Any]) -> bytes:
 
 
 def _arrive(seen: Witness, request: Request, job_id: str | None) -> dict[str, Any]:
-    """Count and log one arriving request; returns its log entry."""
+    """Count and log one arriving request; returns its log entry (``entry["host"]`` is the local
+    ``host:port`` it arrived on: uvicorn reports each connection's own socket address)."""
     client = request.client
-    arrived = seen.enter(job_id, (client.host, client.port) if client else None)
-    return seen.record(request, arrived)
+    server = request.scope.get("server") or (request.url.hostname or "", request.url.port or 0)
+    host = host_key(server[0], server[1])
+    arrived = seen.enter(job_id, (client.host, client.port) if client else None, host)
+    return seen.record(request, arrived, server)
+
+
+def _window_s(request: Request) -> float | None:
+    """``?window_s=`` (default 1) if it is a finite number of seconds > 0, else None."""
+    try:
+        window_s = float(request.query_params.get("window_s", 1.0))
+    except ValueError:
+        return None
+    return window_s if window_s > 0 and math.isfinite(window_s) else None
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -352,94 +473,100 @@ async def _infer_reply(
     return Response(b"" if _bodyless(status) else content, status, headers, "application/json")
 
 
-def create_upstream(
-    latency_ms: float = 100, fail_rate: float = 0.0, seed: int | None = None
-) -> Starlette:
-    witness = Witness()
-    rng = random.Random(seed)
+class Upstream:
+    """The witness's handlers and the current :class:`Witness` (replaced by ``POST /reset``)."""
 
-    async def stats(_: Request) -> JSONResponse:
-        return JSONResponse(witness.summary())
+    def __init__(
+        self, latency_ms: float, fail_rate: float, seed: int | None, clock: Callable[[], float]
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.fail_rate = fail_rate
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.witness = Witness(clock=clock)
 
-    async def jobs(_: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                k: {
-                    "hits": int(v[0]),
-                    "first": v[1],
-                    "last": v[2],
-                    "open": int(v[3]),
-                    "answered": v[4] or None,
-                }
-                for k, v in witness.jobs.items()
-            }
-        )
-
-    async def requests(request: Request) -> JSONResponse:
-        query = request.query_params
-        kept = [
-            e
-            for e in witness.log
-            if ("job" not in query or e["job"] == query["job"])
-            and ("host" not in query or e["host"] == query["host"])
+    def routes(self) -> list[Route]:
+        w = self
+        return [
+            Route("/stats", w.stats),
+            Route("/jobs", w.jobs),
+            Route("/requests", w.requests),
+            Route("/effects", w.effects),
+            Route("/arrivals", w.arrivals),
+            Route("/reset", w.reset, methods=["POST"]),
+            Route("/infer", w.infer, methods=["POST"]),
+            Route("/{path:path}", w.answer, methods=FETCH_METHODS),
         ]
-        return JSONResponse({"requests": kept, "dropped": witness.logged - len(witness.log)})
 
-    async def effects(_: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                k: {"deliveries": v[0], "effects": v[1], "replays": v[2]}
-                for k, v in witness.effects.keys.items()
-            }
-        )
+    async def stats(self, request: Request) -> JSONResponse:
+        window_s = _window_s(request)
+        if window_s is None:
+            return JSONResponse({"error": "window_s: a number of seconds > 0"}, status_code=400)
+        return JSONResponse(self.witness.summary(window_s))
 
-    async def reset(_: Request) -> JSONResponse:
-        nonlocal witness
-        witness = Witness()
+    async def jobs(self, _: Request) -> JSONResponse:
+        return JSONResponse(self.witness.jobs_view())
+
+    async def effects(self, _: Request) -> JSONResponse:
+        return JSONResponse(self.witness.effects.view())
+
+    async def arrivals(self, request: Request) -> JSONResponse:
+        return JSONResponse({"arrivals": self.witness.arrivals(request.query_params.get("host"))})
+
+    async def requests(self, request: Request) -> JSONResponse:
+        query = request.query_params
+        return JSONResponse(self.witness.requests_view(query.get("job"), query.get("host")))
+
+    async def reset(self, _: Request) -> JSONResponse:
+        self.witness = Witness(clock=self.clock)
         return JSONResponse({"reset": True})
 
-    async def infer(request: Request) -> Response:
+    def _latency_s(self, request: Request) -> float:
+        return _int(request, "latency_ms", int(self.latency_ms)) / 1000
+
+    def _status(self, request: Request, failing: bool) -> tuple[int, dict[str, str]]:
+        """The failure knobs' status and headers, or a ``--fail-rate`` 500."""
+        status, headers = _knobs(request, failing)
+        if self.fail_rate and self.rng.random() < self.fail_rate:
+            status = 500
+        return status, headers
+
+    async def infer(self, request: Request) -> Response:
         job_id, key = request.headers.get("x-job-id"), request.headers.get("idempotency-key")
-        seen = witness
+        seen = self.witness
         entry = _arrive(seen, request, job_id)
         failing = _failing(request, seen, job_id)
         seen.effects.deliver(key)
         try:
             body = await read_body(request, entry)
-            status, headers = _knobs(request, failing)
-            if fail_rate and rng.random() < fail_rate:
-                status = 500
-            delay_s = _int(request, "latency_ms", int(latency_ms)) / 1000
+            status, headers = self._status(request, failing)
+            delay_s = self._latency_s(request)
             return await _infer_reply(seen.effects, key, body, status, headers, delay_s)
         finally:
-            seen.leave(job_id)
+            seen.leave(job_id, entry["host"])
 
-    async def answer(request: Request) -> Response:
+    async def answer(self, request: Request) -> Response:
         job_id = request.headers.get("x-job-id")
-        seen = witness  # a request still running across a /reset must not touch the new counts
+        seen = self.witness  # a request still running across a /reset must not touch the new one
         entry = _arrive(seen, request, job_id)
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
             body = await read_body(request, entry)
-            await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)
-            status, headers = _knobs(request, failing)
-            if fail_rate and rng.random() < fail_rate:
-                status = 500
+            await asyncio.sleep(self._latency_s(request))
+            status, headers = self._status(request, failing)
             return _reply(request, body, job_id, status, headers)
         finally:
-            seen.leave(job_id)
+            seen.leave(job_id, entry["host"])
 
-    return Starlette(
-        routes=[
-            Route("/stats", stats),
-            Route("/jobs", jobs),
-            Route("/requests", requests),
-            Route("/effects", effects),
-            Route("/reset", reset, methods=["POST"]),
-            Route("/infer", infer, methods=["POST"]),
-            Route("/{path:path}", answer, methods=FETCH_METHODS),
-        ]
-    )
+
+def create_upstream(
+    latency_ms: float = 100,
+    fail_rate: float = 0.0,
+    seed: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The witness app; ``clock`` stamps arrivals and answers (unix seconds, a float)."""
+    return Starlette(routes=Upstream(latency_ms, fail_rate, seed, clock).routes())
 
 
 async def _body(size: int) -> AsyncIterator[bytes]:
