@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from pipeline.cli.main import upstream as upstream_command
 from pipeline.harness import upstream as upstream_module
 from pipeline.harness.upstream import create_upstream
+from tests.helpers import Processes, async_wait_until
 
 HOST_A = "http://127.0.0.1:9001"
 HOST_B = "http://127.0.0.1:9002"
@@ -372,3 +375,45 @@ async def test_stats_per_host_count_arrivals_and_concurrency_by_local_port() -> 
         await a.post("/reset")
         assert (await _json(a, "/stats"))["hosts"] == {}
         assert await _json(a, "/arrivals") == {"arrivals": []}
+
+
+def test_every_upstream_option_has_help() -> None:
+    """`queue-contrast upstream --help` explains every option."""
+    undocumented = [p.name for p in upstream_command.params if not getattr(p, "help", None)]
+    assert undocumented == []
+
+
+async def test_the_real_upstream_serves_one_witness_on_two_ports(processes: Processes) -> None:
+    """`queue-contrast upstream --port 0 --port 0`: one ready line with both URLs (the first right
+    after "ready: "), one witness behind both ports, counted per host:port in /stats hosts."""
+    proc, urls = processes.upstream_hosts(latency_ms=10, ports=2)
+    assert len(set(urls)) == 2
+    ready = next(line for line in proc.lines if "upstream ready:" in line)
+    first = re.search(r"upstream ready: (http://\S+)", ready)
+    assert first and first.group(1) == urls[0]
+    a, b = urls
+    key_a, key_b = (url.removeprefix("http://") for url in urls)
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as c:
+
+        async def open_on_a() -> bool:
+            hosts = (await c.get(f"{b}/stats")).json()["hosts"]
+            return key_a in hosts and hosts[key_a]["in_flight"] == 2
+
+        slow = [
+            asyncio.create_task(c.get(f"{a}/slow?latency_ms=2000", headers={"X-Job-Id": f"s{i}"}))
+            for i in range(2)
+        ]
+        await async_wait_until(open_on_a, 20, "two requests open on the first port")
+        answer = await c.post(f"{b}/infer", json={"q": 1}, headers=_keyed("p2"))
+        assert answer.json() == {"output": {"q": 1}, "key": "p2", "effect": 1}
+        assert all(r.status_code == 200 for r in await asyncio.gather(*slow))
+        stats = (await c.get(f"{a}/stats", params={"window_s": 5})).json()
+        logged = (await c.get(f"{a}/requests", params={"host": key_b})).json()["requests"]
+    assert stats["hosts"] == {
+        key_a: {"hits": 2, "in_flight": 0, "max_concurrency": 2, "max_arrivals_in_window": 2},
+        key_b: {"hits": 1, "in_flight": 0, "max_concurrency": 1, "max_arrivals_in_window": 1},
+    }
+    assert (stats["hits"], stats["unique_jobs"], stats["effects"]) == (3, 3, 1)
+    [entry] = logged
+    assert entry["port"] == int(key_b.rsplit(":", 1)[1]) and entry["path"] == "/infer"
+    assert entry["headers"]["idempotency-key"] == "p2"
