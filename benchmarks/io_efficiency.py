@@ -50,7 +50,7 @@ async def inmemory(upstream: str, n: int, workers: int) -> dict[str, Any]:
 
 async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[str, Any]:
     from durable.producer import DurableProducer
-    from durable.worker import DurableWorker
+    from durable.runner import DurableWorker
 
     settings = _settings(
         queue_backend="durable", redis_url=redis_url, workers=workers, queue_maxsize=max(n, 10)

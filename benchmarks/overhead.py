@@ -216,7 +216,7 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
 async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
     """Ours: DurableProducer (one Lua script per job) then a DurableWorker, no-op handler."""
     from durable.producer import DurableProducer
-    from durable.worker import DurableWorker
+    from durable.runner import DurableWorker
 
     await flush(redis_url)
     settings = Settings.from_env(

@@ -60,10 +60,13 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(
         3.0, gt=0, le=600, description="heartbeat lapse that marks a dead worker"
     )
-    fast_recovery: bool = Field(
-        True, description="reap dead workers' jobs via heartbeats; false = stock arq's TTL only"
+    poll_delay: float = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="durable worker's longest idle wait for a job hint (a safety net: an enqueue "
+        "wakes idle workers at once)",
     )
-    poll_delay: float = Field(0.05, gt=0, le=5, description="durable worker's longest idle poll")
     retry_base_delay: float = Field(0.5, ge=0, le=600, description="first retry backoff, seconds")
     retry_max_delay: float = Field(
         30.0, ge=0, le=3600, description="longest retry backoff, seconds"

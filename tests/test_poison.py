@@ -64,7 +64,7 @@ def test_durable_poison_job_is_dead_lettered_after_max_tries(
 
     poison = get_json(api + "/jobs/poison")
     assert poison["status"] == "failed" and poison["attempts"] == MAX_TRIES
-    assert "max 3 retries exceeded" in poison["result"]["error"]
+    assert "max 3 tries exceeded" in poison["result"]["error"]
     assert deaths == [TEST_CRASH_EXIT] * MAX_TRIES
     seen = get_json(upstream + "/jobs")
     assert seen["poison"]["hits"] == MAX_TRIES

@@ -92,6 +92,8 @@ async def _serve(settings: Settings) -> None:
         )
     except BackendUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
+    except SettingsError as exc:  # e.g. a Redis that may evict keys
+        _fail(str(exc), EXIT_USAGE)
     finally:
         if fetcher is not None:
             await fetcher.aclose()
@@ -104,37 +106,43 @@ def _log_warnings(warnings: list[str]) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["ours", "stock-arq"]),
+    default="ours",
+    show_default=True,
+    help="ours: our runner (leases, heartbeats, flow control); stock-arq: arq's own Worker running "
+    "the same jobs (for side-by-side comparisons: arq's recovery clock, no flow control).",
+)
+def worker(engine: str) -> None:
     """Run a durable worker process: up to WORKERS jobs at once from Redis (QUEUE_BACKEND=durable).
 
     Start as many as you like, on any machine that reaches REDIS_URL. SIGTERM finishes in-flight
-    jobs within SHUTDOWN_GRACE; anything left stays in Redis. A SIGKILLed worker's jobs are
-    re-delivered within seconds (heartbeats). With QUEUE_BACKEND=inmemory this exits 2: that
-    queue lives inside `serve`.
+    jobs within SHUTDOWN_GRACE; anything left goes back to the queue. A SIGKILLed or frozen
+    worker's jobs run again within HEARTBEAT_TTL plus a moment. With QUEUE_BACKEND=inmemory this
+    exits 2: that queue lives inside `serve`.
     """
-    from pipeline.cli.chooser import NoSeparateWorkers
-
     settings = load_settings()
     _logging()
     try:
-        asyncio.run(_worker(settings))
-    except NoSeparateWorkers as exc:
+        asyncio.run(_worker(settings, engine))
+    except SettingsError as exc:  # inmemory has no separate workers; an evicting Redis
         _fail(str(exc), EXIT_USAGE)
     except BackendUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
 
 
-async def _worker(settings: Settings) -> None:
+async def _worker(settings: Settings, engine: str = "ours") -> None:
     from pipeline.cli.chooser import make_worker
     from pipeline.handler import Fetcher
 
     async with Fetcher(settings) as fetcher:
-        pool = make_worker(settings, fetcher)
+        pool = make_worker(settings, fetcher, engine)
         _log_warnings(await pool.check_backend())
         _on_signals(pool.request_stop)
         print(
-            f"worker ready: backend={settings.queue_backend} workers={settings.workers} "
-            f"redis={settings.redis_url}",
+            f"worker ready: backend={settings.queue_backend} engine={engine} "
+            f"workers={settings.workers} redis={settings.redis_url}",
             flush=True,
         )
         await pool.run()

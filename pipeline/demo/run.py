@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -54,7 +54,7 @@ def require_empty(url: str) -> None:
     """Refuse a database that holds any key: the demo never touches data it did not create."""
     client = redis.Redis.from_url(url)
     try:
-        keys = int(client.dbsize())
+        keys = int(cast(int, client.dbsize()))
     finally:
         client.close()
     if keys:

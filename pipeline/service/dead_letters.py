@@ -22,7 +22,7 @@ def add_dead_letter_routes(app: FastAPI, producer: Producer) -> None:
 
     @app.get("/dead-letters")
     async def list_dead_letters() -> dict[str, Any]:
-        letters = await producer.dead_letters()
+        letters = (await producer.dead_letters()).items
         return {
             "backend": producer.name,
             "count": len(letters),
