@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Any
 
-from arq.connections import RedisSettings
+from arq.connections import RedisSettings, create_pool
 from arq.worker import Retry, Worker, func
 
 from durable import keys
@@ -70,22 +70,23 @@ class StockArqWorker(WorkerPool):
             await record(scripts, s, job, attempt, decision.end, outcome)
             return outcome.to_dict()
 
+        pool = await create_pool(RedisSettings.from_dsn(s.redis_url))
         self.worker = Worker(
             functions=[func(run_job, name=keys.FUNCTION, max_tries=s.max_tries)],
-            redis_settings=RedisSettings.from_dsn(s.redis_url),
+            redis_pool=pool,
             max_jobs=s.workers,
             job_timeout=s.job_timeout,
             keep_result=s.result_ttl,
             handle_signals=False,
         )
-        if self._stop:
-            return
         try:
-            await self.worker.main()
+            if not self._stop:
+                await self.worker.async_run()
         except asyncio.CancelledError:
-            pass
+            pass  # handle_sig cancelled it: a stop was asked for
         finally:
-            await self.worker.close()
+            # arq's Worker.close() calls redis-py's deprecated close(): close the pool ourselves
+            await pool.aclose()
             await redis.aclose()
 
 
