@@ -214,7 +214,8 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
 
 
 async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
-    """Ours: DurableProducer (one Lua script per job) then a DurableWorker, no-op handler."""
+    """Ours: DurableProducer (one Lua script per job, batched) then a DurableWorker (our runner),
+    no-op handler."""
     from durable.producer import DurableProducer
     from durable.runner import DurableWorker
 
@@ -231,8 +232,7 @@ async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
     task = asyncio.create_task(worker.run())
 
     async def done() -> bool:
-        arq = worker.arq
-        return (arq is not None and arq.jobs_complete >= n) or task.done()
+        return worker.counters.finished >= n or task.done()
 
     await wait_until(done, timeout=max(60, n / 50), what=f"durable to run {n} jobs")
     drain = clock.stop()

@@ -97,7 +97,7 @@ log = logging.getLogger("queue_contrast.durable")
 
 T = TypeVar("T")
 BACKSTOP_S = 5.0  # past its timeout, the runner itself stops an attempt the fetcher did not
-EXTRA_CANDIDATES = 2  # job ids passed beyond the free slots: some may have been taken meanwhile
+EXTRA_CANDIDATES = 1  # job ids passed beyond the free slots: some may have been taken meanwhile
 CLAIM_TRIES = 3  # immediate claims in a row while the queue has work but each came back empty
 CLAIM_KEYS = [
     keys.QUEUE,
@@ -217,6 +217,7 @@ class DurableWorker(WorkerPool):
         self.attempts: dict[str, Attempt] = {}
         self.counters = Counters()
         self._candidates: collections.deque[str] = collections.deque()
+        self._asking: set[str] = set()  # candidates passed to claims not answered yet
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._suspects: dict[str, str] = {}  # unlisted leases of ours seen by the last heartbeat
@@ -317,15 +318,30 @@ class DurableWorker(WorkerPool):
 
     # -- claiming -------------------------------------------------------------------------------
     def _take_candidates(self, n: int) -> list[str]:
+        """Up to ``n`` queued job ids no call of ours is claiming now (so this process's slots,
+        finishing at the same moment, ask for different jobs)."""
         taken: list[str] = []
         while self._candidates and len(taken) < n:
             job_id = self._candidates.popleft()
-            if job_id not in self.attempts and job_id not in taken:
+            if job_id not in self.attempts and job_id not in self._asking:
                 taken.append(job_id)
+        self._asking.update(taken)
         return taken
 
+    def _asked(self, candidates: list[str]) -> None:
+        self._asking.difference_update(candidates)
+
     def _remember(self, candidates: list[str]) -> None:
-        self._candidates = collections.deque(c for c in candidates if c not in self.attempts)
+        """The queue's head from a reply, without the jobs we hold or are asking for."""
+        self._candidates = collections.deque(
+            c for c in candidates if c not in self.attempts and c not in self._asking
+        )
+
+    @property
+    def _wanted(self) -> int:
+        """How many queue-head ids a reply should carry: enough for every slot to ask for its
+        own next job."""
+        return 2 * self.settings.workers + EXTRA_CANDIDATES
 
     async def _claim(self, most: int, candidates: list[str]) -> Round:
         assert self.scripts is not None
@@ -337,7 +353,7 @@ class DurableWorker(WorkerPool):
                 self._in_progress_ttl_ms,
                 self.settings.max_tries,
                 keys.ROOM,
-                most + EXTRA_CANDIDATES,
+                self._wanted,
                 *candidates,
             ],
         )
@@ -360,6 +376,8 @@ class DurableWorker(WorkerPool):
                     raise
                 await backoff.wait("claiming", exc)
                 continue
+            finally:
+                self._asked(candidates)
             backoff.ok("claiming")
             self._remember(round_.candidates)
             for claimed in round_.claimed:
@@ -538,6 +556,8 @@ class DurableWorker(WorkerPool):
                     raise
                 await backoff.wait(f"recording {job.id}", exc)
                 continue
+            finally:
+                self._asked(candidates)
             backoff.ok(f"recording {job.id}")
             break
         written, round_ = int(reply[0]), Round.parse(*reply[1:])
@@ -561,7 +581,7 @@ class DurableWorker(WorkerPool):
             self._in_progress_ttl_ms,
             self.settings.max_tries,
             keys.ROOM,
-            most + EXTRA_CANDIDATES,
+            self._wanted,
         ]
 
     def _finish_call(
