@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -117,6 +118,7 @@ async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
         queue_maxsize=workers * 2,
         max_tries=1,
         result_ttl=PIPELINE_RESULT_TTL_S,
+        allowed_hosts=urlsplit(urls[0]).netloc if urls else "",  # the local upstream, listed
     )
     counts: collections.Counter[str] = collections.Counter()
     async with Fetcher(settings) as fetcher:

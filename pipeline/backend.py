@@ -52,7 +52,7 @@ class Producer(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.guard = URLGuard.from_settings(settings)
 
     async def submit(self, job: Job) -> Submitted:
         """Validate and enqueue. An id already known returns its record with ``created=False``."""

@@ -26,7 +26,7 @@ from typing import NoReturn
 
 import httpx
 
-from pipeline.errors import URLRefused
+from pipeline.errors import InvalidJob
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
 from pipeline.urlguard import URLGuard
@@ -70,7 +70,7 @@ class Fetcher:
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
-        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.guard = URLGuard.from_settings(settings)
         if client is not None:
             self.clients = [client]
         else:
@@ -118,7 +118,7 @@ class Fetcher:
         try:
             async with asyncio.timeout(self.settings.job_timeout):
                 status, size, retry_after = await self._fetch(job)
-        except URLRefused as exc:
+        except InvalidJob as exc:  # URLRefused, or a URL queued before a stricter rule
             return failed(f"refused: {exc.message}", retryable=False)
         except BodyTooLarge:
             cap = self.settings.max_response_bytes

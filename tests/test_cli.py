@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import SettingsError
 from pipeline.settings import Settings
-from tests.helpers import CLI, Processes, child_env, get_json
+from tests.helpers import CLI, Processes, allow, child_env, get_json
 
 
 def run(*args: str, **env: object) -> subprocess.CompletedProcess[str]:
@@ -87,7 +87,11 @@ def test_every_command_has_help(command: str) -> None:
 def test_submit_rides_out_503s_and_loses_nothing(processes: Processes, upstream: str) -> None:
     """submit against a queue of 1 gets 503s, waits as told, and every URL ends done."""
     _, api = processes.serve(
-        QUEUE_BACKEND="inmemory", WORKERS=1, QUEUE_MAXSIZE=1, SUBMIT_TIMEOUT=0.1
+        QUEUE_BACKEND="inmemory",
+        WORKERS=1,
+        QUEUE_MAXSIZE=1,
+        SUBMIT_TIMEOUT=0.1,
+        ALLOWED_HOSTS=allow(upstream),
     )
     urls = [f"{upstream}/s/{i}?latency_ms=200" for i in range(6)]
     done = run("submit", "--api", api, "--wait", "--timeout", "60", *urls)
