@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import os
 import ssl
 import sys
@@ -42,19 +43,27 @@ class BodyTooLarge(Exception):
     pass
 
 
+MAX_RETRY_AFTER_S = 86_400.0  # a longer Retry-After (or inf, 1e309) counts as a day: still finite
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad.
+
+    Always a finite number in [0, MAX_RETRY_AFTER_S] (or None): records are JSON, which has no
+    Infinity or NaN, so ``inf``, ``1e309`` and far-future dates are clamped and ``nan`` is bad."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 # Concurrent fetches one httpx client serves. httpcore's pool rescans every connection (and, for
