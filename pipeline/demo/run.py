@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -54,7 +54,7 @@ def require_empty(url: str) -> None:
     """Refuse a database that holds any key: the demo never touches data it did not create."""
     client = redis.Redis.from_url(url)
     try:
-        keys = int(client.dbsize())
+        keys = cast(int, client.dbsize())  # the sync client: an int, typed Awaitable | Any
     finally:
         client.close()
     if keys:
@@ -73,7 +73,10 @@ class Demo:
         self.opts = state.options
 
     def env(self, sc: Scenario) -> dict[str, str]:
+        """The children's environment; ALLOWED_HOSTS names only the demo's own upstream (a
+        loopback address, which the URL guard refuses unless it is listed)."""
         return child_env(
+            ALLOWED_HOSTS=urlsplit(self.upstream).netloc,
             QUEUE_BACKEND=sc.backend,
             REDIS_URL=with_db(self.redis_url, sc.db_offset),
             WORKERS=self.opts.workers,
