@@ -86,6 +86,7 @@ async def _serve(settings: Settings) -> None:
             settings.port,
             "serve",
             on_exit=producer.stop_workers,
+            request_timeout=settings.request_timeout,
             backend=settings.queue_backend,
             workers=settings.workers if producer.runs_workers else "none",
             maxsize=settings.queue_maxsize,
@@ -205,8 +206,19 @@ def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: in
     from pipeline.harness.upstream import create_upstream
     from pipeline.service.serving import serve as run_server
 
+    settings = load_settings()  # REQUEST_TIMEOUT bounds its connections too
     app = create_upstream(latency_ms, fail_rate, seed)
-    asyncio.run(run_server(app, host, port, "upstream", latency_ms=latency_ms, fail_rate=fail_rate))
+    asyncio.run(
+        run_server(
+            app,
+            host,
+            port,
+            "upstream",
+            request_timeout=settings.request_timeout,
+            latency_ms=latency_ms,
+            fail_rate=fail_rate,
+        )
+    )
 
 
 @main.group("dead-letters")
