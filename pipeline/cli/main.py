@@ -416,6 +416,13 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     help="Also show it live in a browser: http://127.0.0.1:PORT/ (--serve alone: 8090; 0: any "
     "free port). The page keeps the final table up until Ctrl-C.",
 )
+@click.option(
+    "--allow-nonempty-db",
+    is_flag=True,
+    help="Run on a REDIS_URL database that already holds data: the demo deletes nothing and uses "
+    "job ids unique to this run, and counts only its own jobs (its workers would also run jobs "
+    "queued there by others). Without it, a non-empty database is refused.",
+)
 def crash_demo(
     backends: tuple[str, ...],
     jobs: int,
@@ -426,13 +433,16 @@ def crash_demo(
     redis_choice: str,
     svg: str,
     page_port: int | None,
+    allow_nonempty_db: bool,
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
 
     Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream,
     with live progress, then prints a table (or --json) and writes an SVG of jobs done over time.
-    Uses REDIS_URL if set; otherwise a private redis-server, or the embedded stand-in if none is
-    installed.
+    The kill comes once --kill-after of the jobs are done, while jobs are still being submitted if
+    need be. Uses REDIS_URL if set (an empty database, unless --allow-nonempty-db); otherwise a
+    private redis-server, or the embedded stand-in if none is installed. Exit 2 when REDIS_URL's
+    database holds data and --allow-nonempty-db was not given.
     """
     from pathlib import Path
 
@@ -448,5 +458,6 @@ def crash_demo(
         scenarios=chosen,
         svg=Path(svg) if svg else None,
         redis=redis_choice,
+        allow_nonempty_db=allow_nonempty_db,
     )
     sys.exit(run(opts, as_json, page_port))
