@@ -148,7 +148,8 @@ def record_bytes(n: int = 10_000) -> int:
         return Outcome(Status.DONE, http_status=200, bytes=40, elapsed_s=0.05, attempts=attempt)
 
     async def fill() -> int:
-        pipe = InMemoryPipeline(Settings.from_env({}, workers=1, queue_maxsize=n), handler)
+        settings = Settings.from_env({}, workers=1, queue_maxsize=n, allowed_hosts="127.0.0.1:9")
+        pipe = InMemoryPipeline(settings, handler)  # the URLs are never fetched, but listed
         await pipe.start()
         tracemalloc.start()
         for i in range(n):
