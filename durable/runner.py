@@ -210,7 +210,7 @@ class DurableWorker(WorkerPool):
         self.settings = settings
         self.handler = handler
         self.worker_id = new_worker_id()
-        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.guard = URLGuard.from_settings(settings)
         self._given_redis = redis
         self.redis: Redis | None = None
         self.scripts: Scripts | None = None

@@ -14,7 +14,7 @@ from pipeline.handler import Fetcher
 from pipeline.jobs import Job, JobRecord, Status
 from pipeline.service.app import create_app
 from pipeline.settings import Settings
-from tests.helpers import async_wait_until
+from tests.helpers import allow, async_wait_until
 
 FINAL = (Status.DONE, Status.FAILED)
 
@@ -34,6 +34,7 @@ class Harness:
     @classmethod
     async def create(cls, backend: str, upstream: str, redis_url: str, **overrides: Any) -> Harness:
         defaults: dict[str, Any] = {
+            "allowed_hosts": allow(upstream),  # the guard refuses loopback unless it is listed
             "retry_base_delay": 0.01,
             "retry_max_delay": 0.05,
             "submit_timeout": 5.0,

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.browser import as_rendered, chromium, rendered_stats, require_chromium, screenshot
-from tests.helpers import Processes, get_json, wait_until
+from tests.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
@@ -33,6 +33,7 @@ def browser(tmp_path: Path) -> Any:
 
 def _start(backend: str, processes: Processes, request: pytest.FixtureRequest) -> str:
     env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 3, "QUEUE_MAXSIZE": 100}
+    env["ALLOWED_HOSTS"] = allow(request.getfixturevalue("upstream"))
     env.update(FAST_RETRIES)
     if backend == "durable":
         env["REDIS_URL"] = request.getfixturevalue("redis_url")

@@ -57,7 +57,9 @@ async def test_a_forgotten_script_is_loaded_again(redis: Redis) -> None:
 
 async def test_concurrent_submissions_each_get_their_own_answer(redis_url: str) -> None:
     """A burst through the producer: new ids are created, known ids answer created=False."""
-    settings = Settings.from_env({}, queue_backend="durable", redis_url=redis_url)
+    settings = Settings.from_env(
+        {}, queue_backend="durable", redis_url=redis_url, allowed_hosts="127.0.0.1:9"
+    )
     producer = DurableProducer(settings)
     await producer.start()
     try:

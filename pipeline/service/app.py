@@ -30,6 +30,7 @@ from pipeline.jobs import (
     new_job_id,
 )
 from pipeline.service import metrics
+from pipeline.service.auth import BearerAuth
 from pipeline.service.dashboard import add_dashboard
 from pipeline.service.dead_letters import add_dead_letter_routes
 
@@ -111,6 +112,9 @@ def create_app(producer: Producer) -> FastAPI:
     add_dead_letter_routes(app, producer)
     add_dashboard(app)
     app.add_middleware(BodyLimit)
+    token = producer.settings.api_token.get_secret_value()
+    if token:  # added last, so it runs first: no body is read for a stranger
+        app.add_middleware(BearerAuth, token=token)
     return app
 
 
