@@ -3,7 +3,7 @@
 Each of our errors maps to one status code: InvalidJob → 422 (naming the field), Conflict → 409
 (with the job's ``status``), QueueFull → 503 with Retry-After, BackendUnavailable → 503 with
 Retry-After. Every error body is JSON: ``{"error": "...", "field": "..."}``. The routes live beside
-this module: ``jobs_api`` (``/jobs``), ``dead_letters``, ``dashboard``.
+this module: ``jobs_api`` (``/jobs``), ``dead_letters``, ``flows_api`` (``/flows``), ``dashboard``.
 
 Request bodies are capped before parsing (:class:`BodyLimit`, 413) at :func:`body_cap`: room for a
 ``MAX_REQUEST_BODY_BYTES`` job body, the most headers and the longest URL the contract accepts, even
@@ -29,6 +29,7 @@ from pipeline.jobs import MAX_URL_LENGTH
 from pipeline.service import metrics
 from pipeline.service.dashboard import add_dashboard
 from pipeline.service.dead_letters import add_dead_letter_routes
+from pipeline.service.flows_api import add_flow_routes
 from pipeline.service.jobs_api import add_job_routes
 from pipeline.service.responses import error
 from pipeline.settings import Settings
@@ -111,6 +112,7 @@ def create_app(producer: Producer) -> FastAPI:
     _add_routes(app, producer)
     add_job_routes(app, producer)
     add_dead_letter_routes(app, producer)
+    add_flow_routes(app, producer)
     add_dashboard(app)
     app.add_middleware(BodyLimit, limit=body_cap(producer.settings.max_request_body_bytes))
     return app
@@ -166,5 +168,5 @@ def _add_routes(app: FastAPI, producer: Producer) -> None:
 
     @app.get("/metrics")
     async def get_metrics() -> PlainTextResponse:
-        body, content_type = metrics.render(await producer.stats())
+        body, content_type = metrics.render(await producer.stats(), await producer.flows())
         return PlainTextResponse(body, media_type=content_type)
