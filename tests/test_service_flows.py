@@ -163,6 +163,8 @@ async def test_bad_key_is_422_naming_key(api: Api, method: str, path: str) -> No
     response = await api.client.request(method, path, json={"rate": 1})
     assert response.status_code == 422, response.text
     assert response.json()["field"] == "key"
+    if path.startswith("/flows/*/"):
+        assert "default" in response.json()["error"]  # says why, not just "bad characters"
 
 
 # -- /metrics ----------------------------------------------------------------------------------

@@ -237,6 +237,8 @@ async def test_bad_submissions_get_422_naming_the_field(api: Api) -> None:
     assert wrong == {}
     for raw, field_name in [
         (b'{"url": "http://x.test/", "timeout_s": NaN}', "timeout_s"),
+        (b'{"url": "http://x.test/", "delay_s": NaN}', "delay_s"),
+        (b'{"url": "http://x.test/", "delay_s": Infinity}', "delay_s"),
         (b'{"url": "http://x.test/", "method": "POST", "json": NaN}', "json"),
     ]:
         response = await api.client.post(
