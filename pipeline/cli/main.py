@@ -178,10 +178,25 @@ def submit(
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8081, show_default=True, help="0 picks a free port.")
 @click.option(
-    "--latency-ms", type=float, default=100, show_default=True, help="Delay before each answer."
+    "--host", default="127.0.0.1", show_default=True, help="Address every port listens on."
+)
+@click.option(
+    "--port",
+    "ports",
+    type=click.IntRange(0, 65535),
+    multiple=True,
+    default=(8081,),
+    show_default=True,
+    help="Port to listen on; repeat it to serve several hosts from this one process, each "
+    "measured apart in /stats hosts. 0 picks a free port.",
+)
+@click.option(
+    "--latency-ms",
+    type=float,
+    default=100,
+    show_default=True,
+    help="Delay before each answer, on every port (?latency_ms=N overrides it per request).",
 )
 @click.option(
     "--fail-rate",
@@ -191,22 +206,36 @@ def submit(
     help="Fraction of requests answered 500.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for --fail-rate.")
-def upstream(host: str, port: int, latency_ms: float, fail_rate: float, seed: int | None) -> None:
+def upstream(
+    host: str, ports: tuple[int, ...], latency_ms: float, fail_rate: float, seed: int | None
+) -> None:
     """Run the stand-in slow API, the independent witness of what got fetched.
 
-    Any GET answers after --latency-ms. GET /stats: hits, unique_jobs, duplicates, in_flight,
-    max_concurrency (counted by the X-Job-Id header), connections (TCP); GET /jobs: hits per
-    job id; POST /reset.
+    Any path answers GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS after --latency-ms, echoing
+    method, path, job (X-Job-Id) and the body as JSON. GET /stats: hits, unique_jobs,
+    duplicates, in_flight, max_concurrency (counted by the X-Job-Id header), completed,
+    connections (TCP); deliveries, effects, replays, infer_keys (POST /infer); hosts: per
+    host:port hits, in_flight, max_concurrency, max_arrivals_in_window (any [t, t+window_s),
+    ?window_s=1). GET /jobs: hits per job id; GET /requests[?job=ID]: the last 10,000 requests
+    with every header and body; GET /arrivals?host=H:P; GET /effects; POST /reset.
+
+    POST /infer: a slow echo of the JSON body that honours Idempotency-Key: a key already
+    applied (or being processed) gets the stored answer, a replay, not a second effect; a
+    non-2xx answer is not stored, so a retry after a 503 applies the effect then.
+
     Query knobs: ?status=500 ?latency_ms=N ?bytes=N ?retry_after=S ?crash=1 (sends X-Test-Crash:
     a worker started with QC_TEST_HOOKS=1 dies on it). ?fail_times=N applies the failure knobs
     (status, default 500 then; retry_after; crash) to only the first N hits of each X-Job-Id,
-    and answers 200 after that.
+    and answers 200 after that. Response shape: ?content_type= ?etag= ?last_modified=
+    ?location= ?header=Name:Value (repeatable) ?text=... ?echo=1 (the request body back).
     """
-    from pipeline.harness.upstream import create_upstream
-    from pipeline.service.serving import serve as run_server
+    from pipeline.harness.upstream import create_upstream, serve_upstream
 
+    taken = [p for p in ports if p]
+    if len(set(taken)) != len(taken):
+        raise click.BadParameter("a port is given twice", param_hint="--port")
     app = create_upstream(latency_ms, fail_rate, seed)
-    asyncio.run(run_server(app, host, port, "upstream", latency_ms=latency_ms, fail_rate=fail_rate))
+    asyncio.run(serve_upstream(app, host, ports, latency_ms=latency_ms, fail_rate=fail_rate))
 
 
 @main.group("dead-letters")

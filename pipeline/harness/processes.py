@@ -128,14 +128,24 @@ class Processes:
         proc.start(ready, timeout)
         return proc
 
-    def upstream(self, latency_ms: float = 100, **env: object) -> tuple[Proc, str]:
-        """Start ``queue-contrast upstream`` on a free port; returns it and its base URL."""
-        proc = Proc(
-            [*CLI, "upstream", "--port", "0", "--latency-ms", str(latency_ms)], child_env(**env)
-        )
+    def upstream(self, latency_ms: float = 100, ports: int = 1, **env: object) -> tuple[Proc, str]:
+        """Start ``queue-contrast upstream`` on ``ports`` free ports; returns it and its first base
+        URL (:meth:`upstream_hosts` returns them all)."""
+        proc, urls = self.upstream_hosts(latency_ms, ports, **env)
+        return proc, urls[0]
+
+    def upstream_hosts(
+        self, latency_ms: float = 100, ports: int = 2, **env: object
+    ) -> tuple[Proc, list[str]]:
+        """Start one ``queue-contrast upstream`` listening on ``ports`` free ports (one witness,
+        measured per port in ``/stats`` ``hosts``); returns it and every base URL, in order."""
+        if ports < 1:
+            raise ValueError(f"ports must be at least 1, not {ports}")
+        args = [*CLI, "upstream", *["--port", "0"] * ports, "--latency-ms", str(latency_ms)]
+        proc = Proc(args, child_env(**env))
         self.started.append(proc)
-        match = proc.start(r"upstream ready: (http://\S+)")
-        return proc, match.group(1)
+        match = proc.start(r"upstream ready: ((?:http://\S+ ?)+)")
+        return proc, re.findall(r"http://\S+", match.group(1))
 
     def serve(self, **env: object) -> tuple[Proc, str]:
         """Start ``queue-contrast serve`` on a free port; returns it and its base URL."""

@@ -1,24 +1,72 @@
 """The stand-in third-party API: slow on purpose, and the independent witness in every crash test.
 
-Any ``GET`` path answers after ``latency_ms``. It counts what it saw by the ``X-Job-Id`` header:
+Any path answers ``GET``, ``HEAD``, ``POST``, ``PUT``, ``PATCH``, ``DELETE`` and ``OPTIONS`` after
+``latency_ms`` with JSON naming what it received: ``method``, ``path``, ``job`` (the ``X-Job-Id``)
+and, for a request with a body, ``body_bytes`` and the body itself as ``json`` (a JSON
+Content-Type whose body parses), ``body`` (other UTF-8 text) or ``body_base64``.
+
+It counts what it saw by the ``X-Job-Id`` header:
 ``hits``, ``unique_jobs``, ``duplicates`` (hits for a job id already seen), ``in_flight``,
 ``max_concurrency`` and ``connections`` (distinct client address:port pairs: TCP connections);
 ``GET /jobs`` gives each job id's hits, first and last arrival (unix time) and how many of its
-requests are open now. Per-request knobs in the query string let tests and
-demos provoke failures: ``?status=500``, ``?latency_ms=N``, ``?bytes=N`` (body size),
-``?retry_after=S``, ``?crash=1`` (sends ``X-Test-Crash``, which a worker started with
-``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
+requests are open now. ``GET /requests`` (``?job=ID``, ``?host=HOST:PORT`` filter it) returns the
+last ``LOG_MAX`` requests in arrival order, each with its method, path, raw query, every header as
+received (lower-cased names, repeated ones joined by ", "; secrets included: this is a witness),
+body (UTF-8 text, else base64; the first ``LOG_BODY_MAX`` bytes), arrival time (unix, float), the
+local address it arrived on and its ``X-Job-Id``. ``POST /reset`` forgets everything.
+
+Per-request knobs in the query string let tests and demos provoke failures: ``?status=500``,
+``?latency_ms=N``, ``?retry_after=S``, ``?crash=1`` (sends ``X-Test-Crash``, which a worker started
+with ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
 ``?fail_times=N`` makes the failure knobs (``status``, default 500 with this knob; ``retry_after``;
 ``crash``) apply only to the first N hits of each ``X-Job-Id``; later hits of that job answer 200, so
 a job can fail, be retried, and succeed. Requests without ``X-Job-Id`` always get the failure.
+
+Other knobs shape the response, on every hit: ``?content_type=``, ``?etag=``, ``?last_modified=``,
+``?location=`` and ``?header=Name:Value`` (repeatable) set response headers; the body is the
+request's body with its Content-Type for ``?echo=1``, else exactly ``?text=...``, else ``?bytes=N``
+bytes, else the JSON echo above. A 1xx, 204 or 304 status has no body.
+
+``POST /infer`` stands in for an AI inference API that honours ``Idempotency-Key`` as real ones
+do: after the latency it answers ``{"output": <the request's JSON>, "key": <Idempotency-Key>,
+"effect": n}``, n numbering the effects it has applied (one counter for the whole witness). A key
+it has already applied gets the stored answer again, same status and body (plus
+``Idempotent-Replayed: true``), at once: a *replay*, not a second effect. That includes a
+duplicate that arrives while the first request with its key is still being processed: it waits
+for the first and takes its stored answer (if the first stored none, e.g. it was cancelled, the
+duplicate is processed itself). A request without the header applies an effect every time.
+The failure knobs work here too, and a failing hit fails in front of the idempotency store: a
+non-2xx answer (a knob's status, ``--fail-rate``'s 500, 400 for a body that is not JSON) applies
+nothing and stores nothing, so a retry after a 503 applies the effect then. ``?crash=1`` with a 2xx
+status does apply and store the effect (the crash header goes to this answer only): the worker
+dies *after* the effect, and its re-delivery should be a replay. Every request to /infer is also
+a hit like any other (``hits``, ``/jobs``, ``/requests``). ``/stats`` adds ``deliveries``
+(requests to /infer), ``effects``, ``replays`` and ``infer_keys`` (distinct keys delivered);
+``GET /effects`` maps each key to its ``deliveries``, ``effects`` and ``replays``.
+
+Per host: one process can listen on several ports (``queue-contrast upstream --port A --port B``),
+each standing for one third-party host. ``/stats`` has ``hosts``: for each local ``host:port`` a
+request arrived on (as a flow key names it: ``127.0.0.1:A``), its ``hits``, ``in_flight``,
+``max_concurrency`` and ``max_arrivals_in_window``: the most arrivals in any half-open window
+``[t, t + window_s)`` (``/stats?window_s=S``, default 1, echoed as ``window_s``), counted exactly
+from the arrival times by :func:`max_arrivals_in_window`. ``GET /arrivals?host=HOST:PORT`` lists
+that host's arrivals (all hosts' without ``?host``) in arrival order: unix time ``t``,
+``in_flight`` (that host's open requests just after this one arrived), ``job`` and ``host``.
+A request "arrives" when its headers have been read and the app is called; the last
+``ARRIVALS_MAX`` arrivals of each host are kept. The knobs work the same on every port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import math
 import random
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +76,130 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 CHUNK = 64 * 1024
+LOG_MAX = 10_000  # requests kept for GET /requests, oldest dropped first
+LOG_BODY_MAX = 64 * 1024  # bytes of each request body kept in that log
+ARRIVALS_MAX = 100_000  # arrivals kept per host for the window measure and GET /arrivals
+FETCH_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+HEADER_KNOBS = {
+    "content_type": "content-type",
+    "etag": "etag",
+    "last_modified": "last-modified",
+    "location": "location",
+}
+
+
+def max_arrivals_in_window(times: Iterable[float], window_s: float) -> int:
+    """The largest number of ``times`` within any half-open interval ``[t, t + window_s)``: two
+    arrivals count together when they are less than ``window_s`` apart, and arrivals exactly
+    ``window_s`` apart fall in different windows. That is the sliding-window limit "at most
+    ``rate`` starts in any ``period_s``" as a limiter that admits a start when fewer than ``rate``
+    starts lie in ``(now - period_s, now]`` enforces it. Exact: two pointers over the sorted times
+    (the best interval can always start at an arrival)."""
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0, not {window_s}")
+    ordered = sorted(times)
+    best = first = 0
+    for last, t in enumerate(ordered):
+        while t - ordered[first] >= window_s:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+@dataclass
+class Host:
+    """The requests that arrived on one local address (``host:port``): ``arrivals`` keeps the last
+    ``ARRIVALS_MAX`` as (unix time, this host's requests open just after it arrived, job id)."""
+
+    hits: int = 0
+    in_flight: int = 0
+    max_concurrency: int = 0
+    arrivals: deque[tuple[float, int, str | None]] = field(
+        default_factory=lambda: deque(maxlen=ARRIVALS_MAX)
+    )
+
+    def enter(self, now: float, job_id: str | None) -> None:
+        self.hits += 1
+        self.in_flight += 1
+        self.max_concurrency = max(self.max_concurrency, self.in_flight)
+        self.arrivals.append((now, self.in_flight, job_id))
+
+    def summary(self, window_s: float) -> dict[str, int]:
+        return {
+            "hits": self.hits,
+            "in_flight": self.in_flight,
+            "max_concurrency": self.max_concurrency,
+            "max_arrivals_in_window": max_arrivals_in_window(
+                (a[0] for a in self.arrivals), window_s
+            ),
+        }
+
+
+@dataclass
+class Effects:
+    """``POST /infer``'s idempotency store: the answer applied for each ``Idempotency-Key``, the
+    keys being processed now, and per key [deliveries, effects, replays]."""
+
+    deliveries: int = 0
+    effects: int = 0
+    replays: int = 0
+    keys: dict[str, list[int]] = field(default_factory=dict)
+    stored: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    pending: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def deliver(self, key: str | None) -> None:
+        self.deliveries += 1
+        if key:
+            self.keys.setdefault(key, [0, 0, 0])[0] += 1
+
+    async def apply(
+        self, key: str | None, output: Any, status: int, delay_s: float
+    ) -> tuple[int, bytes, bool]:
+        """(status, body, replayed): the stored answer for an applied ``key``, else — after
+        ``delay_s`` — a new effect, stored under ``key``. A request whose key is being processed
+        waits for that request, then takes its stored answer (or, if it stored none, processes)."""
+        while key and key in self.pending:
+            await self.pending[key].wait()
+        if key and key in self.stored:
+            self.replays += 1
+            self.keys[key][2] += 1
+            return *self.stored[key], True
+        done = asyncio.Event()
+        if key:
+            self.pending[key] = done
+        try:
+            await asyncio.sleep(delay_s)
+            self.effects += 1
+            body = json.dumps({"output": output, "key": key, "effect": self.effects}).encode()
+            if key:
+                self.keys[key][1] += 1
+                self.stored[key] = (status, body)
+            return status, body, False
+        finally:
+            if key:
+                del self.pending[key]
+            done.set()
+
+    def view(self) -> dict[str, dict[str, int]]:
+        """``GET /effects``: per key, its deliveries, effects and replays."""
+        return {
+            k: {"deliveries": v[0], "effects": v[1], "replays": v[2]} for k, v in self.keys.items()
+        }
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "deliveries": self.deliveries,
+            "effects": self.effects,
+            "replays": self.replays,
+            "infer_keys": len(self.keys),
+        }
 
 
 @dataclass
 class Witness:
     """What the upstream saw. ``jobs`` maps job id to [hits, first_seen, last_seen, open,
     answered] (unix times; ``open`` = requests for that job being answered now; ``answered`` = when
-    the last one ended)."""
+    the last one ended); ``log`` holds the last ``LOG_MAX`` requests (see ``GET /requests``)."""
 
     hits: int = 0
     in_flight: int = 0
@@ -42,28 +207,68 @@ class Witness:
     completed: int = 0
     jobs: dict[str, list[float]] = field(default_factory=dict)
     peers: set[tuple[str, int]] = field(default_factory=set)
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_MAX))
+    logged: int = 0  # requests ever logged (so ``logged - len(log)`` fell out of it)
+    effects: Effects = field(default_factory=Effects)
+    hosts: dict[str, Host] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # arrival and answer times (unix); tests pass a fake
 
-    def enter(self, job_id: str | None, peer: tuple[str, int] | None = None) -> None:
+    def enter(
+        self, job_id: str | None, peer: tuple[str, int] | None = None, host: str | None = None
+    ) -> float:
+        """Count one request arriving (from ``peer``, on local address ``host``); returns its
+        arrival time (unix)."""
+        now = self.clock()
+        if host is not None:
+            self.hosts.setdefault(host, Host()).enter(now, job_id)
         self.hits += 1
         if peer is not None:
             self.peers.add(peer)
         self.in_flight += 1
         self.max_concurrency = max(self.max_concurrency, self.in_flight)
         if job_id:
-            now = time.time()
             seen = self.jobs.setdefault(job_id, [0, now, now, 0, 0.0])
             seen[0] += 1
             seen[2] = now
             seen[3] += 1
+        return now
 
-    def leave(self, job_id: str | None) -> None:
+    def leave(self, job_id: str | None, host: str | None = None) -> None:
+        if host is not None:
+            self.hosts[host].in_flight -= 1
         self.in_flight -= 1
         self.completed += 1
         if job_id:
             self.jobs[job_id][3] -= 1
-            self.jobs[job_id][4] = time.time()
+            self.jobs[job_id][4] = self.clock()
 
-    def summary(self) -> dict[str, Any]:
+    def record(self, request: Request, arrived: float, server: tuple[str, int]) -> dict[str, Any]:
+        """Append ``request`` (arrived on local address ``server``) to the log at its arrival, so
+        the log keeps arrival order; its body is filled in by :func:`read_body` once read."""
+        headers: dict[str, str] = {}
+        for name, value in request.headers.raw:
+            key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self.logged += 1
+        entry: dict[str, Any] = {
+            "seq": self.logged,
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": headers,
+            "body": "",
+            "body_encoding": "utf-8",
+            "body_bytes": 0,
+            "body_truncated": False,
+            "arrived": arrived,
+            "host": host_key(server[0], server[1]),
+            "port": server[1],
+            "job": request.headers.get("x-job-id"),
+        }
+        self.log.append(entry)
+        return entry
+
+    def summary(self, window_s: float = 1.0) -> dict[str, Any]:
         unique = len(self.jobs)
         tagged = sum(int(v[0]) for v in self.jobs.values())
         return {
@@ -74,7 +279,80 @@ class Witness:
             "max_concurrency": self.max_concurrency,
             "completed": self.completed,
             "connections": len(self.peers),
+            **self.effects.summary(),
+            "window_s": window_s,
+            "hosts": {k: h.summary(window_s) for k, h in self.hosts.items()},
         }
+
+    def jobs_view(self) -> dict[str, dict[str, Any]]:
+        """``GET /jobs``: per job id, its hits, first and last arrival, open requests, answered."""
+        return {
+            k: {
+                "hits": int(v[0]),
+                "first": v[1],
+                "last": v[2],
+                "open": int(v[3]),
+                "answered": v[4] or None,
+            }
+            for k, v in self.jobs.items()
+        }
+
+    def requests_view(self, job: str | None, host: str | None) -> dict[str, Any]:
+        """``GET /requests``: the kept requests (of ``job``, on ``host``) in arrival order."""
+        kept = [
+            e
+            for e in self.log
+            if (job is None or e["job"] == job) and (host is None or e["host"] == host)
+        ]
+        return {"requests": kept, "dropped": self.logged - len(self.log)}
+
+    def arrivals(self, host: str | None) -> list[dict[str, Any]]:
+        """Every kept arrival (of ``host``, or of all hosts), in arrival order."""
+        hosts = [host] if host is not None else list(self.hosts)
+        found = [
+            {"t": t, "in_flight": n, "job": job, "host": h}
+            for h in hosts
+            if h in self.hosts
+            for t, n, job in self.hosts[h].arrivals
+        ]
+        return sorted(found, key=lambda a: float(a["t"])) if host is None else found
+
+
+def host_key(host: str, port: int) -> str:
+    """``host:port`` as a flow key names it (``[::1]:8081`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def read_body(request: Request, entry: dict[str, Any]) -> bytes:
+    """Read the request's body and put (the first ``LOG_BODY_MAX`` bytes of) it in its log entry."""
+    body = await request.body()
+    kept = body[:LOG_BODY_MAX]
+    try:
+        entry["body"] = kept.decode()
+    except UnicodeDecodeError:
+        entry["body"], entry["body_encoding"] = base64.b64encode(kept).decode(), "base64"
+    entry["body_bytes"] = len(body)
+    entry["body_truncated"] = len(body) > LOG_BODY_MAX
+    return body
+
+
+def _arrive(seen: Witness, request: Request, job_id: str | None) -> dict[str, Any]:
+    """Count and log one arriving request; returns its log entry (``entry["host"]`` is the local
+    ``host:port`` it arrived on: uvicorn reports each connection's own socket address)."""
+    client = request.client
+    server = request.scope.get("server") or (request.url.hostname or "", request.url.port or 0)
+    host = host_key(server[0], server[1])
+    arrived = seen.enter(job_id, (client.host, client.port) if client else None, host)
+    return seen.record(request, arrived, server)
+
+
+def _window_s(request: Request) -> float | None:
+    """``?window_s=`` (default 1) if it is a finite number of seconds > 0, else None."""
+    try:
+        window_s = float(request.query_params.get("window_s", 1.0))
+    except ValueError:
+        return None
+    return window_s if window_s > 0 and math.isfinite(window_s) else None
 
 
 def _int(request: Request, name: str, default: int) -> int:
@@ -105,62 +383,222 @@ def _knobs(request: Request, failing: bool) -> tuple[int, dict[str, str]]:
     return _int(request, "status", 500 if "fail_times" in query else 200), headers
 
 
-def create_upstream(
-    latency_ms: float = 100, fail_rate: float = 0.0, seed: int | None = None
-) -> Starlette:
-    witness = Witness()
-    rng = random.Random(seed)
+def _shaping_headers(request: Request) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """The response headers the shaping knobs ask for: the named ones, and ``?header=N:V``s."""
+    query = request.query_params
+    named = {header: query[knob] for knob, header in HEADER_KNOBS.items() if knob in query}
+    extra = []
+    for item in query.getlist("header"):
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"?header={item!r}: expected Name:Value")
+        extra.append((name.strip(), value.strip()))
+    return named, extra
 
-    async def stats(_: Request) -> JSONResponse:
-        return JSONResponse(witness.summary())
 
-    async def jobs(_: Request) -> JSONResponse:
+def _echo(request: Request, body: bytes, job_id: str | None) -> dict[str, Any]:
+    """The default JSON answer: what was asked, and the body as JSON, text or base64."""
+    echo: dict[str, Any] = {"job": job_id, "path": request.url.path, "method": request.method}
+    if not body:
+        return echo
+    echo["body_bytes"] = len(body)
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            echo["json"] = json.loads(body)
+            return echo
+        except ValueError:
+            pass
+    try:
+        echo["body"] = body.decode()
+    except UnicodeDecodeError:
+        echo["body_base64"] = base64.b64encode(body).decode()
+    return echo
+
+
+def _reply(
+    request: Request, body: bytes, job_id: str | None, status: int, headers: dict[str, str]
+) -> Response:
+    """The response for one hit: the failure knobs' ``status``/``headers``, shaped by the rest."""
+    try:
+        named, extra = _shaping_headers(request)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    headers = {**headers, **named}
+    query = request.query_params
+    response: Response
+    if _bodyless(status):
+        response = Response(b"", status_code=status, headers=headers)
+    elif query.get("echo"):
+        ctype = request.headers.get("content-type")
+        headers = {"content-type": ctype, **headers} if ctype else headers
+        response = Response(body, status_code=status, headers=headers)
+    elif "text" in query:
+        response = Response(query["text"], status, headers, media_type="text/plain")
+    elif _int(request, "bytes", 0) > 0:
+        response = StreamingResponse(_body(_int(request, "bytes", 0)), status, headers)
+    else:
+        response = JSONResponse(_echo(request, body, job_id), status, headers)
+    for name, value in extra:
+        response.raw_headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+    return response
+
+
+def _bodyless(status: int) -> bool:
+    return status < 200 or status in (204, 304)
+
+
+async def _infer_reply(
+    effects: Effects,
+    key: str | None,
+    body: bytes,
+    status: int,
+    headers: dict[str, str],
+    delay_s: float,
+) -> Response:
+    """``POST /infer``'s answer: a failure knob's non-2xx after the delay (nothing applied or
+    stored), 400 for a body that is not JSON, else the effect's answer, new or replayed."""
+    if not 200 <= status < 300:
+        await asyncio.sleep(delay_s)
+        if _bodyless(status):
+            return Response(b"", status, headers)
         return JSONResponse(
-            {
-                k: {
-                    "hits": int(v[0]),
-                    "first": v[1],
-                    "last": v[2],
-                    "open": int(v[3]),
-                    "answered": v[4] or None,
-                }
-                for k, v in witness.jobs.items()
-            }
+            {"error": f"failure knob: status {status}", "key": key}, status, headers
         )
+    try:
+        output = json.loads(body) if body else None
+    except ValueError:
+        return JSONResponse({"error": "the body is not JSON", "key": key}, 400, headers)
+    status, content, replayed = await effects.apply(key, output, status, delay_s)
+    if replayed:
+        headers = {**headers, "Idempotent-Replayed": "true"}
+    return Response(b"" if _bodyless(status) else content, status, headers, "application/json")
 
-    async def reset(_: Request) -> JSONResponse:
-        nonlocal witness
-        witness = Witness()
+
+class Upstream:
+    """The witness's handlers and the current :class:`Witness` (replaced by ``POST /reset``)."""
+
+    def __init__(
+        self, latency_ms: float, fail_rate: float, seed: int | None, clock: Callable[[], float]
+    ) -> None:
+        self.latency_ms = latency_ms
+        self.fail_rate = fail_rate
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.witness = Witness(clock=clock)
+
+    def routes(self) -> list[Route]:
+        w = self
+        return [
+            Route("/stats", w.stats),
+            Route("/jobs", w.jobs),
+            Route("/requests", w.requests),
+            Route("/effects", w.effects),
+            Route("/arrivals", w.arrivals),
+            Route("/reset", w.reset, methods=["POST"]),
+            Route("/infer", w.infer, methods=["POST"]),
+            Route("/{path:path}", w.answer, methods=FETCH_METHODS),
+        ]
+
+    async def stats(self, request: Request) -> JSONResponse:
+        window_s = _window_s(request)
+        if window_s is None:
+            return JSONResponse({"error": "window_s: a number of seconds > 0"}, status_code=400)
+        return JSONResponse(self.witness.summary(window_s))
+
+    async def jobs(self, _: Request) -> JSONResponse:
+        return JSONResponse(self.witness.jobs_view())
+
+    async def effects(self, _: Request) -> JSONResponse:
+        return JSONResponse(self.witness.effects.view())
+
+    async def arrivals(self, request: Request) -> JSONResponse:
+        return JSONResponse({"arrivals": self.witness.arrivals(request.query_params.get("host"))})
+
+    async def requests(self, request: Request) -> JSONResponse:
+        query = request.query_params
+        return JSONResponse(self.witness.requests_view(query.get("job"), query.get("host")))
+
+    async def reset(self, _: Request) -> JSONResponse:
+        self.witness = Witness(clock=self.clock)
         return JSONResponse({"reset": True})
 
-    async def answer(request: Request) -> Response:
+    def _latency_s(self, request: Request) -> float:
+        return _int(request, "latency_ms", int(self.latency_ms)) / 1000
+
+    def _status(self, request: Request, failing: bool) -> tuple[int, dict[str, str]]:
+        """The failure knobs' status and headers, or a ``--fail-rate`` 500."""
+        status, headers = _knobs(request, failing)
+        if self.fail_rate and self.rng.random() < self.fail_rate:
+            status = 500
+        return status, headers
+
+    async def infer(self, request: Request) -> Response:
+        job_id, key = request.headers.get("x-job-id"), request.headers.get("idempotency-key")
+        seen = self.witness
+        entry = _arrive(seen, request, job_id)
+        failing = _failing(request, seen, job_id)
+        seen.effects.deliver(key)
+        try:
+            body = await read_body(request, entry)
+            status, headers = self._status(request, failing)
+            delay_s = self._latency_s(request)
+            return await _infer_reply(seen.effects, key, body, status, headers, delay_s)
+        finally:
+            seen.leave(job_id, entry["host"])
+
+    async def answer(self, request: Request) -> Response:
         job_id = request.headers.get("x-job-id")
-        seen = witness  # a request still running across a /reset must not touch the new counts
-        client = request.client
-        seen.enter(job_id, (client.host, client.port) if client else None)
+        seen = self.witness  # a request still running across a /reset must not touch the new one
+        entry = _arrive(seen, request, job_id)
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
-            await asyncio.sleep(_int(request, "latency_ms", int(latency_ms)) / 1000)
-            status, headers = _knobs(request, failing)
-            if fail_rate and rng.random() < fail_rate:
-                status = 500
-            size = _int(request, "bytes", 0)
-            if size:
-                return StreamingResponse(_body(size), status_code=status, headers=headers)
-            return JSONResponse(
-                {"job": job_id, "path": request.url.path}, status_code=status, headers=headers
-            )
+            body = await read_body(request, entry)
+            await asyncio.sleep(self._latency_s(request))
+            status, headers = self._status(request, failing)
+            return _reply(request, body, job_id, status, headers)
         finally:
-            seen.leave(job_id)
+            seen.leave(job_id, entry["host"])
 
-    return Starlette(
-        routes=[
-            Route("/stats", stats),
-            Route("/jobs", jobs),
-            Route("/reset", reset, methods=["POST"]),
-            Route("/{path:path}", answer),
-        ]
+
+def create_upstream(
+    latency_ms: float = 100,
+    fail_rate: float = 0.0,
+    seed: int | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """The witness app; ``clock`` stamps arrivals and answers (unix seconds, a float)."""
+    return Starlette(routes=Upstream(latency_ms, fail_rate, seed, clock).routes())
+
+
+async def serve_upstream(
+    app: Starlette, host: str, ports: Sequence[int], **details: object
+) -> None:
+    """Serve ``app`` on every port in ``ports`` of ``host`` (0 = any free port) in this one process
+    until SIGINT/SIGTERM; once all accept connections, print one line naming every URL, the first
+    right after "ready: ": ``upstream ready: http://host:A http://host:B latency_ms=...``."""
+    import uvicorn
+
+    from pipeline.service.serving import Server, bind, wait_started
+
+    sockets = [bind(host, port) for port in ports]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=None,
+        backlog=2048,
     )
+    server = Server(config)
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    if await wait_started(server, task):
+        name = f"[{host}]" if ":" in host else host
+        urls = [f"http://{name}:{sock.getsockname()[1]}" for sock in sockets]
+        extra = [f"{k}={v}" for k, v in details.items()]
+        print("upstream ready:", *urls, *extra, flush=True)
+    await task
+    if not server.started:
+        sys.exit(1)
 
 
 async def _body(size: int) -> AsyncIterator[bytes]:
