@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -94,7 +95,8 @@ async def open_api(
     backend: str, upstream: str, request: pytest.FixtureRequest, **overrides: Any
 ) -> AsyncIterator[Api]:
     """The app in front of ``backend`` with ``overrides`` settings; everything closed afterwards."""
-    settings = {**FAST, **overrides}
+    # as the harness does: only the upstream's host is allowed
+    settings = {**FAST, "allowed_hosts": urlsplit(upstream).hostname, **overrides}
     if backend == "fake":
         fake = FakeProducer(Settings.from_env({}, **settings))
         fetcher = Fetcher(fake.settings)

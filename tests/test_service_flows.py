@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.jobs import FlowLimit, FlowState
 from pipeline.service.metrics import FLOW_SERIES, OTHER, flow_rows
+from tests.helpers import async_wait_until
 from tests.service_api import BACKENDS, Api, open_api
 from tests.test_metrics import samples
 
@@ -176,7 +177,13 @@ async def test_flow_metrics_equal_get_flows(api: Api) -> None:
     await api.client.post("/flows/held/pause")
     for i in range(3):
         await api.submit(f"/m/{i}", flow_key="held")
-    flows = {f["key"]: f for f in (await _get(api, "/flows"))["flows"]}
+    await api.run()  # a real backend's workers take the jobs and hold them at the paused key
+
+    async def held_back() -> dict[str, dict[str, Any]] | None:
+        flows = {f["key"]: f for f in (await _get(api, "/flows"))["flows"]}
+        return flows if flows.get("held", {}).get("waiting") == 3 else None
+
+    flows = await async_wait_until(held_back, 10, "3 jobs waiting at the paused key")
     text = (await api.client.get("/metrics")).text
     got = samples(text)
     labels = (("backend", api.producer.name), ("key", "held"))
