@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from pipeline.errors import InvalidJob
+from pipeline.jobs import METHODS
 from pipeline.service.app import body_cap
-from pipeline.service.jobs_api import JobIn, build_job
+from pipeline.service.jobs_api import JobIn, Method, build_job
 from tests.fake_producer import FakeProducer
 from tests.service_api import BACKENDS, Api, open_api
 
@@ -54,6 +55,11 @@ async def _ids(api: Api, query: str) -> list[str]:
 
 def _build(**fields: Any) -> Any:
     return build_job(JobIn.model_validate({"url": "http://x.test/", **fields}), NOW)
+
+
+def test_the_model_takes_exactly_the_contracts_methods() -> None:
+    """POST /jobs's `method` choices are pipeline.jobs.METHODS, in order (one list, not two)."""
+    assert get_args(Method) == METHODS
 
 
 def test_json_null_is_a_body_and_an_absent_json_is_none() -> None:
