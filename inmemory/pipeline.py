@@ -1,42 +1,118 @@
-"""The article's pipeline, hardened: bounded PriorityQueue, fixed workers, task_done/join, SIGTERM.
+"""The article's pipeline, hardened: a PriorityQueue, fixed workers, task_done/join, SIGTERM.
 
-Queue items are ``(priority, seq, job, attempt)``: the sequence number breaks ties so equal
-priorities stay FIFO (and ``Job`` objects are never compared). ``put()`` waits while the queue is
-full — that wait is the backpressure — bounded by ``SUBMIT_TIMEOUT``. Every record lives in this
-process's memory: if the process dies, queued and in-flight jobs are gone (at most once). So do the
-dead letters (jobs that ended ``failed``): they can be re-queued while this process lives, and a
-restart forgets them. A poison job that crashes the process takes every other job with it.
+At the heart is one ``asyncio.PriorityQueue`` of ready jobs and exactly ``WORKERS`` tasks that
+``get()`` from it, fetch, and call ``task_done()``. Items are ``(priority, order, entry)``: the
+order number breaks ties so equal priorities stay FIFO (and entries are never compared).
+
+**The bound.** ``QUEUE_MAXSIZE`` no longer bounds the queue object alone: it bounds every job
+waiting anywhere — ready in the queue, scheduled for a later ``run_at``, held back by its flow key,
+or sitting out a retry back-off — so a submit waits, up to ``SUBMIT_TIMEOUT`` and then QueueFull,
+while ``queued + scheduled`` (as ``/stats`` shows them) fill it. That wait is the backpressure, in
+:class:`~inmemory.room.Room`: a job takes a place when it is submitted and gives it back when a
+worker starts its fetch (or it is cancelled). Retries and jobs a flow key releases never wait on
+the bound (they were already inside: a worker must never block on its own queue); so the queue
+object itself is unbounded, and the room is its bound.
+
+**Later.** Scheduled jobs and retry back-offs wait in one timer heap (``inmemory.timers``), not
+in a task each; when due, a job enters the queue by priority like any other.
+
+**Flow control** (``inmemory.flowgate``): a worker that takes a job whose key is at its limit
+(parallelism, rate window, pause, an upstream's 429/503 throttle) parks it in the key's own line
+and takes the next job: no slot held, no head-of-line blocking. The key releases its best parked
+job back into the queue the moment it may start.
+
+**Cancel.** A queued or scheduled job is marked and gives its place back at once (a worker that
+later takes its stale queue item skips it); a running job's worker task gets a CancelledError
+inside the handler's fetch, which the worker absorbs (``Task.uncancel``) before taking the next
+job: the slot is free at once, and there is no retry and no dead letter.
+
+Delivery is at most once. Every record lives in this process's memory: if the process dies,
+queued, scheduled and in-flight jobs are gone. So do the dead letters (jobs that ended ``failed``):
+they can be re-queued while this process lives, and a restart forgets them. A poison job that
+crashes the process takes every other job with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
+import functools
 import itertools
 import logging
 import time
 from dataclasses import dataclass
 
-from pipeline.backend import Producer, WorkerPool
+from inmemory.entry import Entry, Where
+from inmemory.flowgate import FlowGate
+from inmemory.records import DeadLetters, Records
+from inmemory.room import Room
+from inmemory.timers import Timers
+from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
 from pipeline.durations import Durations
-from pipeline.errors import QueueFull
+from pipeline.errors import Conflict, InvalidJob, QueueFull
+from pipeline.flows import throttle_s
 from pipeline.handler import Handler
-from pipeline.jobs import DeadLetter, Job, JobRecord, Outcome, Stats, Status, Submitted
+from pipeline.jobs import (
+    DeadLetter,
+    FlowLimit,
+    FlowState,
+    Job,
+    JobRecord,
+    Outcome,
+    Page,
+    ResultBody,
+    Stats,
+    Status,
+    Submitted,
+)
 from pipeline.retry import retry_delay
 from pipeline.settings import Settings
 
 log = logging.getLogger("queue_contrast.inmemory")
 
-QueueItem = tuple[int, int, Job, int]
+QueueItem = tuple[int, int, Entry]
+HELD = (Where.READY, Where.WAITING)  # in the queue, or parked by the flow gate
 
 
 @dataclass
 class _Counters:
     done: int = 0
     failed: int = 0
+    cancelled: int = 0
     retried: int = 0
     producer_waits: int = 0
+
+
+def _check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidJob("limit", f"must be an integer from 1 to {MAX_PAGE}")
+
+
+def _changed(
+    r: JobRecord,
+    status: Status,
+    attempts: int | None = None,
+    result: Outcome | None = None,
+    finished_at: float | None = None,
+) -> JobRecord:
+    """``r`` in ``status``; built directly, as ``dataclasses.replace`` costs several times more
+    on this per-job path."""
+    return JobRecord(
+        r.id,
+        r.url,
+        r.priority,
+        status,
+        r.attempts if attempts is None else attempts,
+        r.result if result is None else result,
+        r.duplicates,
+        r.method,
+        r.flow_key,
+        r.headers,
+        r.run_at,
+        r.created_at,
+        r.timeout_s,
+        r.max_tries,
+        finished_at,
+    )
 
 
 class InMemoryPipeline(Producer, WorkerPool):
@@ -48,77 +124,165 @@ class InMemoryPipeline(Producer, WorkerPool):
     def __init__(self, settings: Settings, handler: Handler) -> None:
         super().__init__(settings)
         self.handler = handler
-        self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue(settings.queue_maxsize)
-        self.records: dict[str, JobRecord] = {}
-        self._finished: collections.deque[tuple[float, JobRecord]] = collections.deque()
-        self.dead: dict[str, DeadLetter] = {}  # insertion order = oldest first
+        self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue()  # see Room
+        self.room = Room(settings.queue_maxsize)
+        self.timers = Timers()
+        self.gate = FlowGate(settings.flow_limit_map, self.timers, self._release)
+        self.records = Records(settings.result_ttl)
+        self.dead = DeadLetters()
+        self.live: dict[str, Entry] = {}  # jobs not yet ended, by id
         self.counters = _Counters()
         self.durations = Durations()  # every attempt's fetch time, for /metrics
-        self._seq = itertools.count()
+        self._order = itertools.count()
+        self._queued = 0  # READY + WAITING + BACKOFF
+        self._scheduled = 0
+        self._requeueing: set[str] = set()  # dead letters being re-queued right now
         self._workers: list[asyncio.Task[None]] = []
-        self._busy: set[asyncio.Task[None]] = set()
-        self._retries: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
+        self._drained = False
+        self._quiet = asyncio.Event()  # set while no job is alive
+        self._quiet.set()
 
     # -- producer -----------------------------------------------------------------------------
     async def _submit(self, job: Job) -> Submitted:
         existing = self.records.get(job.id)
         if existing is not None:
             return Submitted(existing, created=False)
-        record = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
-        self.records[job.id] = record  # before the wait, so a concurrent duplicate sees it
+        return await self._accept(job, None)
+
+    async def _accept(self, job: Job, previous: JobRecord | None) -> Submitted:
+        """Record ``job``, wait for room (the backpressure), then schedule or queue it."""
+        scheduled = job.run_at is not None and job.run_at > time.time()
+        record = job.record(Status.SCHEDULED if scheduled else Status.QUEUED)
+        seq = self.records.add(record)  # before the wait, so a concurrent duplicate sees it
         try:
-            await self._put(job)
+            await self._take_room()
         except BaseException:
-            del self.records[job.id]
+            if self.records.get(job.id) is record:
+                self.records.restore(job.id, previous)
             raise
+        if self.records.get(job.id) is not record:  # cancelled while it waited for room
+            self.room.give()
+            return Submitted(self.records.get(job.id) or record, created=True)
+        entry = Entry(job, job.flow(), seq)
+        self.live[job.id] = entry
+        self._quiet.clear()
+        if scheduled:
+            self._schedule(entry)
+        else:
+            self._enqueue(entry)
         return Submitted(record, created=True)
 
-    async def _put(self, job: Job) -> None:
-        """Put a first attempt on the queue, waiting up to SUBMIT_TIMEOUT; else QueueFull."""
-        item = (job.priority, next(self._seq), job, 1)
-        if not self.queue.full():
-            self.queue.put_nowait(item)  # room now: no timer, no extra task switch
-            return
+    async def _take_room(self) -> None:
+        """A place within QUEUE_MAXSIZE, waiting up to SUBMIT_TIMEOUT; else QueueFull."""
+        if self.room.try_take():
+            return  # room now: no timer, no extra task switch
         self.counters.producer_waits += 1
         start = time.monotonic()
         try:
-            await asyncio.wait_for(self.queue.put(item), self.settings.submit_timeout)
+            await self.room.take(self.settings.submit_timeout)
         except TimeoutError:
             raise QueueFull(self.settings.queue_maxsize, time.monotonic() - start) from None
 
-    async def dead_letters(self) -> list[DeadLetter]:
-        return list(self.dead.values())
+    def _schedule(self, entry: Entry) -> None:
+        entry.where = Where.SCHEDULED
+        self._scheduled += 1
+        self._arm_schedule(entry)
 
-    async def retry_dead(self, job_id: str) -> JobRecord | None:
-        letter = self.dead.pop(job_id, None)
-        if letter is None:
-            return None
-        previous = self.records.get(job_id)
-        record = JobRecord(letter.id, letter.url, letter.priority, Status.QUEUED)
-        self.records[job_id] = record
-        try:
-            await self._put(Job(letter.url, letter.priority, letter.id))
-        except BaseException:
-            self.dead[job_id] = letter  # still dead-lettered: nothing dropped
-            if previous is not None:
-                self.records[job_id] = previous
-            raise
-        log.info("↺ %s re-queued from the dead letters", job_id)
+    def _arm_schedule(self, entry: Entry) -> None:
+        delay = (entry.job.run_at or 0.0) - time.time()
+        entry.timer = self.timers.call_later(delay, functools.partial(self._due, entry))
+
+    def _due(self, entry: Entry) -> None:
+        """A scheduled job's run_at came: it joins the queue (never before run_at, by the wall
+        clock the run_at was given in)."""
+        if entry.where is not Where.SCHEDULED:
+            return
+        if (entry.job.run_at or 0.0) > time.time():
+            self._arm_schedule(entry)  # the wall clock is behind the loop's: wait it out
+            return
+        self._scheduled -= 1
+        self._set(entry.job.id, Status.QUEUED)
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: Entry) -> None:
+        entry.where = Where.READY
+        entry.order = next(self._order)
+        self._queued += 1
+        self.queue.put_nowait((entry.job.priority, entry.order, entry))
+
+    def _release(self, entry: Entry) -> None:
+        """The flow gate let a parked job go: back into the queue at its old place in line."""
+        self.queue.put_nowait((entry.job.priority, entry.order, entry))
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        self.records.expire()
+        return self.records.get(job_id)
+
+    async def result(self, job_id: str) -> ResultBody | None:
+        self.records.expire()
+        return self.records.bodies.get(job_id)
+
+    async def list_jobs(
+        self,
+        status: Status | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        order: Order = "oldest",
+    ) -> Page:
+        _check_limit(limit)
+        self.records.expire()
+        items, next_cursor = self.records.page(status, limit, cursor, order)
+        return Page(items, next_cursor)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        record = self.records.get(job_id)
+        if record is None or record.status is Status.CANCELLED:
+            return record
+        if record.status.final:
+            raise Conflict(f"job {job_id} already ended {record.status.value}", record.status.value)
+        record = _changed(record, Status.CANCELLED, finished_at=time.time())
+        self.records.put(record)
+        self.records.ended(record)
+        self.counters.cancelled += 1
+        entry = self.live.pop(job_id, None)
+        if entry is not None:  # else: its submit still waits for room, and will see this
+            self._withdraw(entry)
+            self._quiet_check()
+        log.info("✕ %s cancelled", job_id)
         return record
+
+    def _withdraw(self, entry: Entry) -> None:
+        """Take a cancelled job out of wherever it waits (or abandon its fetch)."""
+        entry.cancelled = True
+        where = entry.where
+        if where is Where.RUNNING:
+            assert entry.task is not None
+            entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
+        elif where in HELD:
+            self.gate.withdraw(entry)  # a stale queue item is skipped when a worker takes it
+            self._queued -= 1
+            self.room.give()
+        elif where in (Where.SCHEDULED, Where.BACKOFF):
+            self.timers.cancel(entry.timer)
+            if where is Where.SCHEDULED:
+                self._scheduled -= 1
+            else:
+                self._queued -= 1
+            self.room.give()
+        entry.where = Where.GONE
 
     async def ping(self) -> None:
         """The queue is in this process: it is available while the process runs."""
 
-    async def get(self, job_id: str) -> JobRecord | None:
-        return self.records.get(job_id)
-
     async def stats(self) -> Stats:
+        self.records.expire()
         c = self.counters
         return Stats(
             backend=self.name,
-            queued=self.queue.qsize() + len(self._retries),
-            running=len(self._busy),
+            queued=self._queued,
+            running=len(self._running),
             done=c.done,
             failed=c.failed,
             retried=c.retried,
@@ -126,14 +290,56 @@ class InMemoryPipeline(Producer, WorkerPool):
             workers=self.settings.workers,
             maxsize=self.settings.queue_maxsize,
             producer_waits=c.producer_waits,
-            extra={"job_seconds": self.durations.to_dict()},
             dead_letters=len(self.dead),
+            scheduled=self._scheduled,
+            cancelled=c.cancelled,
+            extra={"job_seconds": self.durations.to_dict(), "flows": self.gate.summary()},
         )
 
+    # -- dead letters -------------------------------------------------------------------------
+    async def dead_letters(self, limit: int = MAX_PAGE, cursor: str | None = None) -> Page:
+        _check_limit(limit)
+        items, next_cursor = self.dead.page(limit, cursor)
+        return Page(items, next_cursor)
+
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        letter = self.dead.get(job_id)
+        if letter is None or job_id in self._requeueing:
+            return None
+        self._requeueing.add(job_id)  # a concurrent retry of this letter finds nothing
+        try:
+            submitted = await self._accept(letter.requeue_job(), self.records.get(job_id))
+        finally:
+            self._requeueing.discard(job_id)
+        self.dead.remove(job_id)  # only now: while the queue was full it stayed a dead letter
+        self.records.bodies.pop(job_id, None)
+        log.info("↺ %s re-queued from the dead letters", job_id)
+        return submitted.record
+
+    async def purge_dead(self, older_than_s: float | None = None) -> int:
+        return self.dead.purge(older_than_s)
+
+    # -- flow control -------------------------------------------------------------------------
+    async def flows(self) -> list[FlowState]:
+        return self.gate.states()
+
+    async def flow(self, key: str) -> FlowState:
+        return self.gate.state(key)
+
+    async def _set_flow(self, key: str, limit: FlowLimit) -> None:
+        self.gate.set_limit(key, limit)
+
+    async def _delete_flow(self, key: str) -> bool:
+        return self.gate.delete_limit(key)
+
+    async def _pause_flow(self, key: str, paused: bool) -> None:
+        self.gate.pause(key, paused)
+
+    # -- life ---------------------------------------------------------------------------------
     async def start(self) -> None:
         if not self._workers:
             self._workers = [
-                asyncio.create_task(self._worker(f"W-{i}"), name=f"worker-{i}")
+                asyncio.create_task(self._worker(), name=f"worker-{i}")
                 for i in range(self.settings.workers)
             ]
 
@@ -141,7 +347,6 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.request_stop()
         await self._drain()
 
-    # -- worker pool --------------------------------------------------------------------------
     async def run(self) -> None:
         await self.start()
         await self._stopping.wait()
@@ -154,56 +359,117 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.request_stop()
 
     async def join(self) -> None:
-        """Wait until every job taken from the queue has been marked done (``task_done``)."""
+        """Wait until every job accepted so far has ended (done, failed or cancelled) — scheduled
+        ones and retries included — and every item taken from the queue is marked done. (The
+        queue's own ``join()`` alone would return while jobs wait outside it.)"""
+        while self.live:
+            await self._quiet.wait()
         await self.queue.join()
 
-    async def _worker(self, name: str) -> None:
+    def _quiet_check(self) -> None:
+        if not self.live:
+            self._quiet.set()
+
+    # -- workers ------------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while not self._stopping.is_set():
-            _, _, job, attempt = await self.queue.get()
-            task = asyncio.current_task()
-            assert task is not None
-            self._busy.add(task)
+            item = await self.queue.get()
+            entry = item[2]
             try:
-                await self._run_one(job, attempt)
+                if self._stopping.is_set():
+                    self.queue.put_nowait(item)  # not ours to start any more: counted as dropped
+                    return
+                if entry.where is Where.READY and self.gate.admit(entry):
+                    await self._run(entry, task)
             finally:
-                self._busy.discard(task)
                 self.queue.task_done()
 
-    async def _run_one(self, job: Job, attempt: int) -> None:
-        self._set(job.id, status=Status.RUNNING, attempts=attempt)
+    async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
+        job, attempt = entry.job, entry.attempt
+        entry.where, entry.task = Where.RUNNING, task
+        self._queued -= 1
+        self.room.give()
+        self._running.add(task)
+        self._set(job.id, Status.RUNNING, attempts=attempt)
         log.info("→ %s try=%d %s", job.id, attempt, job.url)
-        outcome = await self.handler(job, attempt)
-        self.durations.observe(outcome.elapsed_s)
-        delay = None if self._stopping.is_set() else retry_delay(outcome, attempt, self.settings)
-        if delay is not None:
-            self.counters.retried += 1
-            self._set(job.id, status=Status.QUEUED, result=outcome)
-            log.info("↻ %s try=%d %s; retrying in %.2fs", job.id, attempt, outcome.error, delay)
-            task = asyncio.create_task(self._requeue_later(job, attempt + 1, delay))
-            self._retries.add(task)
-            task.add_done_callback(self._retries.discard)
+        try:
+            outcome = await self.handler(job, attempt)
+        except asyncio.CancelledError:
+            self._fetch_ended(entry, task)
+            if entry.cancelled and task.uncancel() == 0:
+                log.info("✕ %s fetch abandoned (try=%d)", job.id, attempt)
+                return  # cancel() recorded it; this worker takes the next job
+            raise  # shutdown
+        except Exception as exc:  # the handler never raises; a custom one might
+            log.exception("handler failed on %s", job.id)
+            outcome = Outcome(Status.FAILED, attempts=attempt, error=f"handler: {exc!r}")
+        if entry.cancelled:  # cancelled as the fetch ended: the handler swallowed the cancel
+            if task.cancelling():
+                task.uncancel()
+            self._fetch_ended(entry, task)
             return
-        self._finish(job, outcome)
+        self._after(entry, task, outcome)
 
-    def _finish(self, job: Job, outcome: Outcome) -> None:
+    def _fetch_ended(
+        self, entry: Entry, task: asyncio.Task[None], throttle: float | None = None
+    ) -> None:
+        entry.task = None
+        self._running.discard(task)
+        self.gate.finish(entry, throttle)
+
+    def _after(self, entry: Entry, task: asyncio.Task[None], outcome: Outcome) -> None:
+        """Record the attempt: retry after a back-off, or end the job."""
+        job = entry.job
+        self.durations.observe(outcome.elapsed_s)
+        delay = None
+        if not self._stopping.is_set():
+            delay = retry_delay(outcome, entry.attempt, self.settings, job.max_tries)
+        self._fetch_ended(entry, task, throttle_s(outcome, delay))
+        outcome = self.records.keep_body(job.id, outcome)
+        if delay is None:
+            self._finish(entry, outcome)
+            return
+        self.counters.retried += 1
+        self._set(job.id, Status.QUEUED, result=outcome)
+        log.info("↻ %s try=%d %s; retrying in %.2fs", job.id, entry.attempt, outcome.error, delay)
+        entry.attempt += 1
+        entry.where = Where.BACKOFF
+        self._queued += 1
+        self.room.force()  # a retry never waits on the bound
+        entry.timer = self.timers.call_later(delay, functools.partial(self._backoff_over, entry))
+
+    def _backoff_over(self, entry: Entry) -> None:
+        if entry.where is Where.BACKOFF:
+            self._queued -= 1
+            self._enqueue(entry)
+
+    def _finish(self, entry: Entry, outcome: Outcome) -> None:
+        job = entry.job
         if outcome.ok:
             self.counters.done += 1
         else:
             self.counters.failed += 1
-            self.dead[job.id] = DeadLetter(
-                job.id,
-                job.url,
-                job.priority,
-                outcome.attempts,
-                outcome.error,
-                outcome.http_status,
-                time.time(),
+            self.dead.add(
+                DeadLetter(
+                    job.id,
+                    job.url,
+                    job.priority,
+                    outcome.attempts,
+                    outcome.error,
+                    outcome.http_status,
+                    time.time(),
+                    job,
+                )
             )
-        self._set(job.id, status=outcome.status, result=outcome)
-        self._forget_expired()
-        final = self.records.get(job.id)
-        if final is not None:
-            self._finished.append((time.monotonic(), final))
+        entry.where = Where.GONE
+        self.live.pop(job.id, None)
+        self._quiet_check()
+        record = self._set(job.id, outcome.status, result=outcome, finished_at=time.time())
+        self.records.expire()
+        if record is not None:
+            self.records.ended(record)
         mark = "●" if outcome.ok else "!"
         log.info(
             "← %s %s %s %.3fs %s",
@@ -214,44 +480,27 @@ class InMemoryPipeline(Producer, WorkerPool):
             outcome.error or "",
         )
 
-    def _forget_expired(self) -> None:
-        """Drop records finished more than RESULT_TTL ago, as Redis expires durable ones: a
-        long-running service must not keep every job it ever ran."""
-        horizon = time.monotonic() - self.settings.result_ttl
-        while self._finished and self._finished[0][0] < horizon:
-            _, record = self._finished.popleft()
-            if self.records.get(record.id) is record:  # not re-queued since (a new record then)
-                del self.records[record.id]
-
-    async def _requeue_later(self, job: Job, attempt: int, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self.queue.put((job.priority, next(self._seq), job, attempt))
-
     def _set(
         self,
         job_id: str,
         status: Status,
         attempts: int | None = None,
         result: Outcome | None = None,
-    ) -> None:
-        """Replace the job's (immutable) record with one in ``status``; built directly, as
-        ``dataclasses.replace`` costs several times more on this per-job path."""
+        finished_at: float | None = None,
+    ) -> JobRecord | None:
+        """Replace the job's (immutable) record with one in ``status``."""
         r = self.records.get(job_id)
-        if r is not None:
-            self.records[job_id] = JobRecord(
-                r.id,
-                r.url,
-                r.priority,
-                status,
-                r.attempts if attempts is None else attempts,
-                r.result if result is None else result,
-                r.duplicates,
-            )
+        if r is None:
+            return None
+        record = _changed(r, status, attempts, result, finished_at)
+        self.records.put(record)
+        return record
 
     async def _drain(self) -> None:
         """Stop idle workers now; give busy ones the grace period; report what is dropped."""
+        self.timers.close()  # nothing scheduled or backing off becomes ready any more
         for task in self._workers:
-            if task not in self._busy:
+            if task not in self._running:
                 task.cancel()
         busy = [t for t in self._workers if not t.done()]
         if busy:
@@ -260,14 +509,11 @@ class InMemoryPipeline(Producer, WorkerPool):
                 task.cancel()
             if pending:
                 log.warning("grace period over: cancelled %d in-flight jobs", len(pending))
-        retries = list(self._retries)
-        dropped = self.queue.qsize() + len(retries)
-        for task in retries:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._workers, *retries, return_exceptions=True)
-        if dropped:
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        dropped = self._queued + self._scheduled
+        if dropped and not self._drained:
             log.warning(
                 "in-memory queue dropped %d queued jobs on shutdown (at most once)", dropped
             )
         self._workers = []
+        self._drained = True

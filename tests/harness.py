@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +12,36 @@ import httpx
 from pipeline.backend import Producer, WorkerPool
 from pipeline.cli.chooser import make_producer, make_worker
 from pipeline.handler import Fetcher
-from pipeline.jobs import Job, JobRecord, Status
+from pipeline.jobs import FINAL, Job, JobRecord, Submitted
 from pipeline.service.app import create_app
 from pipeline.settings import Settings
 from tests.helpers import allow, async_wait_until
 
-FINAL = (Status.DONE, Status.FAILED)
+NO_JSON = object()  # make_job's "no json body" (None is a JSON value: null)
+
+
+def make_job(
+    url: str,
+    priority: int = 5,
+    job_id: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    json_body: Any = NO_JSON,
+    text: str | None = None,
+    **fields: Any,
+) -> Job:
+    """A whole request as ``POST /jobs`` builds it: ``headers`` as a dict, ``json_body`` serialized
+    compactly (``body_type`` json), or ``text`` (``body_type`` text); other ``fields`` (method,
+    timeout_s, max_tries, run_at, flow_key, ...) go to ``Job`` as they are."""
+    if json_body is not NO_JSON:
+        fields.update(body=json.dumps(json_body, separators=(",", ":")), body_type="json")
+    elif text is not None:
+        fields.update(body=text, body_type="text")
+    if headers:
+        fields["headers"] = tuple(headers.items())
+    if job_id:
+        fields["id"] = job_id
+    return Job(url=url, priority=priority, **fields)
 
 
 @dataclass
@@ -60,13 +85,19 @@ class Harness:
             assert self.pool is not None
             self._task = asyncio.create_task(self.pool.run())
 
-    async def submit(self, path: str = "/", priority: int = 5, job_id: str | None = None) -> Job:
-        job = Job(url=self.upstream + path, priority=priority)
-        if job_id:
-            job = Job(url=job.url, priority=priority, id=job_id)
-        await self.producer.submit(job)
-        self.jobs.append(job)
+    async def submit(
+        self, path: str = "/", priority: int = 5, job_id: str | None = None, **fields: Any
+    ) -> Job:
+        """Submit a request to ``upstream + path``; ``fields`` as :func:`make_job` takes them."""
+        job = make_job(self.upstream + path, priority, job_id, **fields)
+        await self.submit_job(job)
         return job
+
+    async def submit_job(self, job: Job) -> Submitted:
+        """Submit a whole ``Job`` (any URL); it is then waited on by :meth:`wait_all_final`."""
+        submitted = await self.producer.submit(job)
+        self.jobs.append(job)
+        return submitted
 
     async def records(self) -> list[JobRecord]:
         found = [await self.producer.get(j.id) for j in self.jobs]
@@ -89,11 +120,23 @@ class Harness:
         transport = httpx.ASGITransport(app=create_app(self.producer))
         return httpx.AsyncClient(transport=transport, base_url="http://service")
 
-    async def witness(self) -> dict[str, Any]:
+    async def witness(self, upstream: str | None = None, **query: Any) -> dict[str, Any]:
+        """The upstream's ``/stats`` (``query``: e.g. ``window_s``), with ``jobs`` from ``/jobs``."""
+        base = upstream or self.upstream
         async with httpx.AsyncClient(trust_env=False) as client:
-            stats: dict[str, Any] = (await client.get(self.upstream + "/stats")).json()
-            stats["jobs"] = (await client.get(self.upstream + "/jobs")).json()
+            stats: dict[str, Any] = (await client.get(base + "/stats", params=query)).json()
+            stats["jobs"] = (await client.get(base + "/jobs")).json()
             return stats
+
+    async def requests(self, job_id: str, upstream: str | None = None) -> list[dict[str, Any]]:
+        """What the upstream received for ``job_id``: method, path, query, lower-cased headers,
+        body text, arrival (unix time), in arrival order."""
+        async with httpx.AsyncClient(trust_env=False) as client:
+            answer = await client.get(
+                (upstream or self.upstream) + "/requests", params={"job": job_id}
+            )
+            found: list[dict[str, Any]] = answer.json()["requests"]
+            return found
 
     async def close(self) -> None:
         if self.pool is not None:

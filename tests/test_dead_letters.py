@@ -193,6 +193,7 @@ def test_inmemory_dead_letters_die_with_the_process(processes: Processes, upstre
         "backend": "inmemory",
         "count": 0,
         "dead_letters": [],
+        "next_cursor": None,
     }
 
 
