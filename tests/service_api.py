@@ -95,8 +95,8 @@ async def open_api(
     backend: str, upstream: str, request: pytest.FixtureRequest, **overrides: Any
 ) -> AsyncIterator[Api]:
     """The app in front of ``backend`` with ``overrides`` settings; everything closed afterwards."""
-    # as the harness does: only the upstream's host is allowed
-    settings = {**FAST, "allowed_hosts": urlsplit(upstream).hostname, **overrides}
+    # as the harness does: only the upstream (every port of its host: some tests use two) is allowed
+    settings = {**FAST, "allowed_hosts": f"{urlsplit(upstream).hostname}:*", **overrides}
     if backend == "fake":
         fake = FakeProducer(Settings.from_env({}, **settings))
         fetcher = Fetcher(fake.settings)

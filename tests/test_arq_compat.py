@@ -19,7 +19,7 @@ from pipeline.handler import Fetcher
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
 from tests.harness import Harness
-from tests.helpers import async_wait_until
+from tests.helpers import allow, async_wait_until
 
 
 @pytest.fixture
@@ -76,7 +76,9 @@ async def test_stock_arq_worker_runs_jobs_our_producer_enqueued(
 ) -> None:
     """arq's own Worker (unmodified) takes our jobs from arq:queue, fetches each once, and our
     records and counters say done."""
-    settings = Settings.from_env({}, queue_backend="durable", redis_url=redis_url, workers=3)
+    settings = Settings.from_env(
+        {}, queue_backend="durable", redis_url=redis_url, workers=3, allowed_hosts=allow(upstream)
+    )
     producer = DurableProducer(settings)
     await producer.start()
     fetcher = Fetcher(settings)

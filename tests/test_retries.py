@@ -127,10 +127,14 @@ async def test_last_error_is_visible_while_waiting_to_retry(make_harness: MakeHa
 
 async def test_infinite_retry_after_leaves_a_readable_record(make_harness: MakeHarness) -> None:
     """An upstream answering `Retry-After: inf` (or 1e309, nan) fails the job with a finite delay
-    in its error, and GET /jobs/{id} still answers 200 with strict JSON, on both backends."""
+    in its error, and GET /jobs/{id} still answers 200 with strict JSON, on both backends. (Each
+    job has a flow key of its own: a 503 with Retry-After holds its whole key.)"""
     h = await make_harness(workers=3, max_tries=3, retry_max_delay=0.05)
     await h.start_workers()
-    jobs = [await h.submit(f"/ra/{i}?status=503&retry_after={v}") for i, v in enumerate(RA)]
+    jobs = [
+        await h.submit(f"/ra/{i}?status=503&retry_after={v}", flow_key=f"ra-{i}")
+        for i, v in enumerate(RA)
+    ]
     records = await h.wait_all_final()
     assert [r.status for r in records] == [Status.FAILED] * len(jobs)
     async with h.api() as api:
