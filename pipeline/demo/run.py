@@ -7,9 +7,15 @@ lie for the service — what was done, lost and fetched twice, and how long the 
 again. Scenarios run side by side:
 
 * ``inmemory``   — the asyncio.Queue inside ``serve``; the kill takes queued and in-flight jobs with it;
-* ``durable``    — arq on Redis with our heartbeat reaper; orphans run again within seconds;
-* ``stock-arq``  — the same durable pipeline with FAST_RECOVERY=false: arq's own recovery, which
-  waits for the in-progress key to expire (job timeout + 10 s after the job *started*).
+* ``durable``    — Redis in arq's job format, our runner: a dead worker's leases lapse with its
+  heartbeat and its jobs run again within ``HEARTBEAT_TTL`` plus a moment;
+* ``stock-arq``  — the same producer and jobs on arq's own, unmodified Worker (``worker --engine
+  stock-arq``): arq's recovery waits for the in-progress key to expire (job timeout + 10 s after the
+  job *started*).
+
+Every job is an AI-inference-style ``POST /infer`` with a JSON body; the witness honours the
+``Idempotency-Key`` each fetch carries, so the table shows deliveries beyond one (at least once)
+beside effects applied (exactly once per job on the durable backends).
 
 Redis: ``REDIS_URL`` when given; otherwise a private ``redis-server`` (AOF, fsync always) if one is
 installed, else the embedded stand-in (fakeredis's TCP server in its own process).
@@ -87,7 +93,6 @@ class Demo:
             WORKERS=self.opts.workers,
             QUEUE_MAXSIZE=max(self.opts.jobs, 10),
             JOB_TIMEOUT=DEMO_JOB_TIMEOUT_S,
-            FAST_RECOVERY=str(sc.fast_recovery).lower(),
             API_TOKEN="",  # the demo's own service on loopback, which only the demo talks to
         )
 
@@ -108,7 +113,7 @@ class Demo:
         serve, api = await asyncio.to_thread(procs.serve, **env)
         target: Proc = serve
         if sc.backend == "durable":
-            target = await asyncio.to_thread(procs.worker, **env)
+            target = await asyncio.to_thread(procs.worker, sc.engine, **env)
         ids = [f"{sc.key}-{self.tag}{i}" for i in range(self.opts.jobs)]
         kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
@@ -146,7 +151,7 @@ class Demo:
         if sc.backend == "inmemory":
             _, api = await asyncio.to_thread(procs.serve, **env)
         else:
-            await asyncio.to_thread(procs.worker, **env)
+            await asyncio.to_thread(procs.worker, sc.engine, **env)
         run.restart_t = run.t()
         run.phase = "recovering"
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
@@ -174,9 +179,14 @@ class Demo:
 
         async def one(n: int, job_id: str) -> None:
             latency = self.opts.latency_ms * (0.55 + (n * 3 % 10) / 10)
-            url = f"{self.upstream}/{sc.key}/{job_id}?latency_ms={latency:.0f}"
+            job = {
+                "url": f"{self.upstream}/infer?latency_ms={latency:.0f}",
+                "id": job_id,
+                "method": "POST",
+                "json": {"prompt": f"summarise document {n}", "scenario": sc.key},
+            }
             async with gate:
-                r = await client.post("/jobs", json={"url": url, "id": job_id})
+                r = await client.post("/jobs", json=job)
             r.raise_for_status()
             run.submitted += 1
 
@@ -219,10 +229,13 @@ class Demo:
             close = near is not None and stats["done"] >= near
             await asyncio.sleep(NEAR_KILL_POLL_S if close else POLL_S)
 
-    async def _witness(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def _witness(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the upstream saw of these jobs: hits per job id, and deliveries/effects per
+        Idempotency-Key (the job id)."""
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             jobs = (await client.get(self.upstream + "/jobs")).json()
-        return {i: jobs[i] for i in ids if i in jobs}
+            effects = (await client.get(self.upstream + "/effects")).json()
+        return {i: jobs[i] for i in ids if i in jobs}, {i: effects[i] for i in ids if i in effects}
 
     @staticmethod
     async def _status(client: httpx.AsyncClient, job_id: str) -> str:
@@ -246,9 +259,10 @@ class Demo:
         return round(time.time() - kill_wall, 2)
 
     async def _count_at_witness(self, run: Run, ids: list[str]) -> None:
-        witness = await self._witness(ids)
+        witness, effects = await self._witness(ids)
         run.fetched_by_upstream = len(witness)
         run.duplicates = sum(int(j["hits"]) for j in witness.values()) - len(witness)
+        run.effects = sum(int(e["effects"]) for e in effects.values())
         run.done_after_restart = run.completed - run.done_before_kill
         run.lost = run.submitted - run.completed - run.failed
 

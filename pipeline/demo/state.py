@@ -13,10 +13,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Scenario:
+    """One column of the demo: a backend, and for durable which worker engine runs the jobs
+    (``ours``: our runner; ``stock-arq``: arq's own, unmodified Worker)."""
+
     key: str
     label: str
     backend: str
-    fast_recovery: bool = True
+    engine: str = "ours"
     db_offset: int = 0
 
     @property
@@ -26,8 +29,8 @@ class Scenario:
 
 SCENARIOS = {
     "inmemory": Scenario("inmemory", "inmemory (asyncio.Queue)", "inmemory"),
-    "durable": Scenario("durable", "durable (arq + heartbeats)", "durable"),
-    "stock-arq": Scenario("stock-arq", "durable, stock arq recovery", "durable", False, 1),
+    "durable": Scenario("durable", "durable (our runner, leases)", "durable"),
+    "stock-arq": Scenario("stock-arq", "durable on stock arq's Worker", "durable", "stock-arq", 1),
 }
 
 
@@ -58,7 +61,8 @@ class Run:
     completed: int = 0
     failed: int = 0
     lost: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # deliveries beyond the first of a job, at the witness
+    effects: int = 0  # effects the witness applied (POST /infer honours Idempotency-Key)
     fetched_by_upstream: int = 0
     unknown_after_restart: int = 0
     recovery_s: float | None = None

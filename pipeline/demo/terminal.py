@@ -78,6 +78,7 @@ def print_table(state: DemoState) -> None:
         "done after restart",
         "lost",
         "duplicates",
+        "effects",
         "recovery s",
     )
     for h in headers:
@@ -92,6 +93,7 @@ def print_table(state: DemoState) -> None:
             str(run.done_after_restart),
             str(run.lost),
             str(run.duplicates),
+            str(run.effects),
             _recovery(run),
         )
     console.print(table)
@@ -111,7 +113,8 @@ def print_table(state: DemoState) -> None:
         console.print(f"  {run.backend}: {run.label}", highlight=False)
     console.print(
         "in flight at kill = jobs the killed process held; lost = submitted - done - failed; "
-        "duplicates = second fetches seen by the upstream; recovery s = from the kill (restart "
+        "duplicates = deliveries beyond one seen by the upstream; effects = POSTs it applied (it "
+        "honours Idempotency-Key: a re-delivery gets the stored answer); recovery s = from the kill (restart "
         "included) until every job in flight at the kill had finished again.",
         highlight=False,
     )

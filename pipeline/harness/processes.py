@@ -159,9 +159,10 @@ class Processes:
         match = proc.start(r"serve ready: (http://\S+)")
         return proc, match.group(1)
 
-    def worker(self, **env: object) -> Proc:
-        """Start ``queue-contrast worker``; returns once it says it is ready."""
-        return self.spawn([*CLI, "worker"], r"worker ready", child_env(**env))
+    def worker(self, engine: str = "ours", **env: object) -> Proc:
+        """Start ``queue-contrast worker`` (``--engine stock-arq``: arq's own Worker); returns
+        once it says it is ready."""
+        return self.spawn([*CLI, "worker", "--engine", engine], r"worker ready", child_env(**env))
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):
