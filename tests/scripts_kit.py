@@ -12,6 +12,10 @@ the scripts whose contract it states. pytest runs it once on the scripts as ship
 overrides=...)``) and requires that at least one of them fails. So a check takes only ``lua`` and
 starts from an empty Redis.
 
+The private redis-server runs with ``appendfsync always`` for the crash tests; while a check runs
+it is set to ``everysec`` (these tests are about the scripts' logic, and run 4x faster), then put
+back.
+
 Time: every script reads Redis's ``TIME``. Checks read it too (:meth:`Lua.now_ms`) before and after
 a call and bound what the script wrote between the two; nothing waits on the wall clock.
 """
@@ -19,6 +23,7 @@ a call and bound what the script wrote between the two; nothing waits on the wal
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from durable.scripts import Scripts
 from pipeline.jobs import FlowLimit, Job, Outcome, Status
 from pipeline.retry import Decision
 from pipeline.settings import Settings
+from tests.helpers import need_redis_server
 
 Check = Callable[["Lua"], Awaitable[None]]
 
@@ -58,7 +64,9 @@ def contract(*scripts: str) -> Callable[[Check], Check]:
     return register
 
 
-def settings_for(url: str, **overrides: Any) -> Settings:
+@functools.cache
+def settings_for(url: str, flow_limits: str = "") -> Settings:
+    """The settings of every caller in these tests (built once: pydantic-settings is slow)."""
     return Settings.from_env(
         {},
         queue_backend="durable",
@@ -68,7 +76,7 @@ def settings_for(url: str, **overrides: Any) -> Settings:
         result_ttl=RESULT_TTL,
         heartbeat_interval=1.0,
         heartbeat_ttl=HEARTBEAT_TTL_MS / 1000,
-        **overrides,
+        flow_limits=flow_limits,
     )
 
 
@@ -113,17 +121,30 @@ class Lua:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, url: str, overrides: dict[str, str] | None = None) -> AsyncIterator[Lua]:
+        need_redis_server()
         redis = Redis.from_url(url)
+        lua: Lua | None = None
+        fsync = (await redis.config_get("appendfsync")).get("appendfsync")
         try:
-            await redis.flushall()
+            if fsync == "always":  # durability is not what these test: 4x faster without it
+                await redis.config_set("appendfsync", "everysec")
             scripts = Scripts(redis, overrides)
             await scripts.load()
             lua = cls(redis, scripts, settings_for(url), url)
+            await lua.reset()
             yield lua
-            if lua._arq is not None:
-                await lua._arq.aclose()
         finally:
+            if lua is not None and lua._arq is not None:
+                await lua._arq.aclose()
+            if fsync == "always":
+                await redis.config_set("appendfsync", fsync)
             await redis.aclose()
+
+    async def reset(self) -> None:
+        """An empty Redis again (the scripts stay loaded: FLUSHALL keeps the script cache)."""
+        await self.redis.flushall()
+        self.jobs.clear()
+        self._seq = 0
 
     # -- jobs and workers -------------------------------------------------------------------------
     def job(self, **fields: Any) -> Job:

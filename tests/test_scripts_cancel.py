@@ -99,7 +99,7 @@ async def test_a_running_job_is_cancelled_and_its_worker_told(lua: Lua) -> None:
         assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
         t0 = await lua.now_ms()
         assert await lua.cancel(job.id) == (1, "running")
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         assert message is not None and message["data"] == job.id.encode()
     finally:
         await pubsub.aclose()

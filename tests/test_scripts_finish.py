@@ -199,6 +199,7 @@ async def test_a_throttle_holds_the_whole_flow_key(lua: Lua) -> None:
     assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == until
     await lua.finish(w, c2, "retry", delay_s=1, throttle_s=5, claim_next=False)
     assert float((await lua.hash(keys.FLOW_THROTTLED))["k"]) == until
+    assert await lua.parked_ids("k") == [nxt.id]  # the freed slot lets nothing go meanwhile
 
 
 @contract("finish")
