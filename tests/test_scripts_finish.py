@@ -282,3 +282,33 @@ async def test_an_arq_enqueued_job_gets_its_arq_result(lua: Lua) -> None:
     own, w2, c2 = await running(lua)
     await lua.finish(w2, c2, "done", claim_next=False)
     assert not await lua.redis.exists(keys.ARQ_RESULT + own.id)
+
+
+async def aged(lua: Lua, job_id: str) -> None:
+    """``job_id`` finished more than RESULT_TTL ago: its record expired, its qc:finished entry
+    is due for pruning (the system was idle: no finish has pruned it yet)."""
+    now = await lua.now_ms()
+    await lua.redis.zadd(keys.FINISHED, {job_id: now - RESULT_TTL * 1000 - 60_000})
+    await lua.redis.delete(keys.RECORD + job_id)
+
+
+@contract("finish")
+async def test_pruning_spares_a_job_live_again_under_the_same_id(lua: Lua) -> None:
+    """An id whose old record expired but which lives again (its dead letter requeued, or the id
+    submitted anew) stays in qc:index when a finish prunes the expired ids; it stays listed."""
+    letter = await lua.submit_new()
+    w = lua.worker()
+    await lua.finish(w, await lua.claim_one(w, letter), "failed", claim_next=False)
+    again = await lua.submit_new()
+    await lua.finish(w, await lua.claim_one(w, again), "done", claim_next=False)
+    for job_id in (letter.id, again.id):
+        await aged(lua, job_id)
+    raw = await lua.redis.hget(keys.DEAD, letter.id)
+    assert raw is not None
+    assert (await lua.submit(DeadLetter.from_dict(json.loads(raw)).requeue_job(), "requeue"))[
+        0
+    ] == 1
+    assert (await lua.submit(Job(url="https://a.example/again", id=again.id)))[0] == 1
+    other = await lua.submit_new()
+    await lua.finish(w, await lua.claim_one(w, other), "done", claim_next=False)
+    assert {letter.id, again.id, other.id} <= set(await lua.zset(keys.INDEX))
