@@ -183,7 +183,7 @@ async def test_due_scheduled_jobs_are_promoted_with_their_own_score(lua: Lua) ->
     assert await lua.queue_score(due.id) == 1 * keys.PRIORITY_SPAN + 1
     assert await lua.redis.zscore(keys.HINTS, due.id) == 1 * keys.PRIORITY_SPAN + 1
     assert await lua.redis.hget(keys.DELAYED_SCORE, due.id) is None
-    assert await lua.zset(keys.SCHEDULED) == {later.id: now + 60_000}
+    assert await lua.zset(keys.SCHEDULED) == {later.id: int((later.run_at or 0) * 1000)}
     assert await lua.queue_score(later.id) is None
 
 
@@ -232,8 +232,8 @@ async def test_the_reply_says_when_the_next_waiting_job_is_due(lua: Lua) -> None
     w = lua.worker()
     assert (await lua.claim(w, [])).due_ms is None
     now = await lua.now_ms()
-    await lua.submit_new(run_at=(now + 50_000) / 1000)
-    assert (await lua.claim(w, [])).due_ms == now + 50_000
+    scheduled = await lua.submit_new(run_at=(now + 50_000) / 1000)
+    assert (await lua.claim(w, [])).due_ms == int((scheduled.run_at or 0) * 1000)
     await lua.redis.zadd(keys.RETRY, {"r": now + 40_000})
     assert (await lua.claim(w, [])).due_ms == now + 40_000
     await lua.redis.zadd(keys.FLOW_WAITING, {"k": now + 30_000})

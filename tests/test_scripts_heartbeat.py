@@ -92,10 +92,10 @@ async def test_leases_of_a_live_worker_are_not_orphans_and_give_the_next_deadlin
         await lua.heartbeat(w, [])
         await holding(lua, w)
     now = await lua.now_ms()
-    await lua.redis.zadd(keys.WORKERS, {a.worker_id: now + 2000, b.worker_id: now + 1500})
+    await lua.redis.zadd(keys.WORKERS, {a.worker_id: now + 20_000, b.worker_id: now + 15_000})
     beat = await lua.heartbeat(me, [])
     assert beat.orphans == {}
-    assert beat.deadline == now + 1500
+    assert beat.deadline == now + 15_000
 
 
 @contract("heartbeat")
