@@ -259,3 +259,18 @@ async def test_a_claim_reviews_keys_whose_wait_is_over(lua: Lua) -> None:
     assert await lua.redis.zscore(keys.HINTS, job.id) == score
     assert await lua.redis.hget(keys.DELAYED_SCORE, job.id) is None
     assert await lua.zset(keys.FLOW_WAITING) == {}
+
+
+@contract("claim")
+async def test_a_job_past_its_tries_takes_no_start_of_the_rate(lua: Lua) -> None:
+    """An exhausted job is leased only to be failed without a fetch: it records no start, so the
+    next job of a rate-limited key still gets the window's start."""
+    await lua.limit("k", rate=1, period_s=PERIOD_S)
+    exhausted = await lua.submit_new(flow_key="k", max_tries=1)
+    await lua.redis.hset(keys.RECORD + exhausted.id, "attempts", 1)
+    w = lua.worker()
+    round_ = await lua.claim(w, [exhausted.id])
+    assert [(c.job_id, c.exhausted) for c in round_.claimed] == [(exhausted.id, True)]
+    assert await lua.redis.zcard(keys.FLOW_STARTS) == 0
+    job = await lua.submit_new(flow_key="k")
+    assert await claim_ids(lua, w, [job]) == [job.id]

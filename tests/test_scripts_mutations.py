@@ -162,9 +162,15 @@ MUTATIONS = [
     ),
     M(
         "lib/claim.lua",
-        "          if rated then\n",
-        "          if false then\n",
+        "if rated and not exhausted then",
+        "if false then",
         "the ZADD of a rate-limited start skipped: the rate is never reached",
+    ),
+    M(
+        "lib/claim.lua",
+        "if rated and not exhausted then",
+        "if rated then",
+        "an exhausted job (failed without a fetch) takes a start of its key's rate",
     ),
     M(
         "lib/claim.lua",
