@@ -89,7 +89,11 @@ local function finish()
     local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf', now - tonumber(ARGV[7]) * 1000,
                                'LIMIT', 0, 10)
     for _, old in ipairs(expired) do
-      redis.call('ZREM', K.index, old)
+      -- an id that lives again (its dead letter requeued, or the id submitted anew after its
+      -- record expired) keeps its index entry: only its stale finish time goes
+      local live = redis.call('ZSCORE', K.queue, old)
+        or redis.call('HEXISTS', K.delayed_score, old) == 1
+      if not live then redis.call('ZREM', K.index, old) end
       redis.call('ZREM', K.finished, old)
     end
   end

@@ -98,7 +98,7 @@ local function claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
                                                   max_tries)
         if fk ~= '' then
           redis.call('HINCRBY', K.flow_active, fk, 1)
-          if rated then
+          if rated and not exhausted then  -- an exhausted job is failed without a fetch
             redis.call('ZADD', K.flow_starts, 0, fk .. '|' .. pad(now) .. '|' .. id .. ':' .. attempt)
           end
         end
