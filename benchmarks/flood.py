@@ -128,7 +128,7 @@ async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
             await pipe.submit(Job(url=url, id=str(i)))
         await pipe.join()
         counts["ok"] = (await pipe.stats()).done
-        for letter in await pipe.dead_letters():  # every job that failed, with its error
+        for letter in (await pipe.dead_letters()).items:  # every job that failed, with its error
             counts[(letter.error or "?").split(":")[0]] += 1
         await pipe.close()
     return counts

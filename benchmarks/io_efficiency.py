@@ -69,8 +69,7 @@ async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[s
         task = asyncio.create_task(worker.run())
 
         async def done() -> bool:
-            arq = worker.arq
-            return (arq is not None and arq.jobs_complete >= n) or task.done()
+            return worker.counters.finished >= n or task.done()
 
         await wait_until(done, timeout=60 + n, what=f"durable worker to run {n} fetches")
         elapsed = time.perf_counter() - start

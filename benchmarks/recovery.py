@@ -1,11 +1,12 @@
-"""Section 5: recovery — seconds from a worker's restart until every orphaned job runs again.
+"""Section 5: recovery — seconds from a worker's SIGKILL until every orphaned job runs again.
 
-The same kill for both: N jobs (each a fetch that takes ``job_ms`` at the upstream) are running in
-one worker process (``WORKERS`` = N); when the upstream sees all N in flight, the worker gets
-SIGKILL and a new one is started at once. The upstream witness (hits per ``X-Job-Id``, with times)
-says when each job was fetched again. Ours: ``queue-contrast worker`` (heartbeats + reaper). Stock:
-``benchmarks/stock_arq_worker.py`` — arq re-runs a job only when its in-progress key expires,
-``job_timeout + 10`` s after the job started.
+The same producer, jobs and kill for both: N jobs (each a fetch that takes ``job_ms`` at the
+upstream) are running in one worker process (``WORKERS`` = N); when the upstream sees all N in
+flight, the worker gets SIGKILL and a new one is started at once. The upstream witness (hits per
+``X-Job-Id``, with times) says when each job was fetched again. Ours: ``queue-contrast worker`` (our
+runner: the dead worker's leases lapse with its heartbeat, ``HEARTBEAT_TTL``). Stock:
+``queue-contrast worker --engine stock-arq`` — arq's own, unmodified Worker on the same jobs, which
+re-runs a job only when its in-progress key expires, ``job_timeout + 10`` s after the job started.
 """
 
 from __future__ import annotations
@@ -58,22 +59,27 @@ async def _kill_and_restart(
         "kill_to_restart_s": round(restart_at - kill_at, 3),
         "worker_startup_s": round(ready_at - restart_at, 3),
         "recovery_s": round(rerun - restart_at, 2),
+        "kill_to_rerun_s": round(rerun - kill_at, 2),
     }
 
 
-async def ours(upstream: str, n: int, job_ms: int) -> dict[str, Any]:
+async def _recover(
+    upstream: str, n: int, job_ms: int, engine: str, tag: str, **env: object
+) -> dict[str, Any]:
+    """Our producer enqueues N jobs; a worker of ``engine`` runs them; the kill and the restart."""
     from durable.producer import DurableProducer
 
     with private_redis("always") as redis_proc:
-        env = child_env(
+        child = child_env(
             QUEUE_BACKEND="durable",
             REDIS_URL=redis_proc.url,
             WORKERS=n,
             ALLOWED_HOSTS=allow(upstream),
+            **env,
         )
 
         def start_worker() -> Proc:
-            proc = Proc([*CLI, "worker"], env)
+            proc = Proc([*CLI, "worker", "--engine", engine], child)
             proc.start(r"worker ready")
             return proc
 
@@ -82,46 +88,26 @@ async def ours(upstream: str, n: int, job_ms: int) -> dict[str, Any]:
             {}, queue_backend="durable", redis_url=redis_proc.url, allowed_hosts=allow(upstream)
         )
         producer = DurableProducer(settings)
-        ids = [f"ours-{i}" for i in range(n)]
+        ids = [f"{tag}-{i}" for i in range(n)]
         try:
             for i, job_id in enumerate(ids):
-                url = f"{upstream}/recover/ours/{i}?latency_ms={job_ms}"
+                url = f"{upstream}/recover/{tag}/{i}?latency_ms={job_ms}"
                 await producer.submit(Job(url=url, id=job_id))
             async with httpx.AsyncClient(trust_env=False) as client:
-                result = await _kill_and_restart(start_worker, worker, client, upstream, ids)
+                return await _kill_and_restart(start_worker, worker, client, upstream, ids)
         finally:
             worker.kill()
             await producer.close()
-    return {"system": "ours (heartbeats)", **result}
+
+
+async def ours(upstream: str, n: int, job_ms: int) -> dict[str, Any]:
+    result = await _recover(upstream, n, job_ms, "ours", "ours")
+    return {"system": "ours (leases on heartbeats, HEARTBEAT_TTL=3s)", **result}
 
 
 async def stock(upstream: str, n: int, job_ms: int, job_timeout: float) -> dict[str, Any]:
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
-    with private_redis("always") as redis_proc:
-        env = child_env(REDIS_URL=redis_proc.url, STOCK_JOB_TIMEOUT=job_timeout)
-
-        def start_worker() -> Proc:
-            import sys
-
-            proc = Proc([sys.executable, "-m", "benchmarks.stock_arq_worker"], env)
-            proc.start(r"stock arq worker ready")
-            return proc
-
-        worker = start_worker()
-        pool = await create_pool(RedisSettings.from_dsn(redis_proc.url))
-        ids = [f"stock-{i}" for i in range(n)]
-        try:
-            for i, job_id in enumerate(ids):
-                url = f"{upstream}/recover/stock/{i}?latency_ms={job_ms}"
-                await pool.enqueue_job("fetch", url, _job_id=job_id)
-            async with httpx.AsyncClient(trust_env=False) as client:
-                result = await _kill_and_restart(start_worker, worker, client, upstream, ids)
-        finally:
-            worker.kill()
-            await pool.aclose()
-    return {"system": f"stock arq (job_timeout={job_timeout:g}s)", **result}
+    result = await _recover(upstream, n, job_ms, "stock-arq", "stock", JOB_TIMEOUT=job_timeout)
+    return {"system": f"stock arq Worker (job_timeout={job_timeout:g}s)", **result}
 
 
 async def run(

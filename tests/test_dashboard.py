@@ -211,7 +211,7 @@ def test_jobs_table_and_flows_panel_show_the_api_and_their_buttons_act(
     cancel button cancels a queued job, retry re-queues a failed one, resume releases a paused
     key (each checked through the API)."""
     env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 2, "QUEUE_MAXSIZE": 100}
-    env.update(FAST_RETRIES, FLOW_LIMITS=FLOW_LIMITS, ALLOWED_HOSTS=urlsplit(upstream).hostname)
+    env.update(FAST_RETRIES, FLOW_LIMITS=FLOW_LIMITS, ALLOWED_HOSTS=allow(upstream))
     if backend == "durable":
         env["REDIS_URL"] = request.getfixturevalue("redis_url")
     _, api = processes.serve(**env)
