@@ -75,6 +75,7 @@ class StockArqWorker(WorkerPool):
             functions=[func(run_job, name=keys.FUNCTION, max_tries=s.max_tries)],
             redis_pool=pool,
             max_jobs=s.workers,
+            poll_delay=s.poll_delay,  # arq's own setting (its default is 0.5 s)
             job_timeout=s.job_timeout,
             keep_result=s.result_ttl,
             handle_signals=False,

@@ -88,3 +88,19 @@ async def test_failed_writes_the_dead_letter(lua: Lua) -> None:
     letter = DeadLetter.from_dict(json.loads(raw))
     assert (letter.attempts, letter.job) == (3, job)
     assert between(t0, await lua.redis.zscore(keys.DEAD_INDEX, job.id), t1)
+
+
+@contract("outcome")
+async def test_a_stock_arq_rerun_after_the_end_keeps_the_first_outcome(lua: Lua) -> None:
+    """Stock arq can run a job again after our record says done (its worker died before arq's
+    own end of the job): the first outcome stays, done is counted once, the re-run once as a
+    duplicate."""
+    job = await lua.submit_new()
+    first = default_outcome("done", 1)
+    await lua.outcome(job, 1, "done", first)
+    await lua.outcome(job, 2, "running", None)
+    await lua.outcome(job, 2, "done", default_outcome("done", 2))
+    record = await lua.record(job.id)
+    assert (record["status"], record["attempts"]) == ("done", "1")
+    assert json.loads(record["result"]) == first.to_dict()
+    assert await lua.stats() == {"done": 1, "duplicates": 1}

@@ -9,10 +9,17 @@
 -- ARGV  1 end: running | queued (retry) | done | failed   2 attempt   3 outcome JSON | ''
 --       4 body | ''   5 record TTL s   6 dead letter JSON | ''   7 duration bucket | ''
 --       8 duration seconds   9 job id
--- Returns 1
+-- Returns 1, or 0 when the record already holds an end (a stock arq re-run: counted as a duplicate)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local kind, id = ARGV[1], ARGV[9]
+local before = redis.call('HGET', KEYS[1], 'status')
+if before == 'done' or before == 'failed' then
+  -- stock arq runs it again (its worker died between our record and arq's own end of the job):
+  -- the outcome stays the first one; the re-run is counted once, as a duplicate, when it starts
+  if kind == 'running' then redis.call('HINCRBY', KEYS[3], 'duplicates', 1) end
+  return 0
+end
 redis.call('HSET', KEYS[1], 'id', id, 'status', kind, 'attempts', ARGV[2])
 if kind == 'running' then return 1 end
 if ARGV[7] ~= '' then

@@ -41,6 +41,7 @@ from pipeline.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
 from pipeline.harness.processes import Proc, Processes, child_env
 from pipeline.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
 
+STOCK_POLL_S = 0.05
 DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
 FINISH_TIMEOUT_S = 90.0
 POLL_S = 0.1
@@ -93,6 +94,9 @@ class Demo:
             WORKERS=self.opts.workers,
             QUEUE_MAXSIZE=max(self.opts.jobs, 10),
             JOB_TIMEOUT=DEMO_JOB_TIMEOUT_S,
+            # stock arq polls its queue every POLL_DELAY (arq's poll_delay, 0.5 s by default):
+            # short, so it keeps its slots as busy as ours and the kill finds jobs in flight
+            **({"POLL_DELAY": STOCK_POLL_S} if sc.engine == "stock-arq" else {}),
             API_TOKEN="",  # the demo's own service on loopback, which only the demo talks to
         )
 
