@@ -1,16 +1,18 @@
 """The fetch handler: one job (an HTTP request) in, one Outcome (its response) out. It knows
 nothing of queues.
 
-One ``httpx.AsyncClient`` per process is shared by every worker task (one per ten workers for
-large ``WORKERS``: see ``FETCHES_PER_CLIENT``). The request is the job's method, headers and body;
-the job id goes out in ``X-Job-Id`` and ``Idempotency-Key`` (the same on every attempt), so the
-upstream can tell a first delivery from a duplicate, and one that honours idempotency keys applies
-the job's effect once. The response body is streamed and counted; its first ``RESULT_BODY_BYTES``
-are kept in the Outcome (``truncated`` when cut), with the response headers a client needs
-(``KEPT_RESPONSE_HEADERS``); a body over ``MAX_RESPONSE_BYTES`` is abandoned mid-stream (never read
-whole). HTTP and network failures are recorded in the Outcome, never raised; ``retryable`` says
-whether trying again could help (timeouts, connection errors, 408, 429, 5xx). Each attempt is
-bounded by the job's ``timeout_s``, else ``JOB_TIMEOUT``.
+One client per process is shared by every worker task (one per ten workers for large
+``WORKERS``: see ``FETCHES_PER_CLIENT``): httpx's API on aiohttp's HTTP/1.1 client (the
+``httpx-aiohttp`` transport), whose resolver hook is the URL guard (:class:`GuardResolver`: each
+new connection goes to the address the guard checked, no second lookup). The request is the
+job's method, headers and body; the job id goes out in ``X-Job-Id`` and ``Idempotency-Key`` (the
+same on every attempt), so the upstream can tell a first delivery from a duplicate, and one that
+honours idempotency keys applies the job's effect once. The response body is streamed and
+counted; its first ``RESULT_BODY_BYTES`` are kept in the Outcome (``truncated`` when cut), with the
+response headers a client needs (``KEPT_RESPONSE_HEADERS``); a body over ``MAX_RESPONSE_BYTES`` is
+abandoned mid-stream (never read whole). HTTP and network failures are recorded in the Outcome,
+never raised; ``retryable`` says whether trying again could help (timeouts, connection errors,
+408, 429, 5xx). Each attempt is bounded by the job's ``timeout_s``, else ``JOB_TIMEOUT``.
 
 Test hook: with ``QC_TEST_HOOKS=1`` (``Settings.qc_test_hooks``), an upstream answer carrying
 ``X-Test-Crash: 1`` makes the handler hard-exit the whole process with ``TEST_CRASH_EXIT`` (70), as a
@@ -20,22 +22,27 @@ poison job that crashes its worker would. Off by default; only tests and demos t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import logging
 import os
-import ssl
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import NoReturn
 
+import aiohttp
 import httpx
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+from httpx_aiohttp import AiohttpTransport
 
 from pipeline.errors import URLRefused
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard
+from pipeline.urlguard import URLGuard, literal_ip
 
 log = logging.getLogger("queue_contrast.handler")
 
@@ -75,36 +82,167 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-# Concurrent fetches one httpx client serves. httpcore's pool rescans every connection (and, for
-# each idle one, every other: quadratic) on each request start and end; past ~20 connections that
-# bookkeeping costs more CPU than the HTTP itself (encode/httpcore#1035), so larger WORKERS counts
-# get several clients, each with a pool of at most this many busy connections.
+# Concurrent fetches one client serves: WORKERS above this get several clients, each with its own
+# bounded pool. (Chosen for httpcore, whose pool rescanned every connection on each request start
+# and end: quadratic past ~20 connections, encode/httpcore#1035. aiohttp's pool does not, but the
+# split costs nothing and keeps each pool small.)
 FETCHES_PER_CLIENT = 10
+KEEPALIVE_S = 5.0  # an idle connection is closed after this (httpx's default keep-alive expiry)
+
+
+class GuardResolver(AbstractResolver):
+    """aiohttp's name lookup, done by the URL guard: once per new connection, every address the name
+    resolves to checked (one refused address refuses the name), and only the checked address
+    returned. aiohttp connects to what this returns, so the connection goes to the address that
+    was checked: there is no second lookup to rebind. (aiohttp skips the resolver for a URL whose
+    host is an IP address; the fetcher checks those itself, before the request.)"""
+
+    def __init__(self, guard: URLGuard) -> None:
+        self.guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        ip = await self.guard.resolve(httpx.URL(scheme="http", host=host, port=port))
+        return [
+            {
+                "hostname": host,
+                "host": str(ip),
+                "port": port,
+                "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+# aiohttp's errors as httpx's, most specific first. httpx-aiohttp maps every ClientConnectionError
+# to ConnectTimeout (a refused or unreachable connection would read "timeout"), so its mapping is
+# undone here from the aiohttp error it chains as the cause.
+_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),  # refused, unreachable, DNS, TLS
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),  # a body cut short or malformed
+    (aiohttp.ClientResponseError, httpx.RemoteProtocolError),  # a response that does not parse
+    (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.ClientOSError, httpx.ReadError),  # reset, broken pipe
+)
+
+
+@contextlib.contextmanager
+def map_aiohttp_errors() -> Iterator[None]:
+    """Raise any aiohttp error (raw, or as httpx-aiohttp mapped it) as the httpx error it is."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientError):
+            raise _httpx_error(cause) from cause
+        raise
+    except aiohttp.ClientError as exc:
+        raise _httpx_error(exc) from exc
+
+
+def _httpx_error(exc: aiohttp.ClientError) -> httpx.TransportError:
+    kind = next((to for frm, to in _ERRORS if isinstance(exc, frm)), httpx.TransportError)
+    return kind(f"{type(exc).__name__}: {exc}")
+
+
+class _MappedStream(httpx.AsyncByteStream):
+    """A response body whose aiohttp errors come out as httpx errors."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with map_aiohttp_errors():
+            async for chunk in self.inner:
+                yield chunk
+
+    async def aclose(self) -> None:
+        with map_aiohttp_errors():
+            await self.inner.aclose()
+
+
+class GuardedAiohttpTransport(AiohttpTransport):
+    """httpx-aiohttp's transport (httpx's API over aiohttp's HTTP/1.1 client, ~5x less CPU per
+    request than httpcore) with its errors mapped as httpx's own transport would raise them, and
+    a refusal if aiohttp would read another host from the URL than httpx (and so the guard) did."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        _same_host(request.url)
+        with map_aiohttp_errors():
+            response = await super().handle_async_request(request)
+        response.stream = _MappedStream(response.stream)  # type: ignore[arg-type]
+        return response
+
+
+def _same_host(url: httpx.URL) -> None:
+    """Refuse a URL whose host aiohttp (yarl) parses differently from httpx: the guard checked
+    httpx's reading, and aiohttp dials its own."""
+    checked = url.raw_host.decode("ascii")
+    dialled = yarl.URL(str(url)).raw_host or ""
+    if dialled == checked:
+        return
+    ip = literal_ip(checked)
+    if ip is None or ip != literal_ip(dialled):  # one address spelled two ways is the same host
+        raise URLRefused(f"host {checked!r} parses as {dialled!r} for the connection")
 
 
 class Fetcher:
     """Fetches job URLs with one shared client per ``FETCHES_PER_CLIENT`` workers (one client for
-    the default WORKERS). Use as an async context manager."""
+    the default WORKERS). Use as an async context manager.
+
+    Each client is an ``httpx.AsyncClient`` on a :class:`GuardedAiohttpTransport` over its own
+    ``aiohttp.ClientSession``: a bounded pool (``limit``), names resolved only by
+    :class:`GuardResolver` (no DNS cache, so each new connection asks the guard), TLS verified
+    against the URL's host name (SNI and certificate check on the real name: the URL keeps the
+    name), no environment proxies or netrc (``trust_env`` off in both), no cookie jar in aiohttp,
+    bodies passed through raw (``auto_decompress`` off) and redirects never followed.
+
+    ``client`` is a test seam: a client (e.g. on an ``httpx.MockTransport``) used instead. It has
+    no guard resolver of its own, so for it the fetcher resolves and checks names itself first.
+    """
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        # loading the CA bundle costs ~0.1 s of CPU: once for all clients. Verifying: CERT_REQUIRED
+        # and check_hostname, against certifi's CAs (SSL_CERT_FILE and friends are not read)
+        self.tls = httpx.create_ssl_context(trust_env=False)
+        self._resolve_first = client is not None
         if client is not None:
             self.clients = [client]
         else:
             workers = max(settings.workers, 1)
             shards = -(-workers // FETCHES_PER_CLIENT)
-            # loading the CA bundle costs ~0.1 s of CPU: once for all clients
-            tls = httpx.create_ssl_context(trust_env=False)
-            self.clients = [self._new_client(-(-workers // shards), tls) for _ in range(shards)]
+            self.clients = [self._new_client(-(-workers // shards)) for _ in range(shards)]
         self._in_flight = [0] * len(self.clients)
 
-    def _new_client(self, fetches: int, tls: ssl.SSLContext) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=fetches * 2)
+    def _new_client(self, fetches: int) -> httpx.AsyncClient:
+        def session() -> aiohttp.ClientSession:  # made on the first request, inside the loop
+            connector = aiohttp.TCPConnector(
+                limit=fetches * 2,
+                ssl=self.tls,
+                resolver=GuardResolver(self.guard),
+                use_dns_cache=False,
+                keepalive_timeout=KEEPALIVE_S,
+            )
+            return aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+            )
+
         return httpx.AsyncClient(
+            transport=GuardedAiohttpTransport(verify=self.tls, trust_env=False, client=session),
             timeout=httpx.Timeout(self.settings.job_timeout),
-            limits=limits,
-            verify=tls,
             follow_redirects=False,
             trust_env=False,
         )
@@ -191,16 +329,17 @@ class Fetcher:
 
     async def _fetch(self, job: Job) -> Response:
         url = self.guard.check(job.url)
-        ip = await self.guard.resolve(url)
         headers = self._request_headers(job, url.netloc.decode("ascii"))
-        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        pinned = url.copy_with(host=str(ip))
+        # an address in another spelling (2130706433, 0x7f.1, 127.0.0.1.) goes out as the address
+        # the guard read: aiohttp dials only canonical literals (it refuses the rest)
+        ip = literal_ip(url.host)
+        target = url.copy_with(host=str(ip)) if ip is not None and str(ip) != url.host else url
+        if self._resolve_first:
+            await self.guard.resolve(url)
         shard = self._in_flight.index(min(self._in_flight))  # the least busy client
         client = self.clients[shard]
         content = job.body.encode("utf-8") if job.body is not None else None
-        request = client.build_request(
-            job.method, pinned, headers=headers, content=content, extensions=extensions
-        )
+        request = client.build_request(job.method, target, headers=headers, content=content)
         self._in_flight[shard] += 1
         try:
             return await self._exchange(job, client, request)
