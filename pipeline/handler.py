@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import logging
 import os
 import socket
@@ -194,37 +195,59 @@ def _same_host(url: httpx.URL) -> None:
         raise URLRefused(f"host {checked!r} parses as {dialled!r} for the connection")
 
 
+# What httpx's AsyncClient sends on every request unless the job says otherwise: the fetcher
+# builds its requests itself (see Fetcher), with these, so the upstream sees what it always saw.
+DEFAULT_HEADERS = (
+    ("Accept", "*/*"),
+    ("Accept-Encoding", "gzip, deflate"),  # bodies are kept as received, Content-Encoding with them
+    ("Connection", "keep-alive"),
+    ("User-Agent", f"python-httpx/{httpx.__version__}"),
+)
+
+
 class Fetcher:
-    """Fetches job URLs with one shared client per ``FETCHES_PER_CLIENT`` workers (one client for
-    the default WORKERS). Use as an async context manager.
+    """Fetches job URLs with one shared transport per ``FETCHES_PER_CLIENT`` workers (one for the
+    default WORKERS). Use as an async context manager.
 
-    Each client is an ``httpx.AsyncClient`` on a :class:`GuardedAiohttpTransport` over its own
-    ``aiohttp.ClientSession``: a bounded pool (``limit``), names resolved only by
-    :class:`GuardResolver` (no DNS cache, so each new connection asks the guard), TLS verified
-    against the URL's host name (SNI and certificate check on the real name: the URL keeps the
-    name), no environment proxies or netrc (``trust_env`` off in both), no cookie jar in aiohttp,
-    bodies passed through raw (``auto_decompress`` off) and redirects never followed.
+    Each transport is a :class:`GuardedAiohttpTransport` over its own ``aiohttp.ClientSession``: a
+    bounded pool (``limit``), names resolved only by :class:`GuardResolver` (no DNS cache: each new
+    connection asks the guard), TLS verified against the URL's host name (SNI and certificate check
+    on the real name, since the URL keeps the name), no environment proxies or netrc
+    (``trust_env`` off), no cookie jar, bodies passed through raw (``auto_decompress`` off) and
+    redirects never followed (the transport passes ``allow_redirects=False``).
 
-    ``client`` is a test seam: a client (e.g. on an ``httpx.MockTransport``) used instead. It has
-    no guard resolver of its own, so for it the fetcher resolves and checks names itself first.
+    The fetcher builds each ``httpx.Request`` itself and hands it to the transport
+    (``handle_async_request``, httpx's whole transport contract) instead of going through an
+    ``httpx.AsyncClient``: the client's per-request machinery (merging defaults, auth, redirect
+    and cookie handling) cost as much CPU as the HTTP itself, and none of it applies to a job. Not
+    using the client also means no cookie jar: a cookie one job's upstream sets is never sent with
+    another job's request.
+
+    ``client`` is a test seam: an ``httpx.AsyncClient`` (e.g. on an ``httpx.MockTransport``) that
+    requests are sent through instead. It has no guard resolver, so for it the fetcher resolves
+    and checks names itself before sending.
     """
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
-        # loading the CA bundle costs ~0.1 s of CPU: once for all clients. Verifying: CERT_REQUIRED
-        # and check_hostname, against certifi's CAs (SSL_CERT_FILE and friends are not read)
+        # loading the CA bundle costs ~0.1 s of CPU: once for all transports. Verifying (CERT_REQUIRED,
+        # check_hostname) against certifi's CAs; SSL_CERT_FILE and friends are not read
         self.tls = httpx.create_ssl_context(trust_env=False)
-        self._resolve_first = client is not None
+        self._extensions = {"timeout": httpx.Timeout(settings.job_timeout).as_dict()}
+        self.transports: list[httpx.AsyncBaseTransport] = []
+        self._sends: list[Callable[[httpx.Request], Awaitable[httpx.Response]]]
+        self._client = client
         if client is not None:
-            self.clients = [client]
+            self._sends = [functools.partial(client.send, stream=True)]
         else:
             workers = max(settings.workers, 1)
             shards = -(-workers // FETCHES_PER_CLIENT)
-            self.clients = [self._new_client(-(-workers // shards)) for _ in range(shards)]
-        self._in_flight = [0] * len(self.clients)
+            self.transports = [self._new_transport(-(-workers // shards)) for _ in range(shards)]
+            self._sends = [t.handle_async_request for t in self.transports]
+        self._in_flight = [0] * len(self._sends)
 
-    def _new_client(self, fetches: int) -> httpx.AsyncClient:
+    def _new_transport(self, fetches: int) -> GuardedAiohttpTransport:
         def session() -> aiohttp.ClientSession:  # made on the first request, inside the loop
             connector = aiohttp.TCPConnector(
                 limit=fetches * 2,
@@ -240,12 +263,7 @@ class Fetcher:
                 auto_decompress=False,
             )
 
-        return httpx.AsyncClient(
-            transport=GuardedAiohttpTransport(verify=self.tls, trust_env=False, client=session),
-            timeout=httpx.Timeout(self.settings.job_timeout),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        return GuardedAiohttpTransport(verify=self.tls, trust_env=False, client=session)
 
     async def __aenter__(self) -> Fetcher:
         return self
@@ -254,8 +272,10 @@ class Fetcher:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        for transport in self.transports:
+            await transport.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def __call__(self, job: Job, attempt: int = 1) -> Outcome:
         """Make the job's request; never raises for HTTP, network or guard failures."""
@@ -318,65 +338,87 @@ class Fetcher:
             body=r.body,
         )
 
-    def _request_headers(self, job: Job, host: str) -> dict[str, str]:
-        headers = {name: value for name, value in job.headers}
-        if job.body is not None and not any(n.lower() == "content-type" for n in headers):
-            headers["Content-Type"] = (
-                "application/json" if job.body_type == "json" else "text/plain; charset=utf-8"
-            )
-        headers.update({"X-Job-Id": job.id, "Idempotency-Key": job.id, "Host": host})
-        return headers
+    def _request_headers(self, job: Job, host: str) -> list[tuple[str, str]]:
+        """httpx's defaults, the job's headers over them, then the body's type and the job id."""
+        headers = {name.lower(): (name, value) for name, value in (*DEFAULT_HEADERS, *job.headers)}
+        if job.body is not None and "content-type" not in headers:
+            kind = "application/json" if job.body_type == "json" else "text/plain; charset=utf-8"
+            headers["content-type"] = ("Content-Type", kind)
+        return [
+            ("Host", host),
+            *headers.values(),
+            ("X-Job-Id", job.id),
+            ("Idempotency-Key", job.id),
+        ]
 
     async def _fetch(self, job: Job) -> Response:
         url = self.guard.check(job.url)
-        headers = self._request_headers(job, url.netloc.decode("ascii"))
+        if self._client is not None:  # the test seam's client has no guard resolver
+            await self.guard.resolve(url)
         # an address in another spelling (2130706433, 0x7f.1, 127.0.0.1.) goes out as the address
         # the guard read: aiohttp dials only canonical literals (it refuses the rest)
         ip = literal_ip(url.host)
         target = url.copy_with(host=str(ip)) if ip is not None and str(ip) != url.host else url
-        if self._resolve_first:
-            await self.guard.resolve(url)
-        shard = self._in_flight.index(min(self._in_flight))  # the least busy client
-        client = self.clients[shard]
-        content = job.body.encode("utf-8") if job.body is not None else None
-        request = client.build_request(job.method, target, headers=headers, content=content)
+        request = httpx.Request(
+            job.method,
+            target,
+            headers=self._request_headers(job, url.netloc.decode("ascii")),
+            content=job.body.encode("utf-8") if job.body is not None else None,
+            extensions=self._extensions,
+        )
+        shard = self._in_flight.index(min(self._in_flight))  # the least busy transport
         self._in_flight[shard] += 1
         try:
-            return await self._exchange(job, client, request)
+            return await self._exchange(job, self._sends[shard], request)
         finally:
             self._in_flight[shard] -= 1
 
     async def _exchange(
-        self, job: Job, client: httpx.AsyncClient, request: httpx.Request
+        self,
+        job: Job,
+        send: Callable[[httpx.Request], Awaitable[httpx.Response]],
+        request: httpx.Request,
     ) -> Response:
-        response = await client.send(request, stream=True)
-        if self.settings.qc_test_hooks and response.headers.get("x-test-crash") == "1":
-            _test_crash(job)
+        response = await send(request)
         try:
+            headers = kept_headers(response.headers)
+            if self.settings.qc_test_hooks and response.headers.get("x-test-crash") == "1":
+                _test_crash(job)
             keep = self.settings.result_body_bytes
             cap = self.settings.max_response_bytes
             size, kept = 0, bytearray()
             async for chunk in response.aiter_raw():
                 size += len(chunk)
                 if size > cap:
-                    raise BodyTooLarge
+                    raise BodyTooLarge  # abandoned: the connection is closed, not drained
                 if len(kept) < keep:
                     kept += chunk[: keep - len(kept)]
             return Response(
                 response.status_code,
-                kept_headers(response.headers),
+                headers,
                 size,
                 bytes(kept) if keep else None,
                 size > len(kept) and keep > 0,
-                parse_retry_after(response.headers.get("retry-after")),
+                parse_retry_after(headers.get("retry-after")),
             )
         finally:
             await response.aclose()
 
 
+_KEPT = frozenset(KEPT_RESPONSE_HEADERS)
+
+
 def kept_headers(headers: httpx.Headers) -> dict[str, str]:
-    """The response headers a job's client needs (``KEPT_RESPONSE_HEADERS``), lower-case names."""
-    return {name: headers[name] for name in KEPT_RESPONSE_HEADERS if name in headers}
+    """The response headers a job's client needs (``KEPT_RESPONSE_HEADERS``), lower-case names;
+    a repeated one joined with ", " (as ``httpx.Headers`` reads it). One pass over the raw list."""
+    kept: dict[str, str] = {}
+    encoding = headers.encoding
+    for raw_name, raw_value in headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        if name in _KEPT:
+            value = raw_value.decode(encoding)
+            kept[name] = f"{kept[name]}, {value}" if name in kept else value
+    return kept
 
 
 def _test_crash(job: Job) -> NoReturn:
