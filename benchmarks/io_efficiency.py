@@ -5,9 +5,11 @@ handler (``pipeline.handler.Fetcher``). In-memory: submit every job, ``join()``.
 every job first, then time one ``DurableWorker`` from its start until all are complete. Efficiency
 = achieved jobs/s ÷ ideal jobs/s, where ideal = workers ÷ latency.
 
-Where it falls off: every fetch costs CPU in this process (httpx, the handler, the queue layer) and
-in the upstream (uvicorn). ``cpu_cost`` measures both per request on this machine; one process can
-do at most ``1 ÷ cpu_per_request`` fetches per second on one core, whatever the worker count.
+Where it falls off: every fetch costs CPU in this process (the HTTP client, the handler, the queue
+layer) and in the upstream (uvicorn). ``cpu_cost`` measures both per request on this machine; one
+process can do at most ``1 ÷ cpu_per_request`` fetches per second on one core, whatever the worker
+count. ``benchmarks.transports`` compares the HTTP clients under the handler (httpx on httpcore,
+httpx on aiohttp, aiohttp alone, our Fetcher on each), on asyncio's loop and on uvloop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import transports
 from benchmarks.common import proc_cpu_s, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
 from pipeline.handler import Fetcher
@@ -65,8 +68,7 @@ async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[s
         task = asyncio.create_task(worker.run())
 
         async def done() -> bool:
-            arq = worker.arq
-            return (arq is not None and arq.jobs_complete >= n) or task.done()
+            return worker.counters.finished >= n or task.done()
 
         await wait_until(done, timeout=60 + n, what=f"durable worker to run {n} fetches")
         elapsed = time.perf_counter() - start
@@ -82,11 +84,19 @@ async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[s
 
 
 async def cpu_cost(
-    upstream: str, upstream_pid: int, n: int, latency_ms: float, concurrency: int = 10
+    upstream: str,
+    upstream_pid: int,
+    n: int,
+    latency_ms: float,
+    concurrency: int = 10,
+    rounds: int = 4,
 ) -> dict[str, Any]:
-    """CPU seconds per request: a bare shared httpx.AsyncClient, our Fetcher, and the upstream."""
+    """CPU seconds per request: a bare shared httpx.AsyncClient on httpcore (the baseline), our
+    Fetcher, and the upstream. The two clients take turns over ``rounds`` rounds, so a shared
+    machine's load drifting during the run weighs on both alike."""
+    per = max(n // rounds, 1)
 
-    async def drive(fetch: Any) -> tuple[float, float]:
+    async def drive(fetch: Any, first: int) -> tuple[float, float]:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
@@ -94,37 +104,48 @@ async def cpu_cost(
                 await fetch(i)
 
         up0, cpu0 = proc_cpu_s(upstream_pid), time.process_time()
-        await asyncio.gather(*(one(i) for i in range(n)))
+        await asyncio.gather(*(one(i) for i in range(first, first + per)))
         return time.process_time() - cpu0, proc_cpu_s(upstream_pid) - up0
 
     limits = httpx.Limits(max_connections=concurrency * 2)
-    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
-        await client.get(f"{upstream}/warmup?latency_ms=0")
+    settings = _settings(workers=concurrency)
+    # built before the clock starts: the handler's cost, not the Job constructor's
+    jobs = [Job(url=f"{upstream}/cpu/fetcher/{i}?latency_ms=0") for i in range(per * rounds)]
+    totals = {"bare": 0.0, "bare_up": 0.0, "fetcher": 0.0, "fetcher_up": 0.0}
+    async with (
+        httpx.AsyncClient(limits=limits, trust_env=False) as client,
+        Fetcher(settings) as fetcher,
+    ):
 
         async def bare(i: int) -> None:
             r = await client.get(f"{upstream}/cpu/bare/{i}?latency_ms=0")
             r.raise_for_status()
 
-        bare_cpu, bare_up = await drive(bare)
-
-    settings = _settings(workers=concurrency)
-    async with Fetcher(settings) as fetcher:
-
         async def ours(i: int) -> None:
-            outcome = await fetcher(Job(url=f"{upstream}/cpu/fetcher/{i}?latency_ms=0"), 1)
+            outcome = await fetcher(jobs[i], 1)
             assert outcome.ok, outcome.error
 
-        await ours(-1)
-        fetcher_cpu, fetcher_up = await drive(ours)
-    per = {
-        "httpx_client_ms": round(bare_cpu / n * 1e3, 3),
-        "fetcher_ms": round(fetcher_cpu / n * 1e3, 3),
-        "upstream_ms": round((bare_up + fetcher_up) / (2 * n) * 1e3, 3),
+        await client.get(f"{upstream}/warmup?latency_ms=0")
+        await fetcher(Job(url=f"{upstream}/warmup?latency_ms=0"), 1)
+        for r in range(rounds):
+            cpu, up = await drive(bare, r * per)
+            totals["bare"] += cpu
+            totals["bare_up"] += up
+            cpu, up = await drive(ours, r * per)
+            totals["fetcher"] += cpu
+            totals["fetcher_up"] += up
+    done = per * rounds
+    result: dict[str, Any] = {
+        "httpx_client_ms": round(totals["bare"] / done * 1e3, 3),
+        "fetcher_ms": round(totals["fetcher"] / done * 1e3, 3),
+        "upstream_ms": round((totals["bare_up"] + totals["fetcher_up"]) / (2 * done) * 1e3, 3),
     }
-    per["ceiling_one_core_jobs_s"] = round(1000 / per["fetcher_ms"], 0)
-    per.update(await round_trip(upstream, latency_ms))
-    per["requests"] = n
-    return per
+    result["httpcore_over_fetcher"] = round(result["httpx_client_ms"] / result["fetcher_ms"], 2)
+    result["ceiling_one_core_jobs_s"] = round(1000 / result["fetcher_ms"], 0)
+    result.update(await round_trip(upstream, latency_ms))
+    result["requests"] = done
+    result["rounds"] = rounds
+    return result
 
 
 async def round_trip(upstream: str, latency_ms: float, samples: int = 20) -> dict[str, Any]:
@@ -151,28 +172,51 @@ async def run(
     latency_ms: float,
     cpu_requests: int,
     progress: Any,
+    transport_requests: int = 2000,
+    transport_rounds: int = 4,
 ) -> dict[str, Any]:
     rows = []
     for backend in ("inmemory", "durable"):
         for workers in worker_counts:
             progress(f"I/O: {backend}, {n} jobs at {latency_ms:g} ms, WORKERS={workers}")
-            if backend == "inmemory":
-                r = await inmemory(upstream, n, workers)
-            else:
-                r = await durable(upstream, redis_url, n, workers)
-            ideal = workers / (latency_ms / 1000)
-            achieved = rate(r["done"] + r["failed"], r["seconds"])
-            rows.append(
-                {
-                    "backend": backend,
-                    "workers": workers,
-                    "jobs": n,
-                    **r,
-                    "rate": achieved,
-                    "ideal": round(ideal, 1),
-                    "efficiency": round(achieved / ideal, 3),
-                }
-            )
+            rows.append(await _row(backend, upstream, redis_url, n, workers, latency_ms))
     progress(f"I/O: CPU cost per request ({cpu_requests} requests each, latency 0)")
     cpu = await cpu_cost(upstream, upstream_pid, cpu_requests, latency_ms)
-    return {"rows": rows, "cpu_per_request": cpu, "latency_ms": latency_ms}
+    compared = {}
+    for loop in transports.loops():
+        progress(
+            f"I/O: transport comparison, {loop} loop ({transport_requests} GETs per variant, "
+            f"{transport_rounds} rounds, fresh process)"
+        )
+        compared[loop] = await asyncio.to_thread(
+            transports.run_child, upstream, transport_requests, 10, loop, transport_rounds
+        )
+    return {
+        "rows": rows,
+        "cpu_per_request": cpu,
+        "transports": compared,
+        "latency_ms": latency_ms,
+    }
+
+
+async def _row(
+    backend: str, upstream: str, redis_url: str, n: int, workers: int, latency_ms: float
+) -> dict[str, Any]:
+    """One backend at one worker count; a backend that cannot run here is a row saying why."""
+    row: dict[str, Any] = {"backend": backend, "workers": workers, "jobs": n}
+    try:
+        if backend == "inmemory":
+            r = await inmemory(upstream, n, workers)
+        else:
+            r = await durable(upstream, redis_url, n, workers)
+    except Exception as exc:  # reported, not hidden: the row says it did not run and why
+        return {**row, "error": f"{type(exc).__name__}: {exc}"}
+    ideal = workers / (latency_ms / 1000)
+    achieved = rate(r["done"] + r["failed"], r["seconds"])
+    return {
+        **row,
+        **r,
+        "rate": achieved,
+        "ideal": round(ideal, 1),
+        "efficiency": round(achieved / ideal, 3),
+    }
