@@ -15,13 +15,16 @@ httpx on aiohttp, aiohttp alone, our Fetcher on each), on asyncio's loop and on 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
 import httpx
 
 from benchmarks import transports
-from benchmarks.common import proc_cpu_s, rate, wait_until
+from benchmarks.common import LOCAL, ROOT, proc_cpu_s, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job
@@ -29,29 +32,50 @@ from pipeline.settings import Settings
 
 
 def _settings(**kw: Any) -> Settings:
-    return Settings.from_env({}, job_timeout=30, **kw)
+    # every fetch here goes to the local upstream, which ALLOWED_HOSTS names
+    return Settings.from_env({}, job_timeout=30, allowed_hosts=LOCAL, **kw)
 
 
 def _jobs(upstream: str, n: int, tag: str) -> list[Job]:
     return [Job(url=f"{upstream}/io/{tag}/{i}", id=f"{tag}-{i}") for i in range(n)]
 
 
-async def inmemory(upstream: str, n: int, workers: int) -> dict[str, Any]:
+class _Cpu:
+    """CPU spent while timed: this process's (per job) and the upstream's (cores busy)."""
+
+    def __init__(self, upstream_pid: int) -> None:
+        self.pid = upstream_pid
+        self.ours0, self.up0 = time.process_time(), proc_cpu_s(upstream_pid)
+
+    def result(self, jobs: int, seconds: float) -> dict[str, float]:
+        ours, up = time.process_time() - self.ours0, proc_cpu_s(self.pid) - self.up0
+        return {
+            "cpu_ms_per_job": round(ours / max(jobs, 1) * 1e3, 3),
+            "cores_here": round(ours / seconds, 2) if seconds else 0.0,
+            "cores_upstream": round(up / seconds, 2) if seconds else 0.0,
+        }
+
+
+async def inmemory(upstream: str, upstream_pid: int, n: int, workers: int) -> dict[str, Any]:
     settings = _settings(workers=workers, queue_maxsize=max(workers * 2, 10))
     async with Fetcher(settings) as fetcher:
         pipe = InMemoryPipeline(settings, fetcher)
         await pipe.start()
+        cpu = _Cpu(upstream_pid)
         start = time.perf_counter()
         for job in _jobs(upstream, n, f"mem{workers}"):
             await pipe.submit(job)
         await pipe.join()
         elapsed = time.perf_counter() - start
+        spent = cpu.result(n, elapsed)
         stats = await pipe.stats()
         await pipe.close()
-    return {"done": stats.done, "failed": stats.failed, "seconds": round(elapsed, 3)}
+    return {"done": stats.done, "failed": stats.failed, "seconds": round(elapsed, 3), **spent}
 
 
-async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[str, Any]:
+async def durable(
+    upstream: str, upstream_pid: int, redis_url: str, n: int, workers: int, tag: str = ""
+) -> dict[str, Any]:
     from durable.producer import DurableProducer
     from durable.runner import DurableWorker
 
@@ -61,17 +85,24 @@ async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[s
     producer = DurableProducer(settings)
     await producer.start()
     before = await producer.stats()
-    await asyncio.gather(*(producer.submit(j) for j in _jobs(upstream, n, f"dur{workers}")))
+    await asyncio.gather(*(producer.submit(j) for j in _jobs(upstream, n, f"dur{workers}{tag}")))
     async with Fetcher(settings) as fetcher:
         worker = DurableWorker(settings, fetcher)
+        cpu = _Cpu(upstream_pid)
         start = time.perf_counter()
         task = asyncio.create_task(worker.run())
+
+        async def started() -> bool:
+            return worker.counters.started > 0 or task.done()
 
         async def done() -> bool:
             return worker.counters.finished >= n or task.done()
 
+        await wait_until(started, timeout=60, what="durable worker to start its first fetch")
+        first = time.perf_counter() - start
         await wait_until(done, timeout=60 + n, what=f"durable worker to run {n} fetches")
         elapsed = time.perf_counter() - start
+        spent = cpu.result(n, elapsed)
         worker.request_stop()
         await asyncio.wait_for(task, 30)
     after = await producer.stats()
@@ -80,6 +111,10 @@ async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[s
         "done": after.done - before.done,
         "failed": after.failed - before.failed,
         "seconds": round(elapsed, 3),
+        "first_fetch_s": round(first, 3),
+        # the same, timed from the first fetch: the worker's start-up (Redis, scripts) left out
+        "rate_after_start": rate(n, elapsed - first),
+        **spent,
     }
 
 
@@ -179,7 +214,9 @@ async def run(
     for backend in ("inmemory", "durable"):
         for workers in worker_counts:
             progress(f"I/O: {backend}, {n} jobs at {latency_ms:g} ms, WORKERS={workers}")
-            rows.append(await _row(backend, upstream, redis_url, n, workers, latency_ms))
+            rows.append(
+                await _row(backend, upstream, upstream_pid, redis_url, n, workers, latency_ms)
+            )
     progress(f"I/O: CPU cost per request ({cpu_requests} requests each, latency 0)")
     cpu = await cpu_cost(upstream, upstream_pid, cpu_requests, latency_ms)
     compared = {}
@@ -191,24 +228,88 @@ async def run(
         compared[loop] = await asyncio.to_thread(
             transports.run_child, upstream, transport_requests, 10, loop, transport_rounds
         )
+    most = max(worker_counts)
+    by_loop = []
+    for loop in transports.loops():
+        progress(f"I/O: durable, {n} jobs, WORKERS={most}, {loop} loop (fresh process)")
+        by_loop.append(
+            await asyncio.to_thread(
+                _durable_child, upstream, upstream_pid, redis_url, n, most, latency_ms, loop
+            )
+        )
     return {
         "rows": rows,
         "cpu_per_request": cpu,
         "transports": compared,
+        "durable_by_loop": by_loop,
         "latency_ms": latency_ms,
     }
 
 
-async def _row(
-    backend: str, upstream: str, redis_url: str, n: int, workers: int, latency_ms: float
+def _durable_child(
+    upstream: str,
+    upstream_pid: int,
+    redis_url: str,
+    n: int,
+    workers: int,
+    latency_ms: float,
+    loop: str,
 ) -> dict[str, Any]:
-    """One backend at one worker count; a backend that cannot run here is a row saying why."""
+    """The durable row at ``workers`` in a fresh interpreter running ``loop``: what the event loop
+    under a ``queue-contrast worker`` process changes."""
+    args = [sys.executable, "-m", "benchmarks.io_efficiency", "durable", upstream]
+    args += [str(upstream_pid), redis_url, str(n), str(workers), str(latency_ms), loop]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return {"loop": loop, "workers": workers, "error": last[0]}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _child_main(argv: list[str]) -> int:
+    kind, upstream, pid, redis_url, n, workers, latency_ms, loop = argv
+    assert kind == "durable", kind
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        row = runner.run(
+            _row(
+                "durable",
+                upstream,
+                int(pid),
+                redis_url,
+                int(n),
+                int(workers),
+                float(latency_ms),
+                tag=f"-{loop}",
+            )
+        )
+    print(json.dumps({"loop": loop, **row}), flush=True)
+    return 0
+
+
+async def _row(
+    backend: str,
+    upstream: str,
+    upstream_pid: int,
+    redis_url: str,
+    n: int,
+    workers: int,
+    latency_ms: float,
+    tag: str = "",
+) -> dict[str, Any]:
+    """One backend at one worker count; a backend that cannot run here is a row saying why.
+    ``tag`` keeps job ids apart from other rows' (a known id is not queued again)."""
     row: dict[str, Any] = {"backend": backend, "workers": workers, "jobs": n}
     try:
         if backend == "inmemory":
-            r = await inmemory(upstream, n, workers)
+            r = await inmemory(upstream, upstream_pid, n, workers)
         else:
-            r = await durable(upstream, redis_url, n, workers)
+            r = await durable(upstream, upstream_pid, redis_url, n, workers, tag)
     except Exception as exc:  # reported, not hidden: the row says it did not run and why
         return {**row, "error": f"{type(exc).__name__}: {exc}"}
     ideal = workers / (latency_ms / 1000)
@@ -220,3 +321,7 @@ async def _row(
         "ideal": round(ideal, 1),
         "efficiency": round(achieved / ideal, 3),
     }
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -151,7 +151,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
     out: list[Table] = []
     makers: dict[str, list[Callable[[dict[str, Any]], Table]]] = {
         "overhead": [_overhead],
-        "io": [_io, _transports],
+        "io": [_io, _transports, _loops],
         "flood": [_flood],
         "durability": [_durability],
         "recovery": [_recovery],
@@ -162,7 +162,8 @@ def tables(r: dict[str, Any]) -> list[Table]:
         if "error" in r[section]:
             out.append((SECTION_TITLES[section], ["failed"], [[r[section]["error"]]], []))
             continue
-        out += [m(r) for m in make if m is not _transports or r[section].get("transports")]
+        optional = {_transports: "transports", _loops: "durable_by_loop"}
+        out += [m(r) for m in make if m not in optional or r[section].get(optional[m])]
     return out
 
 
@@ -240,9 +241,11 @@ def _io(r: dict[str, Any]) -> Table:
             _f(x["ideal"]),
             _f(x["efficiency"], 3),
             _f(x["efficiency"] / lone, 3),
+            _f(x.get("cpu_ms_per_job"), 2),
+            f"{_f(x.get('cores_here'), 2)} / {_f(x.get('cores_upstream'), 2)}",
         ]
         if "error" not in x
-        else [x["backend"], str(x["workers"]), "not run (see note)", *["—"] * 6]
+        else [x["backend"], str(x["workers"]), "not run (see note)", *["—"] * 8]
         for x in io["rows"]
     ]
     errors = {x["backend"]: x["error"] for x in io["rows"] if "error" in x}
@@ -260,6 +263,17 @@ def _io(r: dict[str, Any]) -> Table:
         "the workers and CPU contention lose, with the HTTP round trip itself factored out. "
         "Past ~20 workers one process runs out of CPU (fetches/s × CPU per fetch ≈ one core): "
         "run more worker processes (durable) rather than more workers per process.",
+        "CPU ms/job = this process's CPU while timed ÷ jobs (queue layer + Fetcher; the durable "
+        "timing starts with the worker, so its start-up is in it); cores = CPU seconds ÷ wall "
+        "seconds, here and in the upstream: near 1 means that process was the bottleneck, and "
+        "on a shared machine both compete for the same cores.",
+        *(
+            f"durable, {x['workers']} workers: first fetch {x['first_fetch_s']} s after the "
+            f"worker started; {x['rate_after_start']:g} jobs/s from then on "
+            f"({_ratio(x['rate_after_start'], x['ideal']):g} of ideal)."
+            for x in io["rows"]
+            if "first_fetch_s" in x and x["workers"] == max(y["workers"] for y in io["rows"])
+        ),
         *(f"{backend} did not run here: {error}" for backend, error in errors.items()),
     ]
     return (
@@ -274,9 +288,38 @@ def _io(r: dict[str, Any]) -> Table:
             "ideal/s",
             "efficiency",
             "÷ lone request",
+            "CPU ms/job",
+            "cores here / upstream",
         ],
         rows,
         notes,
+    )
+
+
+def _loops(r: dict[str, Any]) -> Table:
+    runs = r["io"]["durable_by_loop"]
+    rows = [
+        [
+            x["loop"],
+            str(x["workers"]),
+            _f(x["rate"], 1),
+            _f(x["efficiency"], 3),
+            _f(x["rate_after_start"], 1),
+            _f(x["cpu_ms_per_job"], 2),
+            _f(x["cores_here"], 2),
+        ]
+        if "error" not in x
+        else [x["loop"], str(x["workers"]), f"failed: {x['error'][-200:]}", *["—"] * 4]
+        for x in runs
+    ]
+    return (
+        "2c. The event loop under a durable worker",
+        ["loop", "workers", "jobs/s", "efficiency", "jobs/s after start", "CPU ms/job", "cores"],
+        rows,
+        [
+            "The durable row above, each loop in a fresh process (benchmarks.io_efficiency "
+            "durable ...): what running `queue-contrast worker` on uvloop would change."
+        ],
     )
 
 

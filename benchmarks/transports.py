@@ -31,7 +31,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from benchmarks.common import ROOT
+from benchmarks.common import LOCAL, ROOT
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
@@ -72,7 +72,8 @@ async def _timed(fetch: Fetch, first: int, n: int, concurrency: int) -> float:
 
 async def compare(upstream: str, n: int, concurrency: int, rounds: int) -> dict[str, Any]:
     limit = concurrency * 2
-    settings = Settings.from_env({}, workers=concurrency, job_timeout=30)
+    # the upstream is on 127.0.0.1, which ALLOWED_HOSTS names
+    settings = Settings.from_env({}, workers=concurrency, job_timeout=30, allowed_hosts=LOCAL)
     httpcore = httpx.AsyncClient(limits=httpx.Limits(max_connections=limit), trust_env=False)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
     over_aiohttp = httpx.AsyncClient(
