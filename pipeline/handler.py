@@ -132,6 +132,7 @@ _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
     (aiohttp.ClientResponseError, httpx.RemoteProtocolError),  # a response that does not parse
     (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
     (aiohttp.ClientOSError, httpx.ReadError),  # reset, broken pipe
+    (aiohttp.ClientConnectionError, httpx.NetworkError),  # any other lost connection
 )
 
 
@@ -175,12 +176,20 @@ class GuardedAiohttpTransport(AiohttpTransport):
     request than httpcore) with its errors mapped as httpx's own transport would raise them, and
     a refusal if aiohttp would read another host from the URL than httpx (and so the guard) did."""
 
+    _closed = False
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:  # as httpx's client refuses; a new session now would never be closed
+            raise RuntimeError("the transport has been closed")
         _same_host(request.url)
         with map_aiohttp_errors():
             response = await super().handle_async_request(request)
         response.stream = _MappedStream(response.stream)  # type: ignore[arg-type]
         return response
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await super().aclose()
 
 
 def _same_host(url: httpx.URL) -> None:

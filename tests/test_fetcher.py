@@ -271,6 +271,16 @@ def test_aiohttp_errors_become_httpx_errors(error: Exception, expected: type[Exc
         raise httpx.ConnectTimeout("mis-mapped") from error  # httpx-aiohttp 0.2's mapping
 
 
+async def test_a_closed_fetcher_refuses_instead_of_opening_a_new_session(upstream: str) -> None:
+    """After aclose, a fetch raises (as a closed httpx client does) rather than quietly making an
+    aiohttp session that nothing would close."""
+    fetcher = Fetcher(settings())
+    assert (await fetcher(Job(url=f"{upstream}/before"), 1)).ok
+    await fetcher.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await fetcher(Job(url=f"{upstream}/after"), 1)
+
+
 def test_connector_errors_become_connect_errors() -> None:
     """A refused or unreachable connection (ClientConnectorError) is ConnectError, not a timeout."""
     key: Any = type("Key", (), {"ssl": None, "host": "h", "port": 1})()
