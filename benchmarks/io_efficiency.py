@@ -209,6 +209,7 @@ async def run(
     progress: Any,
     transport_requests: int = 2000,
     transport_rounds: int = 4,
+    cpu_rounds: int = 8,
 ) -> dict[str, Any]:
     rows = []
     for backend in ("inmemory", "durable"):
@@ -218,7 +219,7 @@ async def run(
                 await _row(backend, upstream, upstream_pid, redis_url, n, workers, latency_ms)
             )
     progress(f"I/O: CPU cost per request ({cpu_requests} requests each, latency 0)")
-    cpu = await cpu_cost(upstream, upstream_pid, cpu_requests, latency_ms)
+    cpu = await cpu_cost(upstream, upstream_pid, cpu_requests, latency_ms, rounds=cpu_rounds)
     compared = {}
     for loop in transports.loops():
         progress(

@@ -36,7 +36,8 @@ class Sizes:
     io_jobs: int = 500
     io_workers: tuple[int, ...] = (1, 10, 50)
     latency_ms: int = 50
-    cpu_requests: int = 1000
+    cpu_requests: int = 2000  # issue 16's 2,000 GETs at concurrency 10, in alternating rounds
+    cpu_rounds: int = 8
     transport_requests: int = 2000  # per variant and loop: issue 16's 2,000 GETs at concurrency 10
     transport_rounds: int = 4
     flood_n: tuple[int, ...] = (1_000, 10_000)
@@ -53,7 +54,8 @@ QUICK = Sizes(
     noop_jobs=200,
     rounds=1,
     io_jobs=10,
-    cpu_requests=50,
+    cpu_requests=48,
+    cpu_rounds=4,
     transport_requests=40,
     transport_rounds=1,
     flood_n=(20, 200),
@@ -180,6 +182,7 @@ async def run_all(
                 step,
                 s.transport_requests,
                 s.transport_rounds,
+                s.cpu_rounds,
             ),
             "flood": lambda: section_flood(s, base, big, step),
             "durability": lambda: durability.run(s.durability_jobs, s.workers, step),
@@ -192,13 +195,21 @@ async def run_all(
             try:
                 results[name] = await runs[name]()
             except Exception as exc:
-                step(f"section {name} FAILED: {type(exc).__name__}: {exc}")
-                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                error = _one_line(exc)
+                step(f"section {name} FAILED: {error}")
+                results[name] = {"error": error}
     results["failed_sections"] = [n for n in sections if "error" in results[n]]
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["total_s"] = round(time.time() - started, 1)
     results["checks"] = report.checks(results)
     return results
+
+
+def _one_line(exc: Exception) -> str:
+    """An error as one line: its first line and, for a child's traceback, the child's last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+    text = f"{type(exc).__name__}: {lines[0]}"
+    return text if len(lines) == 1 else f"{text} … {lines[-1]}"
 
 
 def write_results(results: dict[str, Any], out_dir: str) -> None:
