@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 Table = tuple[str, list[str], list[list[str]], list[str]]  # title, headers, rows, notes
@@ -18,14 +19,34 @@ def _ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else 0.0
 
 
+Check = Callable[..., None]
+
+
 def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target, the value measured in this run, and whether it was met."""
+    """Each target, the value measured in this run, and whether it was met. A section that was
+    not run has no checks; one that failed has one, missed, naming the error."""
     out: list[dict[str, Any]] = []
 
     def check(name: str, value: float, target: float, op: str = ">=", note: str = "") -> None:
         met = {">=": value >= target, "<=": value <= target, "==": value == target}[op]
         out.append({"target": f"{name} {op} {target:g}", "value": value, "met": met, "note": note})
 
+    for section, checker in (
+        ("overhead", _overhead_checks),
+        ("io", _io_checks),
+        ("flood", _flood_checks),
+        ("recovery", _recovery_checks),
+    ):
+        if section not in r:
+            continue
+        if "error" in r[section]:
+            check(f"section {section} ran", 0, 1, note=r[section]["error"])
+            continue
+        checker(r, check)
+    return out
+
+
+def _overhead_checks(r: dict[str, Any], check: Check) -> None:
     o = r["overhead"]
     sy = o["systems"]
     ours_us, raw_us = 1e6 / sy["inmemory"]["rate"], 1e6 / sy["raw"]["rate"]
@@ -39,16 +60,54 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
     )
     check("durable ÷ stock arq", _ratio(sy["durable"]["rate"], sy["arq"]["rate"]), 5.0)
     check("durable ÷ SAQ", _ratio(sy["durable"]["rate"], sy["saq"]["rate"]), 1.0)
-    lone = r["io"]["cpu_per_request"]["single_request_efficiency"]
-    for row in r["io"]["rows"]:
-        if row["workers"] == 10:
-            check(
-                f"I/O efficiency, {row['backend']}, 10 workers",
-                row["efficiency"],
-                0.95,
-                note=f"one request alone reaches {lone:g} here; "
-                f"{_ratio(row['efficiency'], lone):g} of that",
+
+
+def _io_checks(r: dict[str, Any], check: Check) -> None:
+    io = r["io"]
+    c = io["cpu_per_request"]
+    lone = c["single_request_efficiency"]
+    for row in io["rows"]:
+        label = f"I/O efficiency, {row['backend']}, {row['workers']} workers"
+        if row["workers"] not in (10, 50):
+            continue
+        target = 0.95 if row["workers"] == 10 else 0.8
+        if "error" in row:
+            check(label, 0, target, note=f"not run on this branch: {row['error']}")
+            continue
+        note = (
+            f"one request alone reaches {lone:g} here; {_ratio(row['efficiency'], lone):g} of that"
+        )
+        if row["workers"] == 50:
+            need = row["rate"] * c["fetcher_ms"] / 1000
+            note += (
+                f"; {row['rate']:g} fetches/s × {c['fetcher_ms']:g} ms of Fetcher CPU each = "
+                f"{need:.2f} of a core for the HTTP alone"
             )
+        check(label, row["efficiency"], target, note=note)
+    check(
+        "Fetcher CPU per request, ms",
+        c["fetcher_ms"],
+        0.8,
+        "<=",
+        note=f"bare httpx (httpcore) client {c['httpx_client_ms']:g} ms, measured in turns with it",
+    )
+    like = io.get("transports", {}).get("asyncio", {}).get("cpu_us", {})
+    like_note = (
+        f"; like for like (benchmarks.transports, asyncio loop): our Fetcher on httpcore "
+        f"{like['fetcher_httpcore']:g} µs ÷ on aiohttp {like['fetcher']:g} µs = "
+        f"{_ratio(like['fetcher_httpcore'], like['fetcher']):g}×"
+        if like
+        else ""
+    )
+    check(
+        "bare httpx (httpcore) CPU ÷ Fetcher CPU",
+        c["httpcore_over_fetcher"],
+        4.0,
+        note=f"{c['httpx_client_ms']:g} ms ÷ {c['fetcher_ms']:g} ms{like_note}",
+    )
+
+
+def _flood_checks(r: dict[str, Any], check: Check) -> None:
     pipe = [x for x in r["flood"]["rows"] if x["variant"] == "pipeline" and "errors" in x]
     check("pipeline errors (all N)", sum(x["errors"] for x in pipe), 0, "<=")
     workers = r["flood"]["workers"]
@@ -67,24 +126,52 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             1.2,
             "<=",
         )
+
+
+def _recovery_checks(r: dict[str, Any], check: Check) -> None:
     rec = r["recovery"]["rows"]
     check(
         "recovery: stock arq seconds ÷ ours",
         _ratio(rec[1]["recovery_s"], rec[0]["recovery_s"]),
         1.0,
     )
-    return out
+
+
+SECTION_TITLES = {
+    "overhead": "1. Overhead of our layer (no-op jobs)",
+    "io": "2. I/O efficiency (throughput ÷ ideal)",
+    "flood": "3. The article's Bad vs Better",
+    "durability": "4. Price of durability (durable pipeline, no-op jobs)",
+    "recovery": "5. Recovery after SIGKILL",
+}
 
 
 def tables(r: dict[str, Any]) -> list[Table]:
-    return [_overhead(r), _io(r), _flood(r), _durability(r), _recovery(r)]
+    """One table per section that ran (two for section 2); a failed section is a line saying so."""
+    out: list[Table] = []
+    makers: dict[str, list[Callable[[dict[str, Any]], Table]]] = {
+        "overhead": [_overhead],
+        "io": [_io, _transports, _loops],
+        "flood": [_flood],
+        "durability": [_durability],
+        "recovery": [_recovery],
+    }
+    for section, make in makers.items():
+        if section not in r:
+            continue
+        if "error" in r[section]:
+            out.append((SECTION_TITLES[section], ["failed"], [[r[section]["error"]]], []))
+            continue
+        optional = {_transports: "transports", _loops: "durable_by_loop"}
+        out += [m(r) for m in make if m not in optional or r[section].get(optional[m])]
+    return out
 
 
 def _overhead(r: dict[str, Any]) -> Table:
     o = r["overhead"]
     sy = o["systems"]
     ours_us = 1e6 / sy["inmemory"]["rate"]
-    fetch_ms = r["io"]["cpu_per_request"]["fetcher_ms"]
+    fetch_ms = r.get("io", {}).get("cpu_per_request", {}).get("fetcher_ms")
     names = {
         "raw": ("raw asyncio.Queue + workers", "raw", "baseline"),
         "inmemory": ("InMemoryPipeline (ours)", "raw", ""),
@@ -123,9 +210,13 @@ def _overhead(r: dict[str, Any]) -> Table:
         "one task switch any real I/O costs.",
         f"Our in-memory layer costs {ours_us:.1f} µs a job; validating the submission (httpx "
         f"URL parse, URL guard, id and priority checks) alone takes "
-        f"{o['validation_us_per_job']:g} µs (measured separately, same jobs). A real fetch "
-        f"costs {fetch_ms:g} ms of CPU here (section 2): the layer adds "
-        f"{ours_us / (fetch_ms * 10):.1f}% to it.",
+        f"{o['validation_us_per_job']:g} µs (measured separately, same jobs)."
+        + (
+            f" A real fetch costs {fetch_ms:g} ms of CPU here (section 2): the layer adds "
+            f"{ours_us / (fetch_ms * 10):.1f}% to it."
+            if fetch_ms
+            else ""
+        ),
     ]
     return (
         "1. Overhead of our layer (no-op jobs)",
@@ -150,21 +241,40 @@ def _io(r: dict[str, Any]) -> Table:
             _f(x["ideal"]),
             _f(x["efficiency"], 3),
             _f(x["efficiency"] / lone, 3),
+            _f(x.get("cpu_ms_per_job"), 2),
+            f"{_f(x.get('cores_here'), 2)} / {_f(x.get('cores_upstream'), 2)}",
         ]
+        if "error" not in x
+        else [x["backend"], str(x["workers"]), "not run (see note)", *["—"] * 8]
         for x in io["rows"]
     ]
+    errors = {x["backend"]: x["error"] for x in io["rows"] if "error" in x}
     notes = [
         f"Upstream latency {io['latency_ms']} ms; ideal = workers ÷ latency.",
         f"One request at {io['latency_ms']} ms, alone, takes {c['single_request_ms']} ms end to "
         f"end (so 1 worker can reach at most {c['single_request_efficiency']} of ideal).",
-        f"CPU per request on this machine ({c['requests']} requests): bare httpx client "
-        f"{c['httpx_client_ms']} ms, our Fetcher {c['fetcher_ms']} ms, the upstream "
-        f"{c['upstream_ms']} ms. One process on one core therefore tops out near "
+        f"CPU per request on this machine ({c['requests']} requests each, in "
+        f"{c.get('rounds', 1)} alternating rounds): bare httpx client on httpcore "
+        f"{c['httpx_client_ms']} ms, our Fetcher (aiohttp transport) {c['fetcher_ms']} ms "
+        f"({c.get('httpcore_over_fetcher', '?')}× less), the upstream {c['upstream_ms']} ms. "
+        f"One process on one core therefore tops out near "
         f"{_f(c['ceiling_one_core_jobs_s'])} fetches/s, before any queue work.",
         "÷ lone request = efficiency ÷ what one request alone reaches: the share the queue, "
         "the workers and CPU contention lose, with the HTTP round trip itself factored out. "
         "Past ~20 workers one process runs out of CPU (fetches/s × CPU per fetch ≈ one core): "
         "run more worker processes (durable) rather than more workers per process.",
+        "CPU ms/job = this process's CPU while timed ÷ jobs (queue layer + Fetcher; the durable "
+        "timing starts with the worker, so its start-up is in it); cores = CPU seconds ÷ wall "
+        "seconds, here and in the upstream: near 1 means that process was the bottleneck, and "
+        "on a shared machine both compete for the same cores.",
+        *(
+            f"durable, {x['workers']} workers: first fetch {x['first_fetch_s']} s after the "
+            f"worker started; {x['rate_after_start']:g} jobs/s from then on "
+            f"({_ratio(x['rate_after_start'], x['ideal']):g} of ideal)."
+            for x in io["rows"]
+            if "first_fetch_s" in x and x["workers"] == max(y["workers"] for y in io["rows"])
+        ),
+        *(f"{backend} did not run here: {error}" for backend, error in errors.items()),
     ]
     return (
         "2. I/O efficiency (throughput ÷ ideal)",
@@ -178,10 +288,81 @@ def _io(r: dict[str, Any]) -> Table:
             "ideal/s",
             "efficiency",
             "÷ lone request",
+            "CPU ms/job",
+            "cores here / upstream",
         ],
         rows,
         notes,
     )
+
+
+def _loops(r: dict[str, Any]) -> Table:
+    runs = r["io"]["durable_by_loop"]
+    rows = [
+        [
+            x["loop"],
+            str(x["workers"]),
+            _f(x["rate"], 1),
+            _f(x["efficiency"], 3),
+            _f(x["rate_after_start"], 1),
+            _f(x["cpu_ms_per_job"], 2),
+            _f(x["cores_here"], 2),
+        ]
+        if "error" not in x
+        else [x["loop"], str(x["workers"]), f"failed: {x['error'][-200:]}", *["—"] * 4]
+        for x in runs
+    ]
+    return (
+        "2c. The event loop under a durable worker",
+        ["loop", "workers", "jobs/s", "efficiency", "jobs/s after start", "CPU ms/job", "cores"],
+        rows,
+        [
+            "The durable row above, each loop in a fresh process (benchmarks.io_efficiency "
+            "durable ...): what running `queue-contrast worker` on uvloop would change."
+        ],
+    )
+
+
+TRANSPORT_LABELS = {
+    "httpx_httpcore": "httpx 0.28, httpcore transport (bare client)",
+    "httpx_aiohttp": "httpx 0.28, httpx-aiohttp AiohttpTransport (bare client)",
+    "aiohttp": "aiohttp ClientSession directly",
+    "fetcher_httpcore": "our Fetcher on httpcore (through an httpx.AsyncClient)",
+    "fetcher": "our Fetcher on aiohttp (as deployed)",
+}
+
+
+def _transports(r: dict[str, Any]) -> Table:
+    by_loop = r["io"]["transports"]
+    loops = list(by_loop)
+    base = {loop: by_loop[loop]["cpu_us"]["httpx_httpcore"] for loop in loops}
+    rows = []
+    for key, label in TRANSPORT_LABELS.items():
+        row = [label]
+        for loop in loops:
+            us = by_loop[loop]["cpu_us"][key]
+            row += [_f(us), f"{_ratio(base[loop], us):g}×"]
+        rows.append(row)
+    headers = ["client"]
+    for loop in loops:
+        headers += [f"{loop} CPU µs/request", f"{loop}: httpcore ÷ this"]
+    first = by_loop[loops[0]]
+    notes = [
+        f"{first['requests']:,} GETs per variant at concurrency {first['concurrency']} against the "
+        f"upstream at 0 ms latency, the variants taking turns over {first['rounds']} round(s); one "
+        "fresh process per event loop; CPU = that process's user + system time ÷ requests "
+        "(python -m benchmarks.transports). Ratios are within one column (one process, one run).",
+        "The Fetcher rows include the job handler's own work (URL guard, request and Outcome); "
+        "the deployed one skips httpx.AsyncClient's per-request machinery (default merging, "
+        "auth, redirects, cookies) and hands its httpx.Request to the transport itself.",
+    ]
+    if "uvloop" in by_loop:
+        a, u = by_loop["asyncio"]["cpu_us"]["fetcher"], by_loop["uvloop"]["cpu_us"]["fetcher"]
+        notes.append(
+            f"uvloop ÷ asyncio for our Fetcher: {_ratio(u, a):g} ({u:g} µs vs {a:g} µs; across "
+            "processes, so only a rough comparison)."
+        )
+    return ("2b. Fetch transports: CPU per request", headers, rows, notes)
 
 
 def _errors(x: dict[str, Any]) -> str:

@@ -36,7 +36,10 @@ class Sizes:
     io_jobs: int = 500
     io_workers: tuple[int, ...] = (1, 10, 50)
     latency_ms: int = 50
-    cpu_requests: int = 1000
+    cpu_requests: int = 2000  # issue 16's 2,000 GETs at concurrency 10, in alternating rounds
+    cpu_rounds: int = 8
+    transport_requests: int = 2000  # per variant and loop: issue 16's 2,000 GETs at concurrency 10
+    transport_rounds: int = 4
     flood_n: tuple[int, ...] = (1_000, 10_000)
     flood_workers: int = 50
     per_request_max: int = 10_000
@@ -51,7 +54,10 @@ QUICK = Sizes(
     noop_jobs=200,
     rounds=1,
     io_jobs=10,
-    cpu_requests=50,
+    cpu_requests=48,
+    cpu_rounds=4,
+    transport_requests=40,
+    transport_rounds=1,
     flood_n=(20, 200),
     per_request_max=20,
     gather_cap_s=30.0,
@@ -144,36 +150,66 @@ def _per_request_skip(s: Sizes, n: int) -> str:
     )
 
 
-async def run_all(s: Sizes, big: bool, quiet: bool) -> dict[str, Any]:
+SECTIONS = ("overhead", "io", "flood", "durability", "recovery")
+
+
+async def run_all(
+    s: Sizes, big: bool, quiet: bool, sections: tuple[str, ...] = SECTIONS
+) -> dict[str, Any]:
+    """Run the chosen sections in order. A section that raises is recorded as
+    ``{"error": ...}`` (and the run goes on): ``failed_sections`` names them."""
     progress = Progress(quiet)
     step = progress.step
     started = time.time()
-    results: dict[str, Any] = {"quick": s == QUICK, "sizes": s.__dict__ | {"big": big}}
+    results: dict[str, Any] = {
+        "quick": s == QUICK,
+        "sizes": s.__dict__ | {"big": big},
+        "sections": list(sections),
+    }
     with private_redis("none") as redis_proc, upstream(s.latency_ms) as (base, upstream_pid):
         results["machine"] = machine(redis_proc.version or redis_proc.kind)
         step(f"private {redis_proc.description}; upstream {base} at {s.latency_ms} ms")
-        results["overhead"] = await section_overhead(s, redis_proc.url, step)
-        await _reset(base)
-        results["io"] = await io_efficiency.run(
-            base,
-            upstream_pid,
-            redis_proc.url,
-            s.io_jobs,
-            list(s.io_workers),
-            s.latency_ms,
-            s.cpu_requests,
-            step,
-        )
-        results["flood"] = await section_flood(s, base, big, step)
-        results["durability"] = await durability.run(s.durability_jobs, s.workers, step)
-        await _reset(base)
-        results["recovery"] = await recovery.run(
-            base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
-        )
+        runs = {
+            "overhead": lambda: section_overhead(s, redis_proc.url, step),
+            "io": lambda: io_efficiency.run(
+                base,
+                upstream_pid,
+                redis_proc.url,
+                s.io_jobs,
+                list(s.io_workers),
+                s.latency_ms,
+                s.cpu_requests,
+                step,
+                s.transport_requests,
+                s.transport_rounds,
+                s.cpu_rounds,
+            ),
+            "flood": lambda: section_flood(s, base, big, step),
+            "durability": lambda: durability.run(s.durability_jobs, s.workers, step),
+            "recovery": lambda: recovery.run(
+                base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
+            ),
+        }
+        for name in (n for n in SECTIONS if n in sections):
+            await _reset(base)
+            try:
+                results[name] = await runs[name]()
+            except Exception as exc:
+                error = _one_line(exc)
+                step(f"section {name} FAILED: {error}")
+                results[name] = {"error": error}
+    results["failed_sections"] = [n for n in sections if "error" in results[n]]
     results["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["total_s"] = round(time.time() - started, 1)
     results["checks"] = report.checks(results)
     return results
+
+
+def _one_line(exc: Exception) -> str:
+    """An error as one line: its first line and, for a child's traceback, the child's last."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+    text = f"{type(exc).__name__}: {lines[0]}"
+    return text if len(lines) == 1 else f"{text} … {lines[-1]}"
 
 
 def write_results(results: dict[str, Any], out_dir: str) -> None:
@@ -199,10 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=HERE, help="where to write results.json and RESULTS.md")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
+        "3 flood, 4 durability, 5 recovery",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress
-    results = asyncio.run(run_all(QUICK if args.quick else Sizes(), args.big, args.quiet))
+    sections = tuple(args.section or SECTIONS)
+    results = asyncio.run(run_all(QUICK if args.quick else Sizes(), args.big, args.quiet, sections))
     write_results(results, args.out)
     print(report.text(results))
     print(f"\nwrote {args.out}/results.json and {args.out}/RESULTS.md")
-    return 0
+    return 1 if results["failed_sections"] else 0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.transports import VARIANTS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
@@ -71,6 +73,13 @@ def test_io_section(results: dict) -> None:
         assert 0 < r["efficiency"] < 1.5
     cpu = io["cpu_per_request"]
     assert cpu["fetcher_ms"] > 0 and cpu["upstream_ms"] > 0 and cpu["single_request_ms"] > 0
+    assert cpu["httpcore_over_fetcher"] > 0
+    assert "asyncio" in io["transports"]
+    for loop, compared in io["transports"].items():
+        assert set(compared["cpu_us"]) == set(VARIANTS), loop
+        assert all(us > 0 for us in compared["cpu_us"].values()), loop
+    assert {x["loop"] for x in io["durable_by_loop"]} == set(io["transports"])
+    assert all(x["done"] == x["jobs"] for x in io["durable_by_loop"])
 
 
 def test_flood_section(results: dict) -> None:
