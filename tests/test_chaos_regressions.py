@@ -51,7 +51,10 @@ async def test_a_worker_whose_heartbeat_lapsed_claims_nothing_until_it_renews(
     released at once, so a third worker fetched it too. A lapsed worker now claims nothing (from
     claim.lua or finish.lua) until its heartbeat renews; its own leases still record outcomes."""
     settings = Settings.from_env(
-        {}, queue_backend="durable", redis_url=own_redis.url, allowed_hosts="127.0.0.1"
+        {},
+        queue_backend="durable",
+        redis_url=own_redis.url,
+        allowed_hosts="127.0.0.1:9,127.0.0.1",  # host:port, and the host for this branch's guard
     )
     producer = DurableProducer(settings)
     await producer.start()
