@@ -48,7 +48,9 @@ from tests.helpers import (
     child_env,
     get_json,
     need_redis_server,
+    statuses,
     wait_until,
+    witness_jobs,
 )
 
 pytestmark = pytest.mark.slow  # real processes, signals and stalls: seconds each
@@ -281,7 +283,7 @@ def verdict(rig: Rig, ids: list[str], may_duplicate: set[str], faults: bool = Tr
     # fetches given up by their worker (timed out, abandoned) end at the witness in their own time
     wait_until(lambda: rig.witness()["in_flight"] == 0, 30, "the witness to answer every request")
     recs = records(rig.api, ids)
-    seen = get_json(rig.upstream + "/jobs")
+    seen = witness_jobs(rig.upstream, ids)
     stats, witness = rig.stats(), rig.witness()
     with rig.direct() as r:
         counters = {k: int(v) for k, v in r.hgetall(keys.STATS).items()}
@@ -431,7 +433,7 @@ def test_worker_stopped_past_heartbeat_ttl_is_fenced_when_it_wakes(
         wait_until(lambda: not victims_leases(), 30, "the stopped worker's leases to be released")
         held = leases.held(stopped_at, pid=victim.pid)  # it takes no lease while stopped
         wait_until(
-            lambda: all(get_json(f"{rig.api}/jobs/{i}")["status"] == "done" for i in held),
+            lambda: set(statuses(rig.api, sorted(held)).values()) == {"done"},
             30,
             "other workers to finish the stopped worker's jobs",
         )
