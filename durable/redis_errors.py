@@ -32,11 +32,15 @@ TRANSIENT_REPLIES = (
     "NOREPLICAS",
 )
 UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, OSError)
+# redis-py turns these replies into their own classes and drops the code from the message
+# ("OOM command not allowed ..." arrives as OutOfMemoryError("command not allowed ...")), so
+# they are known by class, not by text
+TRANSIENT_CLASSES = (rexc.OutOfMemoryError, rexc.ReadOnlyError, rexc.NoScriptError)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is Redis trouble to wait out rather than a bug."""
-    if isinstance(exc, UNAVAILABLE):
+    if isinstance(exc, UNAVAILABLE + TRANSIENT_CLASSES):
         return True
     if isinstance(exc, rexc.ResponseError):
         text = str(exc)

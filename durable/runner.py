@@ -346,7 +346,7 @@ class DurableWorker(WorkerPool):
     async def _claim(self, most: int, candidates: list[str]) -> Round:
         assert self.scripts is not None
         reply = await self.scripts["claim"](
-            CLAIM_KEYS + candidate_keys(candidates),
+            [*CLAIM_KEYS, keys.WORKERS, *candidate_keys(candidates)],
             [
                 self.worker_id,
                 most,
@@ -596,6 +596,7 @@ class DurableWorker(WorkerPool):
             k["retry"],
             k["result"],
             k["body"],
+            keys.WORKERS,
         ]
         dead = ""
         if decision.end == "failed":

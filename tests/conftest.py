@@ -24,6 +24,15 @@ def redis_proc() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A private Redis for one test (AOF on, ``appendfsync always``), so the test may kill,
+    stall or fill it; stopped by PID."""
+    proc = start_private_redis()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
 def redis_url(redis_proc: RedisProcess) -> Iterator[str]:
     """The private Redis, flushed before each test."""
     client = redis.Redis.from_url(redis_proc.url)

@@ -54,7 +54,9 @@ __all__ = [
     "get_json",
     "need_redis_server",
     "start_private_redis",
+    "statuses",
     "wait_until",
+    "witness_jobs",
 ]
 
 
@@ -71,6 +73,22 @@ def allow(*urls: str) -> str:
 
 def get_json(url: str) -> Any:
     return httpx.get(url, timeout=10, trust_env=False).json()
+
+
+def statuses(api: str, ids: list[str]) -> dict[str, Any]:
+    """Each job's status as the service reports it (its HTTP status code if it has no record)."""
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        out = {}
+        for i in ids:
+            r = client.get(f"/jobs/{i}")
+            out[i] = r.json()["status"] if r.status_code == 200 else r.status_code
+        return out
+
+
+def witness_jobs(upstream: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """What the upstream witness saw of each of ``ids`` it saw at all (hits, first, last, open)."""
+    jobs = get_json(upstream + "/jobs")
+    return {i: jobs[i] for i in ids if i in jobs}
 
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -17,8 +17,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -30,8 +28,9 @@ from tests.helpers import (
     allow,
     get_json,
     need_redis_server,
-    start_private_redis,
+    statuses,
     wait_until,
+    witness_jobs,
 )
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
@@ -52,14 +51,6 @@ DURABLE_ENV = {
 STOCK_TTL_S = 60 + 1 + 10
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A private Redis for one test (AOF on), so the test may kill it; stopped by PID."""
-    proc = start_private_redis()
-    yield proc
-    proc.stop()
-
-
 def submit_all(api: str, upstream: str, n: int, tag: str) -> list[str]:
     ids = []
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
@@ -71,20 +62,6 @@ def submit_all(api: str, upstream: str, n: int, tag: str) -> list[str]:
             assert r.status_code == 202, r.text
             ids.append(job_id)
     return ids
-
-
-def statuses(api: str, ids: list[str]) -> dict[str, Any]:
-    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
-        out = {}
-        for i in ids:
-            r = client.get(f"/jobs/{i}")
-            out[i] = r.json()["status"] if r.status_code == 200 else r.status_code
-        return out
-
-
-def witness_jobs(upstream: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    jobs = get_json(upstream + "/jobs")
-    return {i: jobs[i] for i in ids if i in jobs}
 
 
 def done_count(api: str) -> int:

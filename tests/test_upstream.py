@@ -264,6 +264,27 @@ async def test_a_crash_answer_is_applied_and_its_redelivery_replayed(client: Cli
     assert (await _json(c, "/effects"))["c1"] == {"deliveries": 2, "effects": 1, "replays": 1}
 
 
+async def test_slow_times_slows_only_each_jobs_first_hits(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """?latency_ms=N&slow_times=1: a job's first hit waits N ms, its later hits the default
+    latency; requests without X-Job-Id always wait N ms."""
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(upstream_module.asyncio, "sleep", sleep)
+    c = client()
+    url = "/slow?latency_ms=6000&slow_times=1"
+    for job in ("s1", "s1", "s2", "s1"):
+        assert (await c.get(url, headers={"X-Job-Id": job})).status_code == 200
+    await c.get(url)
+    assert delays == [6.0, 0.0, 6.0, 0.0, 6.0]
+
+
 async def test_infer_without_a_key_applies_every_time(client: Client) -> None:
     """No Idempotency-Key: each delivery is an effect; a body that is not JSON is a 400, no effect."""
     c = client()

@@ -12,7 +12,7 @@
 --       13 flow starts   14 flow parked   15 flow waiting   16 durations   17 dead letters
 --       18 dead-letter index   19 job index   20 finished index
 --       21 record   22 arq job   23 arq in-progress   24 arq retry   25 arq result   26 body
---       then per candidate: record, arq job, arq in-progress
+--       27 workers   then per candidate: record, arq job, arq in-progress
 -- ARGV  1 worker id   2 job id   3 attempt   4 end: done | failed | retry
 --       5 outcome JSON   6 body ('' none)   7 record TTL s (final records expire)
 --       8 dead letter JSON (failed) | ''   9 retry delay ms (retry)   10 throttle ms | ''
@@ -26,7 +26,7 @@ local K = {
   flow_paused = KEYS[10], flow_throttled = KEYS[11], flow_active = KEYS[12],
   flow_starts = KEYS[13], flow_parked = KEYS[14], flow_waiting = KEYS[15],
   durations = KEYS[16], dead = KEYS[17], dead_index = KEYS[18], index = KEYS[19],
-  finished = KEYS[20],
+  finished = KEYS[20], workers = KEYS[27],
 }
 --!include lib/flow.lua
 --!include lib/claim.lua
@@ -103,5 +103,5 @@ end
 
 local written = finish()
 local round = claim_round(now, wid, tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]),
-                          ARGV[17], tonumber(ARGV[18]), 19, 27)
+                          ARGV[17], tonumber(ARGV[18]), 19, 28)
 return {written, round[1], round[2], round[3]}

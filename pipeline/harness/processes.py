@@ -17,6 +17,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.harness.tcp_proxy import ProxyControl
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 STOP_TIMEOUT_S = 15.0
@@ -163,6 +167,23 @@ class Processes:
         """Start ``queue-contrast worker`` (``--engine stock-arq``: arq's own Worker); returns
         once it says it is ready."""
         return self.spawn([*CLI, "worker", "--engine", engine], r"worker ready", child_env(**env))
+
+    def tcp_proxy(self, target_port: int, target_host: str = "127.0.0.1") -> ProxyControl:
+        """Start a ``pipeline.harness.tcp_proxy`` to ``target_host:target_port`` on a free port;
+        returns its control (freeze/thaw on command, connections kept open)."""
+        from pipeline.harness.tcp_proxy import ProxyControl
+
+        args = [
+            sys.executable,
+            "-m",
+            "pipeline.harness.tcp_proxy",
+            "--target",
+            f"{target_host}:{target_port}",
+        ]
+        proc = self.spawn(args, r"tcp-proxy ready: 127\.0\.0\.1:(\d+)", child_env())
+        match = re.search(r"tcp-proxy ready: 127\.0\.0\.1:(\d+)", proc.output)
+        assert match is not None
+        return ProxyControl(proc, int(match.group(1)))
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):

@@ -21,6 +21,9 @@ with ``QC_TEST_HOOKS=1`` obeys by dying: a poison job).
 ``?fail_times=N`` makes the failure knobs (``status``, default 500 with this knob; ``retry_after``;
 ``crash``) apply only to the first N hits of each ``X-Job-Id``; later hits of that job answer 200, so
 a job can fail, be retried, and succeed. Requests without ``X-Job-Id`` always get the failure.
+``?slow_times=N`` likewise makes ``?latency_ms`` apply only to the first N hits of each
+``X-Job-Id``; later hits of that job answer after the default ``--latency-ms`` (a job whose first
+fetch outlasts ``JOB_TIMEOUT`` and whose retry is quick).
 
 Other knobs shape the response, on every hit: ``?content_type=``, ``?etag=``, ``?last_modified=``,
 ``?location=`` and ``?header=Name:Value`` (repeatable) set response headers; the body is the
@@ -521,7 +524,15 @@ class Upstream:
         self.witness = Witness(clock=self.clock)
         return JSONResponse({"reset": True})
 
-    def _latency_s(self, request: Request) -> float:
+    def _latency_s(self, request: Request, seen: Witness, job_id: str | None) -> float:
+        """``?latency_ms``, or the default for a hit past ``?slow_times=N`` of its job."""
+        query = request.query_params
+        if (
+            "slow_times" in query
+            and job_id
+            and seen.jobs[job_id][0] > _int(request, "slow_times", 0)
+        ):
+            return self.latency_ms / 1000
         return _int(request, "latency_ms", int(self.latency_ms)) / 1000
 
     def _status(self, request: Request, failing: bool) -> tuple[int, dict[str, str]]:
@@ -540,7 +551,7 @@ class Upstream:
         try:
             body = await read_body(request, entry)
             status, headers = self._status(request, failing)
-            delay_s = self._latency_s(request)
+            delay_s = self._latency_s(request, seen, job_id)
             return await _infer_reply(seen.effects, key, body, status, headers, delay_s)
         finally:
             seen.leave(job_id, entry["host"])
@@ -552,7 +563,7 @@ class Upstream:
         failing = _failing(request, seen, job_id)  # by this hit's number, counted on arrival
         try:
             body = await read_body(request, entry)
-            await asyncio.sleep(self._latency_s(request))
+            await asyncio.sleep(self._latency_s(request, seen, job_id))
             status, headers = self._status(request, failing)
             return _reply(request, body, job_id, status, headers)
         finally:

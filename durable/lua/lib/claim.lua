@@ -1,7 +1,7 @@
 -- lib/claim.lua: queued -> running, shared by claim.lua and finish.lua (a worker that finishes a
 -- job claims the next in the same round trip, as BullMQ's moveToFinished does). Needs lib/flow.lua
--- and the table K (K.queue, K.running, K.hints, K.stats, K.scheduled, K.retry, K.delayed_score and
--- the flow keys).
+-- and the table K (K.queue, K.running, K.hints, K.stats, K.scheduled, K.retry, K.delayed_score,
+-- K.workers and the flow keys).
 --
 -- Candidates are job ids the caller learnt from an earlier reply (or a hint); their keys come in
 -- KEYS, three each: record, arq job, arq in-progress. A candidate is claimed when it is in arq's
@@ -15,6 +15,11 @@
 -- exhausted: the worker ends it as failed without fetching. A job without a record was enqueued
 -- with arq's own client: it gets a minimal record, flagged foreign (its worker fills in the rest
 -- from the arq job and writes arq's result key at the end, for arq's Job.result()).
+--
+-- A worker whose heartbeat deadline (K.workers) has passed claims nothing until a heartbeat renews
+-- it: a lease granted to it would be an orphan at once, and the next heartbeat of any other worker
+-- would release it to a third worker while this one fetches it (a claim sent before a stall or a
+-- pause and run after it, when every worker's deadline has lapsed, is how that happens).
 
 local RUNNING_SCORE = @RUNNING_SCORE@
 local DEFAULT_SCORE = 9 * @PRIORITY_SPAN@
@@ -132,6 +137,8 @@ local function claim_round(now, wid, most, ttl_ms, max_tries, room, ncand, first
   promote(K.scheduled, now)
   promote(K.retry, now)
   review_waiting(now)
+  local deadline = tonumber(redis.call('ZSCORE', K.workers, wid))
+  if not deadline or deadline < now then most = 0 end  -- lapsed: renew first (see above)
   local claimed = claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
   if #claimed > 0 then redis.call('PUBLISH', room, #claimed) end
   return {claimed, candidates(now, ncand), next_due()}
