@@ -71,7 +71,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -224,6 +224,7 @@ class DurableWorker(WorkerPool):
         self._others_deadline_ms: float | None = None
         self._runners: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._failure: BaseException | None = None
         self._started = time.time()
         self._in_progress_ttl_ms = int((settings.job_timeout + settings.heartbeat_ttl + 10) * 1000)
 
@@ -248,9 +249,9 @@ class DurableWorker(WorkerPool):
         log.info(
             "worker %s ready: slots=%d queue=%s", self.worker_id, self.settings.workers, keys.QUEUE
         )
-        beats = asyncio.create_task(self._beat_forever(), name="heartbeat")
-        cancels = asyncio.create_task(self._listen_for_cancels(), name="cancel-listener")
-        claims = asyncio.create_task(self._claim_forever(), name="claims")
+        beats = self._supervised(self._beat_forever(), "heartbeat")
+        cancels = self._supervised(self._listen_for_cancels(), "cancel-listener")
+        claims = self._supervised(self._claim_forever(), "claims")
         try:
             await self._stopping.wait()
         finally:
@@ -264,6 +265,25 @@ class DurableWorker(WorkerPool):
             await self._sign_off()
             if self._given_redis is None:
                 await self.redis.aclose()
+        if self._failure is not None:
+            raise RuntimeError(f"worker {self.worker_id} stopped: {self._failure!r}") from (
+                self._failure
+            )
+
+    def _supervised(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task whose unexpected end (a bug, not Redis trouble: that is waited out) stops the
+        whole worker, which then exits non-zero for its supervisor to restart it, instead of
+        living on with a dead loop."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_end)
+        return task
+
+    def _on_task_end(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._failure is not None:
+            return
+        self._failure = task.exception()
+        log.critical("%s failed: %r; stopping the worker", task.get_name(), self._failure)
+        self.request_stop()
 
     async def _start_up(self) -> None:
         assert self.scripts is not None and self.redis is not None
@@ -417,9 +437,10 @@ class DurableWorker(WorkerPool):
     def _start(self, claimed: Claimed) -> None:
         attempt = Attempt(claimed, f"{self.worker_id}|{claimed.attempt}|")
         self.attempts[claimed.job_id] = attempt
-        task = asyncio.create_task(self._run_slot(attempt))
+        task = asyncio.create_task(self._run_slot(attempt), name=f"slot:{claimed.job_id}")
         self._runners.add(task)
         task.add_done_callback(self._runners.discard)
+        task.add_done_callback(self._on_task_end)
 
     # -- one slot ---------------------------------------------------------------------------------
     async def _run_slot(self, attempt: Attempt | None) -> None:

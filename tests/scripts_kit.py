@@ -201,8 +201,16 @@ class Lua:
         assert code == 1, (code, status)
         return job
 
+    async def alive(self, worker: DurableWorker) -> None:
+        """Give ``worker`` a lease deadline an hour ahead unless it has one (a lapsed worker claims
+        nothing: claim.lua and finish.lua check the claimer's own deadline). A test that lapses a
+        worker on purpose sets its deadline itself, which this leaves alone."""
+        deadline = await self.now_ms() + 3_600_000
+        await self.redis.zadd(keys.WORKERS, {worker.worker_id: deadline}, nx=True)
+
     async def claim(self, worker: DurableWorker, candidates: list[str], most: int = 0) -> Round:
         """``claim.lua`` with the worker's own call (``DurableWorker._claim``)."""
+        await self.alive(worker)
         return await worker._claim(most or max(len(candidates), 1), candidates)
 
     async def claim_one(self, worker: DurableWorker, job: Job) -> Claimed:
@@ -228,6 +236,7 @@ class Lua:
         job = self.jobs.get(claimed.job_id) or Job(url="", id=claimed.job_id)
         outcome = outcome or default_outcome(end, claimed.attempt)
         decision = Decision(end, delay_s, throttle_s)  # type: ignore[arg-type]
+        await self.alive(worker)
         job_keys, args = worker._finish_call(job, claimed, outcome, decision, timed)
         cands = list(candidates)
         reply = await self.scripts["finish"](
@@ -318,8 +327,9 @@ class Lua:
         return await self.redis.zscore(keys.QUEUE, job_id)
 
     async def snapshot(self, *, without: Iterable[str] = ()) -> dict[str, Any]:
-        """Every key and its value (not its TTL): "nothing changed" is an equal snapshot."""
-        skip = set(without)
+        """Every key and its value (not its TTL): "nothing changed" is an equal snapshot. The
+        workers' deadlines are left out (``alive`` registers a claimer: not a job's state)."""
+        skip = {*without, keys.WORKERS}
         out: dict[str, Any] = {}
         async for raw in self.redis.scan_iter(count=1000):
             name = text(raw)

@@ -216,14 +216,16 @@ async def test_due_retries_are_promoted_with_their_own_score(lua: Lua) -> None:
 
 @contract("claim")
 async def test_the_reply_names_the_queue_head_as_candidates(lua: Lua) -> None:
-    """Candidates: the first `ARGV[6]` due ids in queue order, none running or not due."""
+    """Candidates: the first `ARGV[6]` due ids in queue order (the worker asks for enough for
+    every slot: 2 x WORKERS + EXTRA_CANDIDATES), none running or not due."""
     deferred = lua.job()
     await lua.arq_enqueue(deferred, _defer_by=60)
     jobs = [await lua.submit_new(priority=p) for p in (5, 1, 5, 3, 7)]
     w = lua.worker()
     round_ = await lua.claim(w, [jobs[1].id], most=1)
     assert [c.job_id for c in round_.claimed] == [jobs[1].id]
-    assert round_.candidates == [jobs[3].id, jobs[0].id, jobs[2].id][: 1 + EXTRA_CANDIDATES]
+    wanted = 2 * lua.settings.workers + EXTRA_CANDIDATES
+    assert round_.candidates == [jobs[3].id, jobs[0].id, jobs[2].id, jobs[4].id][:wanted]
 
 
 @contract("claim")

@@ -78,6 +78,7 @@ async def test_leases_of_a_worker_never_seen_are_orphans(lua: Lua) -> None:
     """A lease whose worker has no deadline at all (forgotten, or never beat) is an orphan."""
     me, ghost = lua.worker(), lua.worker()
     held = await holding(lua, ghost)
+    await lua.redis.zrem(keys.WORKERS, ghost.worker_id)  # it claimed alive; now it is forgotten
     assert list((await lua.heartbeat(me, [])).orphans) == [held[0][0]]
 
 

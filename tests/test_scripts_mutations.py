@@ -107,9 +107,9 @@ MUTATIONS = [
     # -- claim.lua ------------------------------------------------------------------------------
     M(
         "claim",
-        "ARGV[5], tonumber(ARGV[6]), 7, 16)",
+        "ARGV[5], tonumber(ARGV[6]), 7, 17)",
         "ARGV[5], tonumber(ARGV[6]), 7, 15)",
-        "candidate keys counted from the wrong KEYS index (15 fixed keys, so they start at 16)",
+        "candidate keys counted from the wrong KEYS index (16 fixed keys, so they start at 17)",
     ),
     M(
         "claim",
@@ -235,7 +235,7 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "ARGV[17], tonumber(ARGV[18]), 19, 27)",
+        "ARGV[17], tonumber(ARGV[18]), 19, 28)",
         "ARGV[17], tonumber(ARGV[18]), 19, 26)",
         "the next claim's candidate keys counted from the wrong KEYS index",
     ),
