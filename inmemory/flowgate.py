@@ -197,8 +197,13 @@ class FlowGate:
     def states(self) -> list[FlowState]:
         """Keys with a limit of their own, or anything in flight, waiting, paused or throttled."""
         self._sweep()
-        keys = set(self.limits) | set(self.flows)
-        return [self.state(key) for key in sorted(keys)]
+        now = self.timers.now()
+        active = {
+            key
+            for key, f in self.flows.items()
+            if f.in_flight or f.reserved or f.waiting or f.paused or f.throttled(now)
+        }
+        return [self.state(key) for key in sorted(set(self.limits) | active)]
 
     def summary(self) -> dict[str, Any]:
         """A few numbers for ``/stats`` (the dashboard): keys known, jobs parked, keys held."""
