@@ -142,9 +142,13 @@ async def test_cancel_running_job_abandons_its_fetch_and_frees_the_slot(
 
     # the abandoned fetch's answer is 10 s away: the one worker must run the next job long before
     await async_wait_until(next_done, 6, "the freed slot to run the next job")
+
+    async def nothing_running() -> bool:
+        return (await h.producer.stats()).running == 0
+
+    await async_wait_until(nothing_running, 5, "stats to show no job running")
     stats = await h.producer.stats()
     assert stats.cancelled == 1 and stats.retried == 0 and stats.dead_letters == 0
-    assert stats.running == 0
     final = await h.producer.get(hanging.id)
     assert final is not None and final.status is Status.CANCELLED and final.attempts == 1
     assert (await h.witness())["jobs"][hanging.id]["hits"] == 1
