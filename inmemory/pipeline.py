@@ -165,7 +165,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         if self.records.get(job.id) is not record:  # cancelled while it waited for room
             self.room.give()
             return Submitted(self.records.get(job.id) or record, created=True)
-        entry = Entry(job, job.flow(), seq)
+        entry = Entry(job, record.flow_key, seq)  # job.flow(), computed once
         self.live[job.id] = entry
         self._quiet.clear()
         if scheduled:
@@ -258,8 +258,8 @@ class InMemoryPipeline(Producer, WorkerPool):
         entry.cancelled = True
         where = entry.where
         if where is Where.RUNNING:
-            assert entry.task is not None
-            entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
+            if entry.task is not None:  # None: its worker was cancelled at shutdown
+                entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
         elif where in HELD:
             self.gate.withdraw(entry)  # a stale queue item is skipped when a worker takes it
             self._queued -= 1
