@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline.harness.processes import CLI, Proc, child_env
 from pipeline.harness.redis_launcher import RedisProcess, start_redis
@@ -33,6 +34,12 @@ async def yielding_noop_handler(job: Job, attempt: int) -> Outcome:
     others never run, so the raw baseline measures a ``for`` loop rather than a worker pool."""
     await asyncio.sleep(0)
     return NOOP_OUTCOME
+
+
+def allow(url: str) -> str:
+    """``ALLOWED_HOSTS`` naming the host:port of ``url``: the benchmarks fetch a local upstream on
+    127.0.0.1, which the URL guard refuses unless it is listed."""
+    return urlsplit(url).netloc
 
 
 def machine(redis_version: str) -> dict[str, Any]:

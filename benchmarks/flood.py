@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -117,6 +118,7 @@ async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
         queue_maxsize=workers * 2,
         max_tries=1,
         result_ttl=PIPELINE_RESULT_TTL_S,
+        allowed_hosts=urlsplit(urls[0]).netloc if urls else "",  # the local upstream, listed
     )
     counts: collections.Counter[str] = collections.Counter()
     async with Fetcher(settings) as fetcher:
@@ -146,7 +148,8 @@ def record_bytes(n: int = 10_000) -> int:
         return Outcome(Status.DONE, http_status=200, bytes=40, elapsed_s=0.05, attempts=attempt)
 
     async def fill() -> int:
-        pipe = InMemoryPipeline(Settings.from_env({}, workers=1, queue_maxsize=n), handler)
+        settings = Settings.from_env({}, workers=1, queue_maxsize=n, allowed_hosts="127.0.0.1:9")
+        pipe = InMemoryPipeline(settings, handler)  # the URLs are never fetched, but listed
         await pipe.start()
         tracemalloc.start()
         for i in range(n):

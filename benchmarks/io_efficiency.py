@@ -18,15 +18,15 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import proc_cpu_s, rate, wait_until
+from benchmarks.common import allow, proc_cpu_s, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 
 
-def _settings(**kw: Any) -> Settings:
-    return Settings.from_env({}, job_timeout=30, **kw)
+def _settings(upstream: str, **kw: Any) -> Settings:
+    return Settings.from_env({}, job_timeout=30, allowed_hosts=allow(upstream), **kw)
 
 
 def _jobs(upstream: str, n: int, tag: str) -> list[Job]:
@@ -34,7 +34,7 @@ def _jobs(upstream: str, n: int, tag: str) -> list[Job]:
 
 
 async def inmemory(upstream: str, n: int, workers: int) -> dict[str, Any]:
-    settings = _settings(workers=workers, queue_maxsize=max(workers * 2, 10))
+    settings = _settings(upstream, workers=workers, queue_maxsize=max(workers * 2, 10))
     async with Fetcher(settings) as fetcher:
         pipe = InMemoryPipeline(settings, fetcher)
         await pipe.start()
@@ -50,10 +50,14 @@ async def inmemory(upstream: str, n: int, workers: int) -> dict[str, Any]:
 
 async def durable(upstream: str, redis_url: str, n: int, workers: int) -> dict[str, Any]:
     from durable.producer import DurableProducer
-    from durable.worker import DurableWorker
+    from durable.runner import DurableWorker
 
     settings = _settings(
-        queue_backend="durable", redis_url=redis_url, workers=workers, queue_maxsize=max(n, 10)
+        upstream,
+        queue_backend="durable",
+        redis_url=redis_url,
+        workers=workers,
+        queue_maxsize=max(n, 10),
     )
     producer = DurableProducer(settings)
     await producer.start()
@@ -107,7 +111,7 @@ async def cpu_cost(
 
         bare_cpu, bare_up = await drive(bare)
 
-    settings = _settings(workers=concurrency)
+    settings = _settings(upstream, workers=concurrency)
     async with Fetcher(settings) as fetcher:
 
         async def ours(i: int) -> None:
@@ -129,7 +133,7 @@ async def cpu_cost(
 
 async def round_trip(upstream: str, latency_ms: float, samples: int = 20) -> dict[str, Any]:
     """One fetch at a time through our Fetcher: what a single worker's job really takes."""
-    settings = _settings(workers=1)
+    settings = _settings(upstream, workers=1)
     async with Fetcher(settings) as fetcher:
         await fetcher(Job(url=f"{upstream}/rtt/warmup"), 1)
         start = time.perf_counter()

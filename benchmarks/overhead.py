@@ -23,14 +23,15 @@ import redis.asyncio as aioredis
 
 from benchmarks.common import noop_handler, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
-from pipeline.backend import validate
 from pipeline.handler import Handler
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 from pipeline.urlguard import URLGuard
+from pipeline.validate import validate
 
 ENQUEUE_BATCH = 100
 NOOP_URL = "http://127.0.0.1:9/noop/"  # never fetched: the handler is a no-op
+NOOP_ALLOWED = "127.0.0.1:9"  # ALLOWED_HOSTS: the guard refuses loopback unless it is listed
 
 
 def make_jobs(n: int) -> list[Job]:
@@ -69,7 +70,9 @@ async def inmemory(
 ) -> dict[str, Any]:
     """InMemoryPipeline: the same pattern plus validation, priorities, records, counters."""
     jobs = make_jobs(n)
-    settings = Settings.from_env({}, workers=workers, queue_maxsize=maxsize)
+    settings = Settings.from_env(
+        {}, workers=workers, queue_maxsize=maxsize, allowed_hosts=NOOP_ALLOWED
+    )
     pipe = InMemoryPipeline(settings, handler)
     await pipe.start()
     start = time.perf_counter()
@@ -91,10 +94,11 @@ def validation_us(n: int) -> float:
     """CPU µs per job spent in ``validate`` alone (URL parse with httpx + guard + id/priority):
     the part of every backend's submit that the raw queue does not do."""
     jobs = make_jobs(n)
-    guard = URLGuard(frozenset(), allow_link_local=False)
+    guard = URLGuard([NOOP_ALLOWED])
+    settings = Settings.from_env({})
     start = time.process_time()
     for job in jobs:
-        validate(job, guard)
+        validate(job, guard, settings)
     return round((time.process_time() - start) / n * 1e6, 1)
 
 
@@ -214,13 +218,19 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
 
 
 async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
-    """Ours: DurableProducer (one Lua script per job) then a DurableWorker, no-op handler."""
+    """Ours: DurableProducer (one Lua script per job, batched) then a DurableWorker (our runner),
+    no-op handler."""
     from durable.producer import DurableProducer
-    from durable.worker import DurableWorker
+    from durable.runner import DurableWorker
 
     await flush(redis_url)
     settings = Settings.from_env(
-        {}, queue_backend="durable", redis_url=redis_url, workers=workers, queue_maxsize=n
+        {},
+        queue_backend="durable",
+        redis_url=redis_url,
+        workers=workers,
+        queue_maxsize=n,
+        allowed_hosts=NOOP_ALLOWED,
     )
     producer = DurableProducer(settings)
     await producer.start()
@@ -231,8 +241,7 @@ async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
     task = asyncio.create_task(worker.run())
 
     async def done() -> bool:
-        arq = worker.arq
-        return (arq is not None and arq.jobs_complete >= n) or task.done()
+        return worker.counters.finished >= n or task.done()
 
     await wait_until(done, timeout=max(60, n / 50), what=f"durable to run {n} jobs")
     drain = clock.stop()

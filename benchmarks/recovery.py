@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import private_redis, wait_until
+from benchmarks.common import allow, private_redis, wait_until
 from pipeline.harness.processes import CLI, Proc, child_env
 from pipeline.jobs import Job
 from pipeline.settings import Settings
@@ -65,7 +65,12 @@ async def ours(upstream: str, n: int, job_ms: int) -> dict[str, Any]:
     from durable.producer import DurableProducer
 
     with private_redis("always") as redis_proc:
-        env = child_env(QUEUE_BACKEND="durable", REDIS_URL=redis_proc.url, WORKERS=n)
+        env = child_env(
+            QUEUE_BACKEND="durable",
+            REDIS_URL=redis_proc.url,
+            WORKERS=n,
+            ALLOWED_HOSTS=allow(upstream),
+        )
 
         def start_worker() -> Proc:
             proc = Proc([*CLI, "worker"], env)
@@ -73,7 +78,9 @@ async def ours(upstream: str, n: int, job_ms: int) -> dict[str, Any]:
             return proc
 
         worker = start_worker()
-        settings = Settings.from_env({}, queue_backend="durable", redis_url=redis_proc.url)
+        settings = Settings.from_env(
+            {}, queue_backend="durable", redis_url=redis_proc.url, allowed_hosts=allow(upstream)
+        )
         producer = DurableProducer(settings)
         ids = [f"ours-{i}" for i in range(n)]
         try:

@@ -1,16 +1,15 @@
-"""The durable producer: enqueue into arq's Redis queue with backpressure, priority, idempotency.
+"""The durable producer: jobs into Redis in arq's format, with backpressure, priority, idempotency.
 
-arq's ``enqueue_job`` never refuses work, so a flood grows Redis without bound. We enqueue with one
-Lua script that, atomically: returns the existing record for a known id (idempotent submission;
-the client's id IS the arq job id, so it cannot run twice), refuses when ``QUEUE_MAXSIZE`` jobs are
-queued (queued = in arq's queue and not started), and otherwise writes arq's job key (serialized with
-arq's own ``serialize_job``), adds the id to arq's queue scored by priority, and creates our record.
-On "full" the producer waits and tries again until ``SUBMIT_TIMEOUT``, then raises QueueFull.
+Enqueueing is one Lua script (``durable/lua/enqueue.lua``; the job's life is in
+``durable/runner.py``): an id that exists answers with its record (idempotent submission — the
+client's id IS the arq job id), a full queue answers "full" (the producer then waits for a worker
+to take jobs, up to ``SUBMIT_TIMEOUT``, then raises QueueFull), and otherwise the job is written in
+arq's format (arq's ``serialize_job`` in ``arq:job:<id>``, its id in ``arq:queue``) with our record
+beside it. Submissions made at the same moment share one pipeline (``ScriptBatch``). Re-queueing a
+dead letter goes through the same script, so it gets the same backpressure.
 
-Re-queueing a dead letter goes through the same script (mode ``requeue``), so it gets the same
-backpressure: atomically, only an id that is in ``qc:dead`` is taken; arq's result and try counter
-for it are cleared (so the same id can run again, with ``MAX_TRIES`` fresh tries), our record is
-reset to ``queued`` and the letter is removed — or, when the queue is full, nothing changes.
+Everything else the API asks (records, bodies, listings, cancel, dead letters, flow limits,
+stats) is read from, or one script on, the same Redis: any number of API processes agree.
 """
 
 from __future__ import annotations
@@ -24,61 +23,83 @@ from typing import Any
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
-from durable import keys, records
+from durable import flow_store, keys, records
 from durable.connection import redis_client
-from durable.redis_errors import UNAVAILABLE, map_redis_errors
+from durable.listing import cursor_of, page_after
+from durable.pubsub import listen
+from durable.redis_errors import map_redis_errors
 from durable.script_batch import ScriptBatch
-from pipeline.backend import Producer
+from durable.scripts import Scripts
+from pipeline.backend import Order, Producer
 from pipeline.durations import Durations
-from pipeline.errors import BackendUnavailable, QueueFull
-from pipeline.jobs import MAX_PRIORITY, DeadLetter, Job, JobRecord, Stats, Status, Submitted
+from pipeline.errors import BackendUnavailable, Conflict, QueueFull
+from pipeline.jobs import (
+    DeadLetter,
+    FlowLimit,
+    FlowState,
+    Job,
+    JobRecord,
+    Page,
+    ResultBody,
+    Stats,
+    Status,
+    Submitted,
+)
 from pipeline.settings import Settings
-
-# KEYS: record, arq job, arq result, arq queue, running, dead letters, arq retry, arq in-progress.
-# ARGV: maxsize, priority offset ms, payload, job key ttl ms, record ttl s, id, url, priority, mode.
-# Returns {1, 'queued'} enqueued; {0, status} known id (submit) or not a dead letter (requeue);
-# {-1, queued} queue full; {-2, ''} requeue while arq still holds the id (its end is being written).
-ENQUEUE = """
-if ARGV[9] == 'requeue' then
-  if redis.call('HEXISTS', KEYS[6], ARGV[6]) == 0 then
-    return {0, redis.call('HGET', KEYS[1], 'status') or ''}
-  end
-  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[8]) == 1 then
-    return {-2, ''}
-  end
-else
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {0, redis.call('HGET', KEYS[1], 'status')}
-  end
-  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
-    return {0, 'queued'}
-  end
-end
-local queued = redis.call('ZCARD', KEYS[4]) - redis.call('HLEN', KEYS[5])
-if queued >= tonumber(ARGV[1]) then
-  return {-1, tostring(queued)}
-end
-if ARGV[9] == 'requeue' then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[7])
-  redis.call('HDEL', KEYS[6], ARGV[6])
-end
-local now = redis.call('TIME')
-local score = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000 - tonumber(ARGV[2])
-redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[3])
-redis.call('ZADD', KEYS[4], score, ARGV[6])
-redis.call('HSET', KEYS[1], 'id', ARGV[6], 'url', ARGV[7], 'priority', ARGV[8],
-           'status', 'queued', 'attempts', 0, 'duplicates', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return {1, 'queued'}
-"""
 
 ROOM_POLL_S = 0.05  # longest wait on a full queue between two enqueue attempts
 JOB_KEY_TTL_MS = 7 * 86_400_000  # arq drops a job not started within this ("job expired")
+LIST_SCAN = 5000  # records looked at per GET /jobs page at most (a status filter skips others)
 
 
-def priority_offset_ms(priority: int) -> int:
-    """How far before "now" a job's queue score goes; the script adds Redis's clock in µs."""
-    return (MAX_PRIORITY - priority) * keys.PRIORITY_SPAN_MS
+def enqueue_call(job: Job, mode: str, maxsize: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ``enqueue.lua``."""
+    k = keys.job_keys(job.id)
+    now_ms = int(time.time() * 1000)
+    run_at_ms = "" if job.run_at is None else str(int(job.run_at * 1000))
+    ttl = JOB_KEY_TTL_MS + max(0, int((job.run_at or 0) * 1000) - now_ms)
+    payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
+    job_keys = [
+        k["record"],
+        k["job"],
+        k["result"],
+        k["retry"],
+        k["in_progress"],
+        k["body"],
+        keys.QUEUE,
+        keys.SCHEDULED,
+        keys.RETRY,
+        keys.FLOW_PARKED,
+        keys.HINTS,
+        keys.DEAD,
+        keys.DEAD_INDEX,
+        keys.INDEX,
+        keys.SEQ,
+        keys.DELAYED_SCORE,
+    ]
+    args: list[Any] = [mode, job.id, maxsize, job.priority, run_at_ms, payload, ttl]
+    return job_keys, args + records.fields(job)
+
+
+def cancel_call(job_id: str, ttl_s: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ``cancel.lua``."""
+    k = keys.job_keys(job_id)
+    job_keys = [
+        k["record"],
+        k["job"],
+        k["in_progress"],
+        k["retry"],
+        keys.QUEUE,
+        keys.RUNNING,
+        keys.HINTS,
+        keys.SCHEDULED,
+        keys.RETRY,
+        keys.DELAYED_SCORE,
+        keys.STATS,
+        keys.FINISHED,
+        *flow_store.FLOW_KEYS,
+    ]
+    return job_keys, [job_id, ttl_s, keys.CANCEL]
 
 
 class DurableProducer(Producer):
@@ -90,35 +111,17 @@ class DurableProducer(Producer):
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         super().__init__(settings)
         self.redis = redis or redis_client(settings)
-        self._enqueue = ScriptBatch(self.redis, ENQUEUE)  # a burst of submits: one round trip
+        self.scripts = Scripts(self.redis)
+        self._enqueue = ScriptBatch(self.scripts["enqueue"])  # a burst of submits: one round trip
         self._room = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
-    async def _wait_for_room(self, timeout: float) -> None:
-        """Sleep until a worker starts a job (it publishes on ``keys.ROOM``) or ``timeout``.
-
-        Polling alone starves fast workers: a queue of 10 drains in 100 ms at 100 jobs/s, so a
-        producer backing off to 100 ms leaves them idle. The timeout covers a lost message.
-        """
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen_for_room())
-        self._room.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._room.wait(), timeout)
-
-    async def _listen_for_room(self) -> None:
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.ROOM)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self._room.set()
-            except UNAVAILABLE:
-                await asyncio.sleep(ROOM_POLL_S)
-
+    # -- life -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.ping()
+        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
+            await self.redis.ping()
+            await self.scripts.load()
+            await flow_store.seed(self.redis, self.settings)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -131,53 +134,41 @@ class DurableProducer(Producer):
             await self.redis.ping()
 
     async def check_backend(self) -> list[str]:
-        from durable.redis_check import persistence_warnings
+        from durable.redis_check import persistence_warnings, refuse_eviction
 
         with map_redis_errors(f"connecting to {self.settings.redis_url}"):
-            return await persistence_warnings(self.redis)
+            warnings = await persistence_warnings(self.redis)
+        return refuse_eviction(warnings, self.settings)
 
+    # -- submit ---------------------------------------------------------------------------------
     async def _submit(self, job: Job) -> Submitted:
-        created = await self._enqueue_waiting(job, "submit")
-        new = JobRecord(job.id, job.url, job.priority, Status.QUEUED)
-        record = new if created else (await self.get(job.id) or new)
-        return Submitted(record, created=created)
+        code, status = await self._enqueue_waiting(job, "submit")
+        if code == 1:
+            return Submitted(job.record(Status(status)), created=True)
+        record = await self.get(job.id) or job.record(Status.QUEUED)
+        return Submitted(record, created=False)
 
-    async def dead_letters(self) -> list[DeadLetter]:
-        with map_redis_errors("reading dead letters"):
-            raw = await self.redis.hgetall(keys.DEAD)
-        letters = [DeadLetter.from_dict(json.loads(v)) for v in raw.values()]
-        return sorted(letters, key=lambda d: (d.failed_at, d.id))
-
-    async def retry_dead(self, job_id: str) -> JobRecord | None:
-        with map_redis_errors("reading a dead letter"):
-            raw = await self.redis.hget(keys.DEAD, job_id)
-        if raw is None:
-            return None
-        letter = DeadLetter.from_dict(json.loads(raw))
-        job = Job(url=letter.url, priority=letter.priority, id=letter.id)
-        if not await self._enqueue_waiting(job, "requeue"):
-            return None  # re-queued (or forgotten) by someone else meanwhile
-        return JobRecord(job.id, job.url, job.priority, Status.QUEUED)
-
-    async def _enqueue_waiting(self, job: Job, mode: str) -> bool:
+    async def _enqueue_waiting(self, job: Job, mode: str) -> tuple[int, str]:
         """Run the enqueue script until it answers, waiting out a full queue until the submit
-        deadline (then QueueFull). True: enqueued; False: known id / not a dead letter."""
+        deadline (then QueueFull). (1, status): enqueued; (0, status): known id / not a dead
+        letter."""
         deadline = time.monotonic() + self.settings.submit_timeout
-        job_keys, args = self._enqueue_call(job, mode)  # built once, however long we wait
+        job_keys, args = enqueue_call(job, mode, self.settings.queue_maxsize)  # built once
         waited = False
         while True:
             try:
                 with map_redis_errors("enqueueing"):
-                    code = int((await self._enqueue(job_keys, args))[0])
+                    code, status = await self._enqueue(job_keys, args)
+                    code = int(code)
                     if code == -1 and not waited:  # one producer wait per call, however long
                         waited = True
                         await self.redis.hincrby(keys.STATS, "producer_waits", 1)
             except BackendUnavailable:
                 if time.monotonic() >= deadline:
                     raise
-                code = -1  # Redis restarting: keep trying until the submit deadline
+                code, status = -3, b""  # Redis restarting or full: keep trying until the deadline
             if code >= 0:
-                return code == 1
+                return code, status.decode() if isinstance(status, bytes) else str(status)
             now = time.monotonic()
             if now >= deadline:
                 if code == -2:
@@ -185,52 +176,172 @@ class DurableProducer(Producer):
                 raise QueueFull(self.settings.queue_maxsize, self.settings.submit_timeout)
             await self._wait_for_room(min(ROOM_POLL_S, deadline - now))
 
-    def _enqueue_call(self, job: Job, mode: str) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV for ``ENQUEUE``; the script answers 1 enqueued, 0 the id exists (submit)
-        or is not a dead letter (requeue), -1 queue full, -2 arq still holds the id (requeue)."""
-        payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, int(time.time() * 1000))
-        args: list[Any] = [
-            self.settings.queue_maxsize,
-            priority_offset_ms(job.priority),
-            payload,
-            JOB_KEY_TTL_MS,
-            self.settings.result_ttl,
-            job.id,
-            job.url,
-            job.priority,
-            mode,
-        ]
-        job_keys = [
-            keys.RECORD + job.id,
-            keys.ARQ_JOB + job.id,
-            keys.ARQ_RESULT + job.id,
-            keys.QUEUE,
-            keys.RUNNING,
-            keys.DEAD,
-            keys.ARQ_RETRY + job.id,
-            keys.ARQ_IN_PROGRESS + job.id,
-        ]
-        return job_keys, args
+    async def _wait_for_room(self, timeout: float) -> None:
+        """Sleep until a worker takes jobs (it publishes on ``keys.ROOM``) or ``timeout``.
 
+        Polling alone starves fast workers: a queue of 10 drains in 100 ms at 100 jobs/s, so a
+        producer backing off to 100 ms leaves them idle. The timeout covers a lost message.
+        """
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen_for_room())
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), timeout)
+
+    async def _listen_for_room(self) -> None:
+        await listen(self.redis, keys.ROOM, lambda _: self._room.set())
+
+    # -- read -----------------------------------------------------------------------------------
     async def get(self, job_id: str) -> JobRecord | None:
         with map_redis_errors("reading a job"):
-            return await records.read(self.redis, job_id)
+            raw = await self.redis.hgetall(keys.RECORD + job_id)
+        return records.decode(job_id, raw)
 
+    async def result(self, job_id: str) -> ResultBody | None:
+        with map_redis_errors("reading a result"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(keys.BODY + job_id)
+                pipe.hget(keys.RECORD + job_id, "result")
+                body, raw = await pipe.execute()
+        if body is None:
+            return None
+        outcome = records.decode(job_id, {b"result": raw or b""})
+        result = outcome.result if outcome else None
+        content_type = result.headers.get("content-type") if result else None
+        return ResultBody(body, content_type, bool(result and result.truncated))
+
+    async def list_jobs(
+        self,
+        status: Status | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        order: Order = "oldest",
+    ) -> Page:
+        found: list[JobRecord] = []
+        scanned, position = 0, cursor
+        with map_redis_errors("listing jobs"):
+            while scanned < LIST_SCAN:
+                members, after = await page_after(
+                    self.redis, keys.INDEX, position, min(limit * 2, 500), order
+                )
+                scanned += len(members)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id, _ in members:
+                        pipe.hgetall(keys.RECORD + job_id)
+                    raws = await pipe.execute()
+                gone = []
+                for (job_id, score), raw in zip(members, raws, strict=True):
+                    record = records.decode(job_id, raw)
+                    if record is None:
+                        gone.append(job_id)
+                    elif status is None or record.status is status:
+                        found.append(record)
+                        if len(found) == limit:
+                            await self._forget(gone)
+                            return Page(found, cursor_of(score, job_id))
+                await self._forget(gone)
+                if after is None:
+                    return Page(found, None)
+                position = after
+        return Page(found, position)  # looked at LIST_SCAN records: the next page goes on
+
+    async def _forget(self, job_ids: list[str]) -> None:
+        """Drop ids whose records expired from the index."""
+        if job_ids:
+            await self.redis.zrem(keys.INDEX, *job_ids)
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        job_keys, args = cancel_call(job_id, self.settings.result_ttl)
+        with map_redis_errors("cancelling a job"):
+            code, status = await self.scripts["cancel"](job_keys, args)
+        if int(code) == -1:
+            return None
+        if int(code) == 0:
+            raise Conflict(f"job {job_id[:80]!r} already ended {status.decode()}", status.decode())
+        return await self.get(job_id)
+
+    # -- dead letters ---------------------------------------------------------------------------
+    async def dead_letters(self, limit: int = 1000, cursor: str | None = None) -> Page:
+        with map_redis_errors("reading dead letters"):
+            members, after = await page_after(self.redis, keys.DEAD_INDEX, cursor, limit, "oldest")
+            ids = [m for m, _ in members]
+            raw = await self.redis.hmget(keys.DEAD, ids) if ids else []
+        letters = [DeadLetter.from_dict(json.loads(v)) for v in raw if v]
+        return Page(letters, after)
+
+    async def retry_dead(self, job_id: str) -> JobRecord | None:
+        with map_redis_errors("reading a dead letter"):
+            raw = await self.redis.hget(keys.DEAD, job_id)
+        if raw is None:
+            return None
+        job = DeadLetter.from_dict(json.loads(raw)).requeue_job()
+        code, status = await self._enqueue_waiting(job, "requeue")
+        if code != 1:
+            return None  # re-queued (or forgotten) by someone else meanwhile
+        return job.record(Status(status))
+
+    async def purge_dead(self, older_than_s: float | None = None) -> int:
+        top = "+inf" if older_than_s is None else (time.time() - older_than_s) * 1000
+        with map_redis_errors("purging dead letters"):
+            ids = await self.redis.zrangebyscore(keys.DEAD_INDEX, "-inf", top)
+            if not ids:
+                return 0
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(keys.DEAD, *ids)
+                pipe.zrem(keys.DEAD_INDEX, *ids)
+                deleted, _ = await pipe.execute()
+        return int(deleted)
+
+    # -- flows ----------------------------------------------------------------------------------
+    async def flows(self) -> list[FlowState]:
+        with map_redis_errors("reading flows"):
+            return await flow_store.states(self.redis)
+
+    async def flow(self, key: str) -> FlowState:
+        with map_redis_errors("reading a flow"):
+            return (await flow_store.states(self.redis, [key]))[0]
+
+    async def _set_flow(self, key: str, limit: FlowLimit) -> None:
+        with map_redis_errors("setting a flow limit"):
+            await flow_store.admin(self.scripts, "set", key, flow_store.encode(limit))
+
+    async def _delete_flow(self, key: str) -> bool:
+        with map_redis_errors("deleting a flow limit"):
+            return bool(await flow_store.admin(self.scripts, "delete", key))
+
+    async def _pause_flow(self, key: str, paused: bool) -> None:
+        with map_redis_errors("pausing a flow"):
+            await flow_store.admin(self.scripts, "pause" if paused else "resume", key)
+
+    # -- stats ----------------------------------------------------------------------------------
     async def stats(self) -> Stats:
         with map_redis_errors("reading stats"):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(keys.QUEUE)
+                pipe.zcount(keys.QUEUE, "-inf", f"({keys.RUNNING_SCORE}")
+                pipe.zcard(keys.RETRY)
+                pipe.zcard(keys.FLOW_PARKED)
+                pipe.zcard(keys.SCHEDULED)
                 pipe.hlen(keys.RUNNING)
                 pipe.hgetall(keys.STATS)
-                pipe.smembers(keys.WORKERS)
+                pipe.zrangebyscore(keys.WORKERS, time.time() * 1000, "+inf")
                 pipe.hlen(keys.DEAD)
                 pipe.hgetall(keys.DURATIONS)
-                in_queue, running, raw, worker_ids, dead, durations = await pipe.execute()
-            beats = await self._heartbeats(sorted(w.decode() for w in worker_ids))
-        counters = {k.decode(): int(v) for k, v in raw.items()}
+                (
+                    ready,
+                    retrying,
+                    parked,
+                    scheduled,
+                    running,
+                    raw,
+                    alive,
+                    dead,
+                    durations,
+                ) = await pipe.execute()
+            beats = await self._heartbeats([w.decode() for w in alive])
+        counters = {k.decode(): int(float(v)) for k, v in raw.items()}
         return Stats(
             backend=self.name,
-            queued=max(in_queue - running, 0),
+            queued=ready + retrying + parked,
             running=running,
             done=counters.get("done", 0),
             failed=counters.get("failed", 0),
@@ -240,10 +351,14 @@ class DurableProducer(Producer):
             maxsize=self.settings.queue_maxsize,
             producer_waits=counters.get("producer_waits", 0),
             dead_letters=dead,
+            scheduled=scheduled,
+            cancelled=counters.get("cancelled", 0),
             extra={
                 "worker_processes": beats,
                 "recovered": counters.get("recovered", 0),
+                "fenced": counters.get("fenced", 0),
                 "skipped_duplicates": counters.get("skipped_duplicates", 0),
+                "waiting_on_flow": parked,
                 "job_seconds": Durations.from_hash(durations).to_dict(),
             },
         )
@@ -251,5 +366,5 @@ class DurableProducer(Producer):
     async def _heartbeats(self, worker_ids: list[str]) -> list[dict[str, Any]]:
         if not worker_ids:
             return []
-        values = await self.redis.mget([keys.HEARTBEAT + w for w in worker_ids])
+        values = await self.redis.hmget(keys.WORKER_INFO, sorted(worker_ids))
         return [json.loads(v) for v in values if v]

@@ -1,30 +1,105 @@
-"""Job records in Redis: readable by any process (the API, any worker, a script)."""
+"""Job records in Redis (``qc:job:<id>``): readable by any process (the API, any worker, a script).
+
+Written by the scripts of ``durable/lua``; :func:`fields` gives what ``enqueue.lua`` stores for a
+new job. :func:`decode` reads a record defensively: a record with missing or damaged fields (an
+evicting Redis, a hand edit, a job enqueued with arq's own client) is answered as well as it can
+be, never with an exception.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from typing import Any
 
-from redis.asyncio import Redis
-
-from durable import keys
-from pipeline.jobs import JobRecord, Outcome, Status
+from pipeline.jobs import DEFAULT_PRIORITY, Job, JobRecord, Outcome, Status
 
 
-def decode(raw: dict[bytes, bytes]) -> JobRecord | None:
+def fields(job: Job) -> list[str]:
+    """The record's descriptive fields for a new job (name, value, ...), secrets masked."""
+    record = job.record(Status.QUEUED)
+    out = [
+        "url",
+        job.url,
+        "method",
+        job.method,
+        "priority",
+        str(job.priority),
+        "flow",
+        record.flow_key,
+        "created_at",
+        repr(job.created_at),
+    ]
+    if record.headers:
+        out += ["headers", json.dumps(record.headers)]
+    for name in ("run_at", "timeout_s", "max_tries"):
+        value = getattr(job, name)
+        if value is not None:
+            out += [name, repr(value)]
+    return out
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(float(value)) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _status(d: dict[str, str]) -> Status:
+    try:
+        status = Status(d.get("status", "queued"))
+    except ValueError:
+        return Status.QUEUED
+    run_at = _float(d.get("run_at"))
+    if status is Status.SCHEDULED and run_at is not None and run_at <= time.time():
+        return Status.QUEUED  # due: waiting for a worker to take it
+    return status
+
+
+def _result(raw: str | None) -> Outcome | None:
     if not raw:
         return None
-    d = {k.decode(): v.decode() for k, v in raw.items()}
-    result = Outcome.from_dict(json.loads(d["result"])) if d.get("result") else None
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        return Outcome.from_dict(json.loads(raw))
+    return Outcome(Status.FAILED, error="unreadable result in Redis")
+
+
+def _headers(raw: str | None) -> dict[str, str]:
+    with contextlib.suppress(ValueError, TypeError):
+        data: Any = json.loads(raw or "{}")
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
+    return {}
+
+
+def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
+    """The record from its Redis hash; None when there is none."""
+    if not raw:
+        return None
+    d = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
     return JobRecord(
-        id=d["id"],
-        url=d["url"],
-        priority=int(d["priority"]),
-        status=Status(d["status"]),
-        attempts=int(d.get("attempts", 0)),
-        result=result,
-        duplicates=int(d.get("duplicates", 0)),
+        id=d.get("id") or job_id,
+        url=d.get("url", ""),
+        priority=_int(d.get("priority"), DEFAULT_PRIORITY),
+        status=_status(d),
+        attempts=_int(d.get("attempts")),
+        result=_result(d.get("result")),
+        duplicates=_int(d.get("duplicates")),
+        method=d.get("method") or "GET",
+        flow_key=d.get("flow", ""),
+        headers=_headers(d.get("headers")),
+        run_at=_float(d.get("run_at")),
+        created_at=_float(d.get("created_at")) or 0.0,
+        timeout_s=_float(d.get("timeout_s")),
+        max_tries=_int(d.get("max_tries")) or None,
+        finished_at=_float(d.get("finished_at")),
     )
-
-
-async def read(redis: Redis, job_id: str) -> JobRecord | None:
-    return decode(await redis.hgetall(keys.RECORD + job_id))

@@ -1,4 +1,10 @@
-"""Start-up check: does this Redis keep jobs across its own restart, and never evict them?"""
+"""Start-up check: does this Redis keep jobs across its own restart, and never evict them?
+
+A Redis that may evict keys (any ``maxmemory-policy`` but ``noeviction``) can silently drop a
+queued job, its record or its lease: ``serve`` and ``worker`` refuse to start on one, with one line
+naming the setting, unless ``ALLOW_EVICTION=true`` (then it is a warning). A Redis that keeps
+nothing on disk only gets a warning: jobs then survive a worker crash, not a Redis restart.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,26 @@ from redis.asyncio import Redis
 
 from durable.connection import redis_client
 from durable.redis_errors import map_redis_errors
+from pipeline.errors import SettingsError
 from pipeline.settings import Settings
+
+EVICTION = "maxmemory-policy"
+
+
+async def _config(redis: Redis) -> dict[str, str]:
+    conf: dict[str, str] = {}
+    for name in ("appendonly", "appendfsync", "save", EVICTION):
+        for k, v in (await redis.config_get(name)).items():
+            conf[k.decode() if isinstance(k, bytes) else k] = (
+                v.decode() if isinstance(v, bytes) else v
+            )
+    return conf
 
 
 async def persistence_warnings(redis: Redis) -> list[str]:
     """One line per risk found; empty when Redis persists every write and never evicts."""
     try:
-        conf: dict[str, str] = {}
-        for name in ("appendonly", "appendfsync", "save", "maxmemory-policy"):
-            conf.update(
-                {
-                    k.decode() if isinstance(k, bytes) else k: (
-                        v.decode() if isinstance(v, bytes) else v
-                    )
-                    for k, v in (await redis.config_get(name)).items()
-                }
-            )
+        conf = await _config(redis)
     except rexc.ResponseError as exc:
         return [
             f"cannot read Redis persistence settings (CONFIG GET refused: {exc}); "
@@ -40,11 +50,22 @@ async def persistence_warnings(redis: Redis) -> list[str]:
             "Redis persists only RDB snapshots (appendonly no): jobs enqueued since the "
             "last snapshot are lost if Redis restarts"
         )
-    policy = conf.get("maxmemory-policy", "noeviction")
+    policy = conf.get(EVICTION, "noeviction")
     if policy != "noeviction":
         warnings.append(
-            f"Redis maxmemory-policy is {policy}: under memory pressure it may evict "
-            "queued jobs; use noeviction"
+            f"Redis {EVICTION} is {policy}: under memory pressure it may evict queued jobs, "
+            "their records and their leases; use noeviction"
+        )
+    return warnings
+
+
+def refuse_eviction(warnings: list[str], settings: Settings) -> list[str]:
+    """Raise SettingsError for an evicting Redis unless ALLOW_EVICTION=true; else the warnings."""
+    evicting = [w for w in warnings if EVICTION in w]
+    if evicting and not settings.allow_eviction:
+        raise SettingsError(
+            f"{evicting[0]} (set it with CONFIG SET {EVICTION} noeviction, or start with "
+            "ALLOW_EVICTION=true to run anyway)"
         )
     return warnings
 
@@ -54,6 +75,7 @@ async def check_redis(settings: Settings) -> list[str]:
     redis = redis_client(settings)  # the same connection settings as the producer's
     try:
         with map_redis_errors(f"connecting to {settings.redis_url}"):
-            return await persistence_warnings(redis)
+            warnings = await persistence_warnings(redis)
     finally:
         await redis.aclose()
+    return refuse_eviction(warnings, settings)

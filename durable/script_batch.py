@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from durable.scripts import Script
 
 Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -21,9 +22,9 @@ Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
 class ScriptBatch:
     """``await batch(keys, args)`` runs the script like ``Script.__call__``, batched."""
 
-    def __init__(self, redis: Redis, script: str) -> None:
-        self.redis = redis
-        self.script = redis.register_script(script)  # its sha, and its text to load it
+    def __init__(self, script: Script) -> None:
+        self.redis = script.redis
+        self.script = script
         self._pending: list[Call] = []
         self._senders: set[asyncio.Task[None]] = set()
 
@@ -59,7 +60,7 @@ class ScriptBatch:
         replies = await self._pipeline(calls)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # Redis restarted (scripts are not persisted) or never saw it: load, resend
-            await self.redis.script_load(self.script.script)
+            await self.script.load()
             resent = await self._pipeline([calls[i] for i in missing])
             for i, reply in zip(missing, resent, strict=True):
                 replies[i] = reply

@@ -48,7 +48,7 @@ class Producer(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.guard = URLGuard.from_settings(settings)
 
     # -- jobs -----------------------------------------------------------------------------------
     async def submit(self, job: Job) -> Submitted:

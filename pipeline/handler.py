@@ -23,6 +23,7 @@ import asyncio
 import dataclasses
 import email.utils
 import logging
+import math
 import os
 import ssl
 import sys
@@ -32,7 +33,7 @@ from typing import NoReturn
 
 import httpx
 
-from pipeline.errors import URLRefused
+from pipeline.errors import InvalidJob
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
 from pipeline.settings import Settings
 from pipeline.urlguard import URLGuard
@@ -48,6 +49,9 @@ class BodyTooLarge(Exception):
     pass
 
 
+MAX_RETRY_AFTER_S = 86_400.0  # a longer Retry-After (or inf, 1e309) counts as a day: still finite
+
+
 @dataclasses.dataclass(slots=True)
 class Response:
     """What ``Fetcher._exchange`` read: status, kept headers, size and the kept body prefix."""
@@ -61,18 +65,23 @@ class Response:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or bad.
+
+    Always a finite number in [0, MAX_RETRY_AFTER_S] (or None): records are JSON, which has no
+    Infinity or NaN, so ``inf``, ``1e309`` and far-future dates are clamped and ``nan`` is bad."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            seconds = when.timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 # Concurrent fetches one httpx client serves. httpcore's pool rescans every connection (and, for
@@ -88,7 +97,7 @@ class Fetcher:
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
-        self.guard = URLGuard(settings.allowed_host_set, allow_link_local=settings.allow_link_local)
+        self.guard = URLGuard.from_settings(settings)
         if client is not None:
             self.clients = [client]
         else:
@@ -137,7 +146,7 @@ class Fetcher:
         try:
             async with asyncio.timeout(timeout):
                 response = await self._fetch(job)
-        except URLRefused as exc:
+        except InvalidJob as exc:  # URLRefused, or a URL queued before a stricter rule
             return failed(f"refused: {exc.message}", retryable=False)
         except BodyTooLarge:
             cap = self.settings.max_response_bytes

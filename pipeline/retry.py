@@ -13,8 +13,11 @@ or sitting in the queue for an unbounded time. Permanent failures fail at once.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Literal
 
-from pipeline.jobs import Outcome
+from pipeline.flows import throttle_s
+from pipeline.jobs import Job, Outcome
 from pipeline.settings import Settings
 
 
@@ -37,3 +40,22 @@ def retry_delay(
             return None
         delay = max(delay, outcome.retry_after_s)
     return delay
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """How an attempt ends the job's turn: ``done``, ``failed`` (dead letter) or ``retry`` after
+    ``delay_s``; ``throttle_s``: hold the job's whole flow key that long (429/503 Retry-After)."""
+
+    end: Literal["done", "failed", "retry"]
+    delay_s: float = 0.0
+    throttle_s: float | None = None
+
+
+def decide(outcome: Outcome, attempt: int, settings: Settings, job: Job) -> Decision:
+    """The one place that decides what an attempt's outcome means for its job (both backends)."""
+    delay = retry_delay(outcome, attempt, settings, job.max_tries)
+    throttle = throttle_s(outcome, delay)
+    if delay is not None:
+        return Decision("retry", delay, throttle)
+    return Decision("done" if outcome.ok else "failed", 0.0, throttle)

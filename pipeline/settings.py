@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.allowlist import AllowList, parse_allowed_hosts
 from pipeline.errors import SettingsError
 from pipeline.flows import parse_limits
 from pipeline.jobs import FlowLimit
@@ -60,10 +61,13 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(
         3.0, gt=0, le=600, description="heartbeat lapse that marks a dead worker"
     )
-    fast_recovery: bool = Field(
-        True, description="reap dead workers' jobs via heartbeats; false = stock arq's TTL only"
+    poll_delay: float = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="durable worker's longest idle wait for a job hint (a safety net: an enqueue "
+        "wakes idle workers at once)",
     )
-    poll_delay: float = Field(0.05, gt=0, le=5, description="durable worker's longest idle poll")
     retry_base_delay: float = Field(0.5, ge=0, le=600, description="first retry backoff, seconds")
     retry_max_delay: float = Field(
         30.0, ge=0, le=3600, description="longest retry backoff, seconds"
@@ -71,8 +75,30 @@ class Settings(BaseSettings):
     result_ttl: int = Field(
         86_400, ge=1, description="seconds a job record is kept (after it finishes, in memory)"
     )
-    allowed_hosts: str = Field("", description="comma-separated host allow-list; empty allows all")
-    allow_link_local: bool = Field(False, description="permit 169.254/16, fe80::/10, fd00:ec2::254")
+    allowed_hosts: str = Field(
+        "",
+        description="comma-separated host, host:port or host:* entries (IPv6 in brackets) the "
+        "service may fetch even when internal; only these unless one entry is * (plus any public "
+        "host); empty: any public host",
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description="permit loopback, private, CGNAT and link-local addresses (not metadata)",
+    )
+    allow_link_local: bool = Field(
+        False, description="permit link-local and cloud metadata addresses (169.254/16, fe80::/10)"
+    )
+    api_token: SecretStr = Field(
+        SecretStr(""),
+        description="when set, every route but GET /healthz needs Authorization: Bearer <token>",
+    )
+    request_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=30,
+        description="seconds a client has to send a whole request (headers and body) before it is "
+        "disconnected; also closes connections that send nothing",
+    )
     qc_test_hooks: bool = Field(
         False,
         description="tests only: the fetch handler exits the process (code 70) when the upstream "
@@ -105,9 +131,16 @@ class Settings(BaseSettings):
         """``FLOW_LIMITS`` parsed: key (or ``"*"``) → limit."""
         return parse_limits(self.flow_limits)
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allow_list_parses(cls, v: str) -> str:
+        parse_allowed_hosts(v)  # a ValueError names the bad entry
+        return v
+
     @property
-    def allowed_host_set(self) -> frozenset[str]:
-        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+    def allow_list(self) -> AllowList:
+        """``ALLOWED_HOSTS`` parsed (see ``pipeline.allowlist``)."""
+        return parse_allowed_hosts(self.allowed_hosts)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -6,7 +6,6 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -16,7 +15,7 @@ from pipeline.handler import Fetcher
 from pipeline.jobs import FINAL, Job, JobRecord, Submitted
 from pipeline.service.app import create_app
 from pipeline.settings import Settings
-from tests.helpers import async_wait_until
+from tests.helpers import allow, async_wait_until
 
 NO_JSON = object()  # make_job's "no json body" (None is a JSON value: null)
 
@@ -60,7 +59,7 @@ class Harness:
     @classmethod
     async def create(cls, backend: str, upstream: str, redis_url: str, **overrides: Any) -> Harness:
         defaults: dict[str, Any] = {
-            "allowed_hosts": urlsplit(upstream).hostname,  # every upstream a test uses is here
+            "allowed_hosts": allow(upstream),  # the guard refuses loopback unless it is listed
             "retry_base_delay": 0.01,
             "retry_max_delay": 0.05,
             "submit_timeout": 5.0,

@@ -48,6 +48,7 @@ __all__ = [
     "IN_CI",
     "Proc",
     "Processes",
+    "allow",
     "async_wait_until",
     "child_env",
     "get_json",
@@ -55,6 +56,17 @@ __all__ = [
     "start_private_redis",
     "wait_until",
 ]
+
+
+def allow(*urls: str) -> str:
+    """An ``ALLOWED_HOSTS`` value naming exactly the host:port of each URL (e.g. a local upstream
+    on 127.0.0.1, which the URL guard refuses unless it is listed)."""
+    entries = []
+    for url in urls:
+        parsed = httpx.URL(url)
+        host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+        entries.append(f"{host}:{parsed.port or {'https': 443}.get(parsed.scheme, 80)}")
+    return ",".join(entries)
 
 
 def get_json(url: str) -> Any:

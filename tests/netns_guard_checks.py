@@ -1,6 +1,10 @@
 """Refused addresses submitted through the API, on both backends. Runs ONLY inside the network
 namespace that ``test_guard_netns.py`` makes (only loopback up, a private /etc/hosts).
 
+The service runs with the guard's defaults, except that ``ALLOWED_HOSTS`` names the one local
+server the redirect test needs, plus ``*`` (any public host, as with an empty list): every other
+loopback address, the service's own port and its Redis port included, is refused.
+
 Not collected on its own (its name does not start with ``test_``). In this namespace there is no
 route off the machine, so a guard that let a refused address through would not reach it: the job
 would fail with ``network: ... unreachable`` (and be retried), not with ``refused:`` on its first
@@ -21,7 +25,7 @@ import httpx
 import pytest
 
 from pipeline.harness.redis_launcher import RedisProcess
-from tests.helpers import Processes, wait_until
+from tests.helpers import Processes, allow, wait_until
 
 if os.environ.get("QC_IN_NETNS") != "1" or [n for _, n in socket.if_nameindex()] != ["lo"]:
     pytest.skip(
@@ -35,6 +39,8 @@ HOSTS = {
     "linklocal.test": ["169.254.7.7"],
     "mixed.test": ["127.0.0.1", "169.254.1.1"],
     "v6meta.test": ["fd00:ec2::254"],
+    "loopback.test": ["127.0.0.1"],
+    "private.test": ["10.0.0.9"],
 }
 
 LITERALS = [
@@ -47,15 +53,36 @@ LITERALS = [
     "http://[64:ff9b::a9fe:a9fe]/",
     "http://169.254.1.1:8080/",
     "http://[fe80::1]/",
+    "http://100.100.100.200/",
+    "http://[64:ff9b:1::a9fe:a9fe]/",
+    "http://[::ffff:0:a9fe:a9fe]/",
+]
+# internal addresses; {api} and {redis} are the service's own port and its Redis port
+INTERNAL = [
+    "http://127.0.0.1:{api}/stats",
+    "http://127.0.0.1:{redis}/",
+    "http://0x7f000001:{redis}/",
+    "http://127.1:{redis}/",
+    "http://[::1]:{api}/",
+    "http://[::ffff:127.0.0.1]:{redis}/",
+    "http://localhost:{redis}/",
+    "http://0:{api}/",
+    "http://10.0.0.1/",
+    "http://192.168.0.1/",
+    "http://[fd00::1]/",
+    "http://100.64.0.1/",
 ]
 
 FINAL = ("done", "failed")
 
 
 @pytest.fixture(scope="module", params=["inmemory", "durable"])
-def api(request: pytest.FixtureRequest, redis_proc: RedisProcess) -> Iterator[tuple[str, str]]:
-    """(backend, API URL): serve, plus one worker for durable, with the guard at its defaults."""
-    yield from _service(request.param, redis_proc.url)
+def api(
+    request: pytest.FixtureRequest, redis_proc: RedisProcess, redirector: str
+) -> Iterator[tuple[str, str]]:
+    """(backend, API URL): serve, plus one worker for durable, with the guard at its defaults but
+    for the redirector, which ALLOWED_HOSTS names (with `*`: any public host too)."""
+    yield from _service(request.param, redis_proc.url, ALLOWED_HOSTS=allow(redirector) + ",*")
 
 
 @pytest.fixture(scope="module", params=["inmemory", "durable"])
@@ -117,6 +144,23 @@ def test_literal_refused_address_is_rejected_at_submit(api: tuple[str, str], url
     body = response.json()
     assert body["field"] == "url"
     assert "metadata" in body["error"] or "link-local" in body["error"], body
+    assert httpx.get(f"{base}/jobs/{job_id}", trust_env=False).status_code == 404
+
+
+@pytest.mark.parametrize("template", INTERNAL)
+def test_internal_address_is_rejected_at_submit(
+    api: tuple[str, str], redis_proc: RedisProcess, template: str
+) -> None:
+    """A job for the service's own port, its Redis port or any other internal address gets 422
+    naming `url` and saying what the address is; no job is created."""
+    _, base = api
+    url = template.format(api=httpx.URL(base).port, redis=redis_proc.port)
+    job_id = "internal-" + hashlib.sha1(url.encode()).hexdigest()[:12]
+    response = _post(base, {"url": url, "id": job_id})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == "url"
+    assert any(w in body["error"] for w in ("loopback", "private", "unspecified", "CGNAT")), body
     assert httpx.get(f"{base}/jobs/{job_id}", trust_env=False).status_code == 404
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import re
 import subprocess
+from importlib.metadata import version
 
+import click
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli.main import EXIT_UNAVAILABLE, main, service_routes
 from pipeline.errors import SettingsError
+from pipeline.harness.redis_launcher import free_port
 from pipeline.settings import Settings
-from tests.helpers import CLI, Processes, child_env, get_json
+from tests.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 
 
 def run(*args: str, **env: object) -> subprocess.CompletedProcess[str]:
@@ -87,7 +92,11 @@ def test_every_command_has_help(command: str) -> None:
 def test_submit_rides_out_503s_and_loses_nothing(processes: Processes, upstream: str) -> None:
     """submit against a queue of 1 gets 503s, waits as told, and every URL ends done."""
     _, api = processes.serve(
-        QUEUE_BACKEND="inmemory", WORKERS=1, QUEUE_MAXSIZE=1, SUBMIT_TIMEOUT=0.1
+        QUEUE_BACKEND="inmemory",
+        WORKERS=1,
+        QUEUE_MAXSIZE=1,
+        SUBMIT_TIMEOUT=0.1,
+        ALLOWED_HOSTS=allow(upstream),
     )
     urls = [f"{upstream}/s/{i}?latency_ms=200" for i in range(6)]
     done = run("submit", "--api", api, "--wait", "--timeout", "60", *urls)
@@ -97,3 +106,100 @@ def test_submit_rides_out_503s_and_loses_nothing(processes: Processes, upstream:
     metrics = httpx.get(api + "/metrics", timeout=10, trust_env=False).text
     rejected = re.search(r'qc_submit_rejected_total\{backend="inmemory"\} (\S+)', metrics)
     assert rejected and float(rejected.group(1)) > 0, "the queue never pushed back"
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        found.append((f"{prefix}{name}", command))
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{prefix}{name} ")
+    return found
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    """Every option of every command (and sub-command) says what it does in --help."""
+    missing = [
+        f"{name} {'/'.join(param.opts)}"
+        for name, command in [("", main), *_commands(main)]
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.help or "").strip()
+    ]
+    assert missing == []
+    assert {name for name, _ in _commands(main)} >= {"serve", "submit", "dead-letters list"}
+
+
+def test_version_comes_from_the_installed_distribution() -> None:
+    """`queue-contrast --version` prints the version the package metadata holds."""
+    done = run("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"queue-contrast {version('queue-contrast')}"
+
+
+def test_serve_help_lists_every_route_of_the_service() -> None:
+    """`serve --help` names each route the service app really has, and what serve runs."""
+    shown = CliRunner().invoke(main, ["serve", "--help"], terminal_width=100).output
+    paths = [path for _, path in service_routes()]
+    assert "/jobs/{job_id}" in paths and "/dead-letters" in paths
+    for path in paths:
+        assert re.search(rf"\s{re.escape(path)}\n", shown), path
+    assert "only enqueues into Redis" in shown and "workers=none" in shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["submit", "http://example.com/x"],
+        ["submit", "--wait", "http://example.com/x"],
+        ["dead-letters", "list"],
+        ["dead-letters", "retry", "--all"],
+        ["dead-letters", "retry", "some-id"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_client_commands_without_a_service_say_so_in_one_line(args: list[str]) -> None:
+    """With nothing listening at --api, each client command prints one line and exits 3."""
+    api = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
+    done = run(*args, "--api", api)
+    assert done.returncode == EXIT_UNAVAILABLE, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"queue-contrast: cannot reach the service at {api}"), line
+
+
+def test_submit_wait_prints_why_a_job_failed(processes: Processes, upstream: str) -> None:
+    """`submit --wait` puts each failed job's error on its line and exits 1."""
+    _, api = processes.serve(QUEUE_BACKEND="inmemory", MAX_TRIES=1, ALLOWED_HOSTS=allow(upstream))
+    ok, gone = f"{upstream}/fine", f"{upstream}/gone?status=404"
+    done = run("submit", "--api", api, "--wait", "--timeout", "60", ok, gone)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.endswith(f" done {ok}") for line in lines), lines
+    assert any(f" failed error='HTTP 404' {gone}" in line for line in lines), lines
+
+
+def test_dead_letters_list_sends_api_token(processes: Processes, upstream: str) -> None:
+    """With API_TOKEN set, `dead-letters list` sends it and works; without it the service's 401
+    comes back as one line and exit 1."""
+    env = {"QUEUE_BACKEND": "inmemory", "MAX_TRIES": 1, "API_TOKEN": "t0k3n"}
+    _, api = processes.serve(**env, ALLOWED_HOSTS=allow(upstream))
+    headers = {"Authorization": "Bearer t0k3n"}
+    r = httpx.post(
+        api + "/jobs", json={"url": upstream + "/g?status=404", "id": "dl"}, headers=headers
+    )
+    assert r.status_code == 202, r.text
+    wait_until(
+        lambda: (
+            httpx.get(api + "/stats", headers=headers, trust_env=False).json()["dead_letters"] == 1
+        ),
+        30,
+        "one dead letter",
+    )
+    listed = run("dead-letters", "list", "--api", api, API_TOKEN="t0k3n")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("dl attempts=1 error='HTTP 404' ")
+    refused = run("dead-letters", "list", "--api", api)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "queue-contrast: 401 missing or invalid bearer token"
+    ]

@@ -123,11 +123,14 @@ def test_app_services_wiring() -> None:
 
 def test_backend_comes_from_the_environment_with_durable_default() -> None:
     """QUEUE_BACKEND defaults to durable and follows the shell/.env; ALLOWED_HOSTS defaults to the
-    demo upstream, and an empty value (allow any host) is kept."""
+    demo upstream on its port, and an empty value (allow any public host) is kept; API_TOKEN is
+    passed through from .env only when set."""
     api = load_compose()["services"]["api"]
     assert service_env(api, {})["QUEUE_BACKEND"] == "durable"
     assert service_env(api, {"QUEUE_BACKEND": "inmemory"})["QUEUE_BACKEND"] == "inmemory"
-    assert service_env(api, {})["ALLOWED_HOSTS"] == "upstream"
+    assert service_env(api, {})["ALLOWED_HOSTS"] == "upstream:8081"
+    assert "API_TOKEN" not in service_env(api, {})
+    assert service_env(api, {"API_TOKEN": "t0k"})["API_TOKEN"] == "t0k"
     assert service_env(api, {"ALLOWED_HOSTS": ""})["ALLOWED_HOSTS"] == ""
     assert service_env(api, {"WORKERS": "7"})["WORKERS"] == "7"
     assert "WORKERS" not in service_env(api, {})  # unset: the application's default applies

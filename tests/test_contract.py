@@ -123,7 +123,7 @@ async def test_failed_fetch_is_recorded_not_lost(
 
 async def test_connection_refused_is_recorded(make_harness: Any) -> None:
     """A URL whose port refuses connections ends failed with a network error after MAX_TRIES."""
-    h = await make_harness(workers=1, max_tries=2)
+    h = await make_harness(workers=1, max_tries=2, allowed_hosts="127.0.0.1:9")
     await h.start_workers()
     h.upstream = "http://127.0.0.1:9"  # discard port: nothing listens
     await h.submit("/nothing")

@@ -27,6 +27,7 @@ from pipeline.harness.redis_launcher import RedisProcess
 from tests.helpers import (
     Proc,
     Processes,
+    allow,
     get_json,
     need_redis_server,
     start_private_redis,
@@ -97,8 +98,8 @@ def test_durable_worker_sigkill_loses_nothing_and_recovers_fast(
     processes: Processes, own_redis: RedisProcess
 ) -> None:
     """SIGKILL of a durable worker mid-run: every job completes, duplicates only for in-flight jobs."""
-    env = {**DURABLE_ENV, "REDIS_URL": own_redis.url}
     _, upstream = processes.upstream(latency_ms=LATENCY_MS)
+    env = {**DURABLE_ENV, "REDIS_URL": own_redis.url, "ALLOWED_HOSTS": allow(upstream)}
     _, api = processes.serve(**env)
     worker = processes.worker(**env)
     ids = submit_all(api, upstream, N, "d")
@@ -140,8 +141,9 @@ def test_durable_worker_sigkill_loses_nothing_and_recovers_fast(
 
 def test_inmemory_sigkill_loses_unfinished_jobs(processes: Processes) -> None:
     """SIGKILL of the in-memory service: unfinished jobs are gone and the restart knows none."""
-    env = {"QUEUE_BACKEND": "inmemory", "WORKERS": WORKERS, "QUEUE_MAXSIZE": 200}
     _, upstream = processes.upstream(latency_ms=LATENCY_MS)
+    env = {"QUEUE_BACKEND": "inmemory", "WORKERS": WORKERS, "QUEUE_MAXSIZE": 200}
+    env["ALLOWED_HOSTS"] = allow(upstream)
     serve, api = processes.serve(**env)
     ids = submit_all(api, upstream, N, "m")
     wait_until(lambda: done_count(api) >= N // 4, 60, "a quarter of the jobs to finish")
@@ -184,6 +186,7 @@ def test_durable_survives_twenty_random_worker_kills(
         "HEARTBEAT_TTL": 1.0,
     }
     _, upstream = processes.upstream(latency_ms=200)
+    env["ALLOWED_HOSTS"] = allow(upstream)
     _, api = processes.serve(**env)
     n = 150  # 6 s of work for 5 slots at 200 ms: the kills land while jobs are in flight
     with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
@@ -227,8 +230,8 @@ def test_redis_sigkill_and_restart_loses_nothing(
 ) -> None:
     """SIGKILL Redis (AOF, fsync always) mid-run, restart it: serve and worker reconnect alone."""
     need_redis_server()  # the embedded stand-in keeps nothing on disk
-    env = {**DURABLE_ENV, "REDIS_URL": own_redis.url}
     _, upstream = processes.upstream(latency_ms=LATENCY_MS)
+    env = {**DURABLE_ENV, "REDIS_URL": own_redis.url, "ALLOWED_HOSTS": allow(upstream)}
     _, api = processes.serve(**env)
     worker: Proc = processes.worker(**env)
     ids = submit_all(api, upstream, 40, "k")

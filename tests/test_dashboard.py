@@ -1,5 +1,7 @@
 """The dashboard in a real browser: headless Chromium loads ``GET /`` from a running ``serve`` and,
-once the submitted jobs are finished, shows exactly the numbers ``GET /stats`` returns.
+once the submitted jobs are finished, shows exactly the numbers ``GET /stats`` returns; its jobs
+table and flows panel show what ``GET /jobs`` and ``GET /flows`` return, and their buttons cancel,
+re-queue, pause and resume through the API.
 
 Set ``QC_SCREENSHOTS=docs`` to write the screenshots the README shows (``dashboard.png`` is the
 durable run, ``dashboard-inmemory.png`` the in-memory one); otherwise they go to a temp dir.
@@ -10,12 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.browser import as_rendered, chromium, rendered_stats, require_chromium, screenshot
-from tests.helpers import Processes, get_json, wait_until
+from tests.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
@@ -33,6 +36,7 @@ def browser(tmp_path: Path) -> Any:
 
 def _start(backend: str, processes: Processes, request: pytest.FixtureRequest) -> str:
     env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 3, "QUEUE_MAXSIZE": 100}
+    env["ALLOWED_HOSTS"] = allow(request.getfixturevalue("upstream"))
     env.update(FAST_RETRIES)
     if backend == "durable":
         env["REDIS_URL"] = request.getfixturevalue("redis_url")
@@ -112,3 +116,154 @@ def test_dashboard_shows_what_stats_returns(
     name = "dashboard.png" if backend == "durable" else f"dashboard-{backend}.png"
     out = Path(os.environ.get("QC_SCREENSHOTS") or tmp_path)
     assert screenshot(browser, out / name).stat().st_size > 0
+
+
+# -- the jobs table and the flows panel --------------------------------------------------------
+
+FLOW_LIMITS = '{"*": {"parallelism": 5}, "api.example.com:443": {"rate": 10, "period_s": 1}}'
+
+
+def _same(value: Any, shown: str) -> bool:
+    """Whether a cell's ``data-value`` (the page's ``String(v)``, "" for null) is the API's value."""
+    if value is None:
+        return shown == ""
+    if isinstance(value, bool):
+        return shown == str(value).lower()
+    if isinstance(value, int | float):
+        return shown != "" and float(shown) == value
+    return bool(shown == str(value))
+
+
+def _rows(driver: Any, selector: str) -> list[dict[str, str]]:
+    """Each row matching ``selector``: its cells' data-field → data-value."""
+    rows: list[dict[str, str]] = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(r => Object.fromEntries("
+        "[...r.querySelectorAll('[data-field]')].map(c => [c.dataset.field, c.dataset.value])));",
+        selector,
+    )
+    return rows
+
+
+def _jobs_match(driver: Any, api: str) -> list[dict[str, Any]] | None:
+    """GET /jobs?order=newest&limit=20 when the jobs table shows exactly it, else None."""
+    jobs: list[dict[str, Any]] = get_json(api + "/jobs?order=newest&limit=20")["jobs"]
+    rows = _rows(driver, "[data-job]")
+    if len(rows) != len(jobs):
+        return None
+    for job, row in zip(jobs, rows, strict=True):
+        expected = {
+            "id": job["id"],
+            "status": job["status"],
+            "method": job["method"],
+            "host": urlsplit(job["url"]).netloc,
+            "attempts": job["attempts"],
+            "error": (job["result"] or {}).get("error"),
+        }
+        if set(row) != set(expected) or not all(_same(v, row[k]) for k, v in expected.items()):
+            return None
+    return jobs
+
+
+def _flows_match(driver: Any, api: str) -> dict[str, Any] | None:
+    """GET /flows when the flows panel shows exactly it (every key, every number), else None."""
+    body: dict[str, Any] = get_json(api + "/flows")
+    rows = _rows(driver, "[data-flow]")
+    if [r.get("key") for r in rows] != [f["key"] for f in body["flows"]]:
+        return None
+    for flow, row in zip(body["flows"], rows, strict=True):
+        if set(row) != set(flow) or not all(_same(v, row[k]) for k, v in flow.items()):
+            return None
+    shown = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('[data-flow-default]')]"
+        ".map(e => [e.dataset.flowDefault, e.textContent]));"
+    )
+    default = body["default"] or {}
+    if set(shown) != set(default):
+        return None
+    if not all(_same(v, "" if shown[k] == "–" else shown[k]) for k, v in default.items()):
+        return None
+    return body
+
+
+def _click(driver: Any, selector: str) -> bool:
+    """Click the button matching ``selector`` (False if absent or replaced mid-click)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    found = driver.find_elements("css selector", selector)
+    try:
+        if found:
+            found[0].click()
+            return True
+    except StaleElementReferenceException:
+        pass
+    return False
+
+
+@pytest.mark.parametrize("backend", ["inmemory", "durable"])
+def test_jobs_table_and_flows_panel_show_the_api_and_their_buttons_act(
+    backend: str,
+    browser: Any,
+    processes: Processes,
+    upstream: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The jobs table shows GET /jobs?order=newest&limit=20 and the flows panel GET /flows; the
+    cancel button cancels a queued job, retry re-queues a failed one, resume releases a paused
+    key (each checked through the API)."""
+    env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 2, "QUEUE_MAXSIZE": 100}
+    env.update(FAST_RETRIES, FLOW_LIMITS=FLOW_LIMITS, ALLOWED_HOSTS=urlsplit(upstream).hostname)
+    if backend == "durable":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    _, api = processes.serve(**env)
+    if backend == "durable":
+        processes.worker(**env)
+    key = urlsplit(upstream).netloc  # the upstream's flow key, host:port
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        gone = client.post("/jobs", json={"url": upstream + "/gone?status=404"}).json()["id"]
+        wait_until(lambda: client.get(f"/jobs/{gone}").json()["status"] == "failed", 30, "a 404")
+        assert client.post(f"/flows/{key}/pause").json()["paused"] is True
+        held = [
+            client.post("/jobs", json={"url": f"{upstream}/held/{i}"}).json()["id"]
+            for i in range(3)
+        ]
+        browser.get(api + "/?every_ms=250")
+        wait_until(lambda: _jobs_match(browser, api), 15, "the jobs table to show GET /jobs")
+        flows = wait_until(lambda: _flows_match(browser, api), 15, "the panel to show GET /flows")
+        assert {f["key"] for f in flows["flows"]} >= {key, "api.example.com:443"}
+        assert flows["default"] == {"parallelism": 5, "rate": None, "period_s": 1.0}
+        assert browser.find_elements("css selector", f'button[data-action=retry][data-id="{gone}"]')
+
+        cancel = f'button[data-action=cancel][data-id="{held[1]}"]'
+        wait_until(lambda: _click(browser, cancel), 15, "the cancel button")
+        wait_until(
+            lambda: client.get(f"/jobs/{held[1]}").json()["status"] == "cancelled",
+            15,
+            "the job to be cancelled",
+        )
+        jobs = wait_until(lambda: _jobs_match(browser, api), 15, "the table to show it cancelled")
+        assert {j["id"]: j["status"] for j in jobs}[held[1]] == "cancelled"
+        assert not browser.find_elements("css selector", cancel)
+
+        retry = f'button[data-action=retry][data-id="{gone}"]'
+        wait_until(lambda: _click(browser, retry), 15, "the retry button")
+        wait_until(
+            lambda: client.get(f"/jobs/{gone}").json()["status"] == "queued",  # its key is paused
+            15,
+            "the dead letter to be re-queued",
+        )
+        assert client.get("/dead-letters").json()["dead_letters"] == []
+
+        wait_until(
+            lambda: _click(browser, f'button[data-action=resume][data-key="{key}"]'), 15, "resume"
+        )
+        wait_until(lambda: not client.get(f"/flows/{key}").json()["paused"], 15, "the key resumed")
+        ran = [held[0], held[2], gone]
+        wait_until(
+            lambda: all(
+                client.get(f"/jobs/{i}").json()["status"] in ("done", "failed") for i in ran
+            ),
+            30,
+            "the held jobs to run",
+        )
+        wait_until(lambda: _jobs_match(browser, api), 15, "the table to show them finished")
+        wait_until(lambda: _flows_match(browser, api), 15, "the panel to show the key resumed")

@@ -16,7 +16,15 @@ import pytest
 
 from pipeline.jobs import Status
 from tests.harness import Harness
-from tests.helpers import CLI, Processes, async_wait_until, child_env, get_json, wait_until
+from tests.helpers import (
+    CLI,
+    Processes,
+    allow,
+    async_wait_until,
+    child_env,
+    get_json,
+    wait_until,
+)
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 
@@ -131,7 +139,7 @@ def test_durable_dead_letters_survive_restarts(
 ) -> None:
     """Durable dead letters outlive SIGKILLed serve and worker; the CLI lists and re-queues them."""
     env = {"QUEUE_BACKEND": "durable", "REDIS_URL": redis_url, "MAX_TRIES": 2}
-    env |= {"RETRY_BASE_DELAY": 0.01, "RETRY_MAX_DELAY": 0.05}
+    env |= {"RETRY_BASE_DELAY": 0.01, "RETRY_MAX_DELAY": 0.05, "ALLOWED_HOSTS": allow(upstream)}
     serve, api = processes.serve(**env)
     worker = processes.worker(**env)
     for job_id, path in (
@@ -172,17 +180,20 @@ def test_durable_dead_letters_survive_restarts(
 @pytest.mark.slow
 def test_inmemory_dead_letters_die_with_the_process(processes: Processes, upstream: str) -> None:
     """In-memory dead letters are listed while serve runs, and gone after it restarts."""
-    serve, api = processes.serve(QUEUE_BACKEND="inmemory", MAX_TRIES=1)
+    serve, api = processes.serve(
+        QUEUE_BACKEND="inmemory", MAX_TRIES=1, ALLOWED_HOSTS=allow(upstream)
+    )
     r = httpx.post(api + "/jobs", json={"url": upstream + "/gone?status=404"}, trust_env=False)
     assert r.status_code == 202, r.text
     wait_until(lambda: get_json(api + "/stats")["dead_letters"] == 1, 30, "one dead letter")
     serve.signal(signal.SIGTERM)
     assert serve.wait(timeout=30) == 0
-    _, api = processes.serve(QUEUE_BACKEND="inmemory", MAX_TRIES=1)
+    _, api = processes.serve(QUEUE_BACKEND="inmemory", MAX_TRIES=1, ALLOWED_HOSTS=allow(upstream))
     assert get_json(api + "/dead-letters") == {
         "backend": "inmemory",
         "count": 0,
         "dead_letters": [],
+        "next_cursor": None,
     }
 
 

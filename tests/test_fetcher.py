@@ -15,13 +15,16 @@ import httpx
 from pipeline.handler import FETCHES_PER_CLIENT, Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
+from tests.helpers import allow
 
 WORKERS = 50
 BURSTS = 3
 
 
 async def test_bursts_of_workers_reuse_their_connections(upstream: str) -> None:
-    async with Fetcher(Settings.from_env({}, workers=WORKERS, job_timeout=30)) as fetcher:
+    async with Fetcher(
+        Settings.from_env({}, workers=WORKERS, job_timeout=30, allowed_hosts=allow(upstream))
+    ) as fetcher:
         assert len(fetcher.clients) == WORKERS // FETCHES_PER_CLIENT
         for burst in range(BURSTS):
             jobs = [
@@ -39,7 +42,9 @@ async def test_bursts_of_workers_reuse_their_connections(upstream: str) -> None:
 
 async def test_concurrent_fetches_spread_over_the_clients(upstream: str) -> None:
     """No client ever has more than its share in flight, so none queues requests in its pool."""
-    async with Fetcher(Settings.from_env({}, workers=WORKERS, job_timeout=30)) as fetcher:
+    async with Fetcher(
+        Settings.from_env({}, workers=WORKERS, job_timeout=30, allowed_hosts=allow(upstream))
+    ) as fetcher:
         peak = [0] * len(fetcher.clients)
 
         async def watch() -> None:

@@ -2,9 +2,11 @@
 
 This test re-runs ``tests/netns_guard_checks.py`` under ``unshare --net --mount``: a fresh network
 namespace with only loopback up (``ip link set lo up``) and a private ``/etc/hosts`` that maps a few
-test names to metadata and link-local addresses. There, every refused address is unroutable: a job
-the guard wrongly let through fails with ``network: ... unreachable`` instead of ``refused:``, so a
-broken guard fails the test instead of sending a packet off this machine.
+test names to metadata, link-local, loopback and private addresses. There, every refused address
+but loopback is unroutable: a job the guard wrongly let through fails with ``network: ...
+unreachable`` instead of ``refused:``, so a broken guard fails the test instead of sending a packet
+off this machine. (Loopback jobs are refused at submit or fail ``refused:`` on attempt 1: a fetch
+that got through would show as ``done`` or a ``network:`` error instead.)
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ HOSTS = """\
 127.0.0.1 mixed.test
 169.254.1.1 mixed.test
 fd00:ec2::254 v6meta.test
+127.0.0.1 loopback.test
+10.0.0.9 private.test
 """
 
 

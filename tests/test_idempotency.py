@@ -14,7 +14,6 @@ from arq.jobs import serialize_job
 
 from durable import keys
 from durable.producer import DurableProducer
-from durable.worker import DurableWorker
 from pipeline.jobs import Status
 from tests.harness import Harness
 from tests.helpers import async_wait_until
@@ -85,7 +84,7 @@ async def test_redelivery_after_outcome_is_not_fetched_again(durable: Harness) -
     assert record.status is Status.DONE
 
     async def arq_finished() -> bool:
-        """arq's side of the job is gone: off the queue, no job key, no in-progress key."""
+        """arq's side of the job is gone: off the queue, no arq job key, no in-progress key."""
         gone = not await redis.exists(keys.ARQ_JOB + job.id, keys.ARQ_IN_PROGRESS + job.id)
         return gone and await redis.zscore(keys.QUEUE, job.id) is None
 
@@ -106,35 +105,3 @@ async def test_redelivery_after_outcome_is_not_fetched_again(durable: Harness) -
     assert record.status is Status.DONE and record.attempts == 1
     assert (await h.witness())["jobs"][job.id]["hits"] == 1
     assert (await h.producer.stats()).done == 1
-
-
-async def test_duplicate_execution_is_counted_and_recorded_once(durable: Harness) -> None:
-    """A job taken by a second worker while the first still runs it (its claim lost) is fetched
-    twice: /stats counts one duplicate, and the outcome is recorded once."""
-    h = durable
-    assert isinstance(h.producer, DurableProducer)
-    job = await h.submit("/long?latency_ms=1500", job_id="twice")
-
-    async def fetching(n: int) -> bool:
-        return (await h.witness())["jobs"].get(job.id, {}).get("hits") == n
-
-    await async_wait_until(lambda: fetching(1), 15, "the first worker to fetch the job")
-    await h.producer.redis.delete(keys.ARQ_IN_PROGRESS + job.id)  # as if its claim had expired
-    first, second = h.pool, DurableWorker(h.settings, h.fetcher)
-    assert isinstance(first, DurableWorker)
-    task = asyncio.create_task(second.run())
-    try:
-        await async_wait_until(lambda: fetching(2), 15, "the second worker to fetch it again")
-
-        async def both_finished() -> bool:
-            idle = not first.running_ids and not second.running_ids
-            return idle and (await h.witness())["jobs"][job.id]["open"] == 0
-
-        await async_wait_until(both_finished, 30, "both executions to finish")
-    finally:
-        second.request_stop()
-        await asyncio.wait_for(task, 30)
-    [record] = await h.records()
-    assert record.status is Status.DONE and record.duplicates == 1
-    stats = await h.producer.stats()
-    assert stats.duplicates == 1 and stats.done == 1

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline.handler import TEST_CRASH_EXIT
-from tests.helpers import Processes, get_json, wait_until
+from tests.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +37,7 @@ def test_durable_poison_job_is_dead_lettered_after_max_tries(
         "HEARTBEAT_TTL": 1.5,
         "HEARTBEAT_INTERVAL": 0.5,
         "QC_TEST_HOOKS": 1,
+        "ALLOWED_HOSTS": allow(upstream),
     }
     _, api = processes.serve(**env)
     workers = [processes.worker(**env), processes.worker(**env)]
@@ -64,7 +65,7 @@ def test_durable_poison_job_is_dead_lettered_after_max_tries(
 
     poison = get_json(api + "/jobs/poison")
     assert poison["status"] == "failed" and poison["attempts"] == MAX_TRIES
-    assert "max 3 retries exceeded" in poison["result"]["error"]
+    assert "max 3 tries exceeded" in poison["result"]["error"]
     assert deaths == [TEST_CRASH_EXIT] * MAX_TRIES
     seen = get_json(upstream + "/jobs")
     assert seen["poison"]["hits"] == MAX_TRIES
@@ -81,6 +82,7 @@ def test_inmemory_poison_job_takes_the_whole_service_down(
 ) -> None:
     """In-memory, the poison job kills serve itself: every queued job and record is lost."""
     env = {"QUEUE_BACKEND": "inmemory", "WORKERS": 1, "QC_TEST_HOOKS": 1, "QUEUE_MAXSIZE": 20}
+    env["ALLOWED_HOSTS"] = allow(upstream)
     serve, api = processes.serve(**env)
     _post(api, upstream + "/poison?crash=1&latency_ms=2000", "poison")  # in flight while we submit
     for i in range(5):

@@ -4,9 +4,11 @@ backoff up to MAX_TRIES, an upstream Retry-After is honoured, permanent failures
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pipeline.handler import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.jobs import Status
 from tests.harness import Harness
 from tests.helpers import async_wait_until
@@ -121,3 +123,44 @@ async def test_last_error_is_visible_while_waiting_to_retry(make_harness: MakeHa
         shown = await async_wait_until(retried, 30, "the first attempt's outcome on GET /jobs")
     assert shown["status"] == "queued" and shown["attempts"] == 1
     assert shown["result"]["error"] == "HTTP 503, Retry-After 30s"
+
+
+async def test_infinite_retry_after_leaves_a_readable_record(make_harness: MakeHarness) -> None:
+    """An upstream answering `Retry-After: inf` (or 1e309, nan) fails the job with a finite delay
+    in its error, and GET /jobs/{id} still answers 200 with strict JSON, on both backends. (Each
+    job has a flow key of its own: a 503 with Retry-After holds its whole key.)"""
+    h = await make_harness(workers=3, max_tries=3, retry_max_delay=0.05)
+    await h.start_workers()
+    jobs = [
+        await h.submit(f"/ra/{i}?status=503&retry_after={v}", flow_key=f"ra-{i}")
+        for i, v in enumerate(RA)
+    ]
+    records = await h.wait_all_final()
+    assert [r.status for r in records] == [Status.FAILED] * len(jobs)
+    async with h.api() as api:
+        for job in jobs:
+            response = await api.get(f"/jobs/{job.id}")
+            assert response.status_code == 200, response.text
+            body = json.loads(response.text, parse_constant=_refuse_constant)
+            assert body["status"] == "failed"
+            assert "inf" not in body["result"]["error"].lower(), body
+
+
+RA = ["inf", "1e309", "-inf", "nan", "Infinity"]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"the record holds {name}, which is not JSON")
+
+
+def test_parse_retry_after_is_always_finite() -> None:
+    """parse_retry_after returns None or a finite number of seconds in [0, a day], whatever comes."""
+    assert parse_retry_after("inf") == MAX_RETRY_AFTER_S
+    assert parse_retry_after("1e309") == MAX_RETRY_AFTER_S
+    assert parse_retry_after("-inf") == 0.0
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("") is None

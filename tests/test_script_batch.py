@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from durable.producer import DurableProducer
 from durable.script_batch import ScriptBatch
+from durable.scripts import Script
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 
@@ -33,7 +34,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 async def test_each_caller_gets_its_own_reply_and_its_own_error(redis: Redis) -> None:
-    batch = ScriptBatch(redis, ADD)
+    """30 concurrent calls in one pipeline: each gets its reply in order; one error stays its own."""
+    batch = ScriptBatch(Script(redis, "add", ADD))
     calls = [batch([f"c{i % 3}"], ["boom" if i == 7 else 1]) for i in range(30)]
     replies = await asyncio.gather(*calls, return_exceptions=True)
     errors = [i for i, r in enumerate(replies) if isinstance(r, Exception)]
@@ -46,7 +48,8 @@ async def test_each_caller_gets_its_own_reply_and_its_own_error(redis: Redis) ->
 
 
 async def test_a_forgotten_script_is_loaded_again(redis: Redis) -> None:
-    batch = ScriptBatch(redis, ADD)
+    """After SCRIPT FLUSH (a Redis restart) every batched call is still answered, in order."""
+    batch = ScriptBatch(Script(redis, "add", ADD))
     assert await batch(["n"], [1]) == 1
     await redis.script_flush()  # as after a Redis restart: no script survives it
     assert await asyncio.gather(*(batch(["n"], [1]) for _ in range(5))) == [2, 3, 4, 5, 6]
@@ -54,7 +57,9 @@ async def test_a_forgotten_script_is_loaded_again(redis: Redis) -> None:
 
 async def test_concurrent_submissions_each_get_their_own_answer(redis_url: str) -> None:
     """A burst through the producer: new ids are created, known ids answer created=False."""
-    settings = Settings.from_env({}, queue_backend="durable", redis_url=redis_url)
+    settings = Settings.from_env(
+        {}, queue_backend="durable", redis_url=redis_url, allowed_hosts="127.0.0.1:9"
+    )
     producer = DurableProducer(settings)
     await producer.start()
     try:

@@ -12,7 +12,7 @@ import signal
 import httpx
 import pytest
 
-from tests.helpers import Processes, get_json, wait_until
+from tests.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 
@@ -35,7 +35,9 @@ def test_inmemory_sigterm_finishes_in_flight_and_reports_dropped(
     processes: Processes, upstream: str
 ) -> None:
     """serve (inmemory) on SIGTERM finishes its 2 in-flight jobs, logs 4 dropped, exits 0."""
-    serve, api = processes.serve(QUEUE_BACKEND="inmemory", WORKERS=2, QUEUE_MAXSIZE=20)
+    serve, api = processes.serve(
+        QUEUE_BACKEND="inmemory", WORKERS=2, QUEUE_MAXSIZE=20, ALLOWED_HOSTS=allow(upstream)
+    )
     ids = _submit(api, upstream, 6)
     wait_until(lambda: get_json(upstream + "/stats")["in_flight"] == 2, 15, "2 jobs in flight")
     in_flight = set(get_json(upstream + "/jobs"))
@@ -54,6 +56,7 @@ def test_durable_sigterm_finishes_in_flight_and_keeps_queued(
 ) -> None:
     """worker (durable) on SIGTERM finishes 2 in-flight jobs; the 4 queued stay for the next worker."""
     env = {"QUEUE_BACKEND": "durable", "REDIS_URL": redis_url, "WORKERS": 2, "QUEUE_MAXSIZE": 20}
+    env["ALLOWED_HOSTS"] = allow(upstream)
     _, api = processes.serve(**env)
     worker = processes.worker(**env)
     ids = _submit(api, upstream, 6)

@@ -38,10 +38,18 @@ def make_producer(settings: Settings, handler: Handler | None = None) -> Produce
     raise SettingsError(f"invalid QUEUE_BACKEND={settings.queue_backend!r}: use one of {BACKENDS}")
 
 
-def make_worker(settings: Settings, handler: Handler) -> WorkerPool:
-    """A separate worker process's pool; only the durable backend has one."""
+ENGINES = ("ours", "stock-arq")
+
+
+def make_worker(settings: Settings, handler: Handler, engine: str = "ours") -> WorkerPool:
+    """A separate worker process's pool; only the durable backend has one. ``engine="stock-arq"``
+    runs the same jobs on arq's own, unmodified Worker (for side-by-side comparisons)."""
     if settings.queue_backend == "durable":
-        from durable.worker import DurableWorker
+        if engine == "stock-arq":
+            from durable.arq_compat import StockArqWorker
+
+            return StockArqWorker(settings, handler)
+        from durable.runner import DurableWorker
 
         return DurableWorker(settings, handler)
     raise NoSeparateWorkers(

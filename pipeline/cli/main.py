@@ -10,7 +10,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 import click
@@ -33,6 +35,27 @@ def load_settings(**overrides: object) -> Settings:
         _fail(str(exc), EXIT_USAGE)
 
 
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """The client commands' errors as one line each: exit 3 when no service answers, 1 when it
+    answered with an error."""
+    from pipeline.cli.client import ServiceError, Unreachable
+
+    try:
+        yield
+    except Unreachable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except ServiceError as exc:
+        _fail(str(exc), EXIT_FAILED)
+
+
+def _version() -> str:
+    try:
+        return version("queue-contrast")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -44,26 +67,63 @@ def _logging(verbose: bool = False) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(
+    _version(), "--version", prog_name="queue-contrast", message="%(prog)s %(version)s"
+)
 def main() -> None:
     """One URL-fetching job pipeline on two backends: QUEUE_BACKEND=inmemory (asyncio.Queue in the
     serving process; at most once) or QUEUE_BACKEND=durable (arq on Redis; at least once).
 
     Settings are environment variables: QUEUE_BACKEND, REDIS_URL, WORKERS, QUEUE_MAXSIZE,
-    JOB_TIMEOUT, MAX_TRIES, HOST, PORT, SUBMIT_TIMEOUT, ... (see the README).
+    JOB_TIMEOUT, MAX_TRIES, HOST, PORT, SUBMIT_TIMEOUT, ALLOWED_HOSTS, API_TOKEN, ... (see the
+    README). The client commands (submit, dead-letters) send API_TOKEN when it is set.
     """
 
 
-@main.command()
+class _ServeCommand(click.Command):
+    """``serve`` whose --help ends with the routes the service really has, read from the app."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Routes"):
+            formatter.write_dl(service_routes())
+        super().format_epilog(ctx, formatter)
+
+
+def service_routes() -> list[tuple[str, str]]:
+    """(methods, path) of every route of the service app, in the app's order."""
+    from pipeline.cli.chooser import make_producer
+    from pipeline.service.app import create_app
+
+    async def no_handler(*_: object) -> Any:  # never called: the app is built, not served
+        raise AssertionError("unreachable")
+
+    app = create_app(make_producer(Settings.from_env({}), no_handler))
+    rows = []
+    for route in app.routes:
+        methods = sorted(getattr(route, "methods", None) or ()) or ["*"]
+        rows.append(
+            (" ".join(m for m in methods if m != "HEAD") or "HEAD", getattr(route, "path", ""))
+        )
+    return rows
+
+
+@main.command(cls=_ServeCommand)
 @click.option("--host", default=None, help="Bind address (default: $HOST or 127.0.0.1).")
 @click.option(
     "--port", type=int, default=None, help="Port; 0 picks a free one (default: $PORT or 8000)."
 )
 def serve(host: str | None, port: int | None) -> None:
-    """Run the HTTP service: POST /jobs, GET /jobs/{id}, /stats, /healthz, /metrics.
+    """Run the HTTP service: the job API, /stats, /metrics, /healthz and the dashboard at /.
 
-    With QUEUE_BACKEND=inmemory the queue and its WORKERS run inside this process (SIGTERM finishes
-    in-flight jobs within SHUTDOWN_GRACE and reports dropped queued ones). With durable it only
-    enqueues into Redis; run `queue-contrast worker` processes to do the work.
+    With QUEUE_BACKEND=inmemory this process also holds the queue and runs WORKERS jobs at once
+    (SIGTERM finishes in-flight jobs within SHUTDOWN_GRACE and reports dropped queued ones); with
+    durable it only enqueues into Redis (its ready line says workers=none): run `queue-contrast
+    worker` processes to do the work.
+
+    Fetches only what the URL guard allows (ALLOWED_HOSTS, ALLOW_PRIVATE_NETWORKS,
+    ALLOW_LINK_LOCAL; loopback and private addresses are refused unless listed). With API_TOKEN
+    set, every route but GET /healthz and the dashboard page GET / needs "Authorization: Bearer
+    <token>". A client has REQUEST_TIMEOUT seconds to send each whole request.
     """
     settings = load_settings(host=host, port=port)
     _logging()
@@ -86,12 +146,16 @@ async def _serve(settings: Settings) -> None:
             settings.port,
             "serve",
             on_exit=producer.stop_workers,
+            request_timeout=settings.request_timeout,
             backend=settings.queue_backend,
             workers=settings.workers if producer.runs_workers else "none",
             maxsize=settings.queue_maxsize,
+            auth="bearer" if settings.api_token.get_secret_value() else "none",
         )
     except BackendUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
+    except SettingsError as exc:  # e.g. a Redis that may evict keys
+        _fail(str(exc), EXIT_USAGE)
     finally:
         if fetcher is not None:
             await fetcher.aclose()
@@ -104,37 +168,43 @@ def _log_warnings(warnings: list[str]) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["ours", "stock-arq"]),
+    default="ours",
+    show_default=True,
+    help="ours: our runner (leases, heartbeats, flow control); stock-arq: arq's own Worker running "
+    "the same jobs (for side-by-side comparisons: arq's recovery clock, no flow control).",
+)
+def worker(engine: str) -> None:
     """Run a durable worker process: up to WORKERS jobs at once from Redis (QUEUE_BACKEND=durable).
 
     Start as many as you like, on any machine that reaches REDIS_URL. SIGTERM finishes in-flight
-    jobs within SHUTDOWN_GRACE; anything left stays in Redis. A SIGKILLed worker's jobs are
-    re-delivered within seconds (heartbeats). With QUEUE_BACKEND=inmemory this exits 2: that
-    queue lives inside `serve`.
+    jobs within SHUTDOWN_GRACE; anything left goes back to the queue. A SIGKILLed or frozen
+    worker's jobs run again within HEARTBEAT_TTL plus a moment. With QUEUE_BACKEND=inmemory this
+    exits 2: that queue lives inside `serve`.
     """
-    from pipeline.cli.chooser import NoSeparateWorkers
-
     settings = load_settings()
     _logging()
     try:
-        asyncio.run(_worker(settings))
-    except NoSeparateWorkers as exc:
+        asyncio.run(_worker(settings, engine))
+    except SettingsError as exc:  # inmemory has no separate workers; an evicting Redis
         _fail(str(exc), EXIT_USAGE)
     except BackendUnavailable as exc:
         _fail(str(exc), EXIT_UNAVAILABLE)
 
 
-async def _worker(settings: Settings) -> None:
+async def _worker(settings: Settings, engine: str = "ours") -> None:
     from pipeline.cli.chooser import make_worker
     from pipeline.handler import Fetcher
 
     async with Fetcher(settings) as fetcher:
-        pool = make_worker(settings, fetcher)
+        pool = make_worker(settings, fetcher, engine)
         _log_warnings(await pool.check_backend())
         _on_signals(pool.request_stop)
         print(
-            f"worker ready: backend={settings.queue_backend} workers={settings.workers} "
-            f"redis={settings.redis_url}",
+            f"worker ready: backend={settings.queue_backend} engine={engine} "
+            f"workers={settings.workers} redis={settings.redis_url}",
             flush=True,
         )
         await pool.run()
@@ -153,7 +223,11 @@ def _on_signals(callback: Callable[[], None]) -> None:
 @click.option(
     "--priority", type=click.IntRange(0, 9), default=5, show_default=True, help="0 = most urgent."
 )
-@click.option("--wait/--no-wait", default=False, help="Wait until every job is done or failed.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    help="Wait until every job is done or failed; print each one's outcome.",
+)
 @click.option(
     "--timeout", type=float, default=300, show_default=True, help="Give up after this many seconds."
 )
@@ -163,7 +237,9 @@ def submit(
     """Submit URLs to a running service, as a well-behaved producer.
 
     On 503 (queue full) it waits as Retry-After asks and tries again, so nothing is dropped; it
-    prints one line per job: its id and status. Exit code 1 if any job failed (with --wait).
+    prints one line per job: its id and status (with --wait, a failed job's line also gives its
+    error). Exit code 1 if any job failed (with --wait) or the service refused one, 3 if no
+    service answers at --api. Sends API_TOKEN as a bearer token when it is set.
     """
     from pipeline.cli.client import submit_all
 
@@ -173,7 +249,13 @@ def submit(
     if not targets:
         _fail("nothing to submit: give URLs or --file", EXIT_USAGE)
     base = api or f"http://{settings.host}:{settings.port}"
-    ok = asyncio.run(submit_all(base, targets, priority, wait=wait, within_s=timeout))
+    token = settings.api_token.get_secret_value()
+    with _service_errors():
+        ok = asyncio.run(
+            submit_all(
+                base, targets, priority, wait=wait, within_s=timeout, echo=click.echo, token=token
+            )
+        )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
 
 
@@ -229,30 +311,44 @@ def upstream(
     and answers 200 after that. Response shape: ?content_type= ?etag= ?last_modified=
     ?location= ?header=Name:Value (repeatable) ?text=... ?echo=1 (the request body back).
     """
-    from pipeline.harness.upstream import create_upstream, serve_upstream
+    from pipeline.harness.upstream import create_upstream
+    from pipeline.service.serving import serve as run_server
 
     taken = [p for p in ports if p]
     if len(set(taken)) != len(taken):
         raise click.BadParameter("a port is given twice", param_hint="--port")
+    settings = load_settings()  # REQUEST_TIMEOUT bounds its connections too
     app = create_upstream(latency_ms, fail_rate, seed)
-    asyncio.run(serve_upstream(app, host, ports, latency_ms=latency_ms, fail_rate=fail_rate))
+    asyncio.run(
+        run_server(
+            app,
+            host,
+            ports,
+            "upstream",
+            request_timeout=settings.request_timeout,
+            latency_ms=latency_ms,
+            fail_rate=fail_rate,
+        )
+    )
 
 
 @main.group("dead-letters")
 def dead_letters() -> None:
     """Jobs that ended failed, kept with their last error and attempts: list and re-queue them.
 
-    Talks to a running service (--api). Durable dead letters live in Redis and survive restarts;
-    in-memory ones live inside `serve` and die with it.
+    Talks to a running service (--api), sending API_TOKEN when it is set; exit code 3 when no
+    service answers. Durable dead letters live in Redis and survive restarts; in-memory ones live
+    inside `serve` and die with it.
     """
 
 
 _api_option = click.option("--api", default=None, help="Service URL (default: http://$HOST:$PORT).")
 
 
-def _api_url(api: str | None) -> str:
+def _api(api: str | None) -> tuple[str, str]:
+    """The service URL (--api, else http://$HOST:$PORT) and the API token to send ('' if none)."""
     settings = load_settings()
-    return api or f"http://{settings.host}:{settings.port}"
+    return api or f"http://{settings.host}:{settings.port}", settings.api_token.get_secret_value()
 
 
 @dead_letters.command("list")
@@ -264,7 +360,8 @@ def dead_letters_list(api: str | None, as_json: bool) -> None:
 
     from pipeline.cli.client import format_dead_letter, list_dead_letters
 
-    letters = list_dead_letters(_api_url(api))
+    with _service_errors():
+        letters = list_dead_letters(*_api(api))
     if as_json:
         click.echo(json.dumps(letters, indent=2))
         return
@@ -289,8 +386,11 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
 
     if bool(job_id) == all_:
         _fail("give one dead letter's JOB_ID, or --all", EXIT_USAGE)
-    for requeued in retry_dead_letters(_api_url(api), job_id, timeout):
-        click.echo(f"{requeued} queued")
+    base, token = _api(api)
+    with _service_errors():
+        requeued = retry_dead_letters(base, job_id, timeout, token)
+    for job in requeued:
+        click.echo(f"{job} queued")
 
 
 @main.command("crash-demo")
@@ -303,7 +403,13 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     show_default=True,
     help="Scenario(s) to run; stock-arq is durable with arq's own (slow) recovery.",
 )
-@click.option("--jobs", type=click.IntRange(4, 100_000), default=100, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(4, 100_000),
+    default=100,
+    show_default=True,
+    help="Jobs to submit in each scenario.",
+)
 @click.option(
     "--kill-after",
     type=click.FloatRange(0.05, 0.95),
@@ -314,7 +420,13 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
 @click.option(
     "--latency-ms", type=float, default=200, show_default=True, help="The upstream's answer delay."
 )
-@click.option("--workers", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
+    help="WORKERS for each scenario's serve/worker.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
     "--redis",
@@ -342,6 +454,13 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     help="Also show it live in a browser: http://127.0.0.1:PORT/ (--serve alone: 8090; 0: any "
     "free port). The page keeps the final table up until Ctrl-C.",
 )
+@click.option(
+    "--allow-nonempty-db",
+    is_flag=True,
+    help="Run on a REDIS_URL database that already holds data: the demo deletes nothing and uses "
+    "job ids unique to this run, and counts only its own jobs (its workers would also run jobs "
+    "queued there by others). Without it, a non-empty database is refused.",
+)
 def crash_demo(
     backends: tuple[str, ...],
     jobs: int,
@@ -352,13 +471,16 @@ def crash_demo(
     redis_choice: str,
     svg: str,
     page_port: int | None,
+    allow_nonempty_db: bool,
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
 
     Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream,
     with live progress, then prints a table (or --json) and writes an SVG of jobs done over time.
-    Uses REDIS_URL if set; otherwise a private redis-server, or the embedded stand-in if none is
-    installed.
+    The kill comes once --kill-after of the jobs are done, while jobs are still being submitted if
+    need be. Uses REDIS_URL if set (an empty database, unless --allow-nonempty-db); otherwise a
+    private redis-server, or the embedded stand-in if none is installed. Exit 2 when REDIS_URL's
+    database holds data and --allow-nonempty-db was not given.
     """
     from pathlib import Path
 
@@ -374,5 +496,6 @@ def crash_demo(
         scenarios=chosen,
         svg=Path(svg) if svg else None,
         redis=redis_choice,
+        allow_nonempty_db=allow_nonempty_db,
     )
     sys.exit(run(opts, as_json, page_port))

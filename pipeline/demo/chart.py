@@ -34,7 +34,7 @@ def render(runs: Sequence[dict[str, Any]], title: str) -> str:
         'stroke="black"/>',
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + plot_h}" stroke="black"/>',
         f'<text x="{LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle">'
-        "seconds since the jobs were submitted</text>",
+        "seconds since the first job was submitted</text>",
         f'<text x="16" y="{TOP + plot_h / 2}" transform="rotate(-90 16 {TOP + plot_h / 2})" '
         'text-anchor="middle">jobs done</text>',
     ]

@@ -40,12 +40,17 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from pipeline.service.dashboard import html_response
-from pipeline.service.serving import Server, bind, wait_started
+from pipeline.service.serving import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    Server,
+    bind,
+    config_for,
+    wait_started,
+)
 
 DEMO_PAGE = "demo.html"
 T = TypeVar("T")
@@ -89,9 +94,7 @@ async def run_with_page(
     """
     sock = bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}/"
-    config = uvicorn.Config(
-        create_demo_app(get_snapshot), log_level="warning", access_log=False, lifespan="off"
-    )
+    config = config_for(create_demo_app(get_snapshot), DEFAULT_REQUEST_TIMEOUT_S, lifespan="off")
     server = Server(config)
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     work_task: asyncio.Task[T] | None = None

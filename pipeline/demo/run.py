@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -37,6 +38,7 @@ from pipeline.harness.redis_launcher import RedisProcess, redis_server_path, sta
 DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
 FINISH_TIMEOUT_S = 90.0
 POLL_S = 0.1
+NEAR_KILL_POLL_S = 0.01  # within one round of the workers of the kill mark: watch closely
 SUBMIT_CONCURRENCY = 16
 
 
@@ -54,14 +56,15 @@ def require_empty(url: str) -> None:
     """Refuse a database that holds any key: the demo never touches data it did not create."""
     client = redis.Redis.from_url(url)
     try:
-        keys = int(client.dbsize())
+        keys = cast(int, client.dbsize())  # the sync client: an int, typed Awaitable | Any
     finally:
         client.close()
     if keys:
         raise NotEmpty(
             f"{url} holds {keys} keys the crash demo did not create; it runs only on an empty "
-            "database: point REDIS_URL at an unused one (e.g. redis://host:6379/15), or unset "
-            "REDIS_URL to let the demo start a private redis-server"
+            "database: point REDIS_URL at an unused one (e.g. redis://host:6379/15), unset "
+            "REDIS_URL to let the demo start a private redis-server, or pass --allow-nonempty-db "
+            "to run there anyway (it deletes nothing)"
         )
 
 
@@ -71,15 +74,21 @@ class Demo:
         self.redis_url = redis_url
         self.upstream = upstream
         self.opts = state.options
+        # on a database that may hold older records, job ids unique to this run cannot collide
+        self.tag = f"{secrets.token_hex(3)}-" if self.opts.allow_nonempty_db else ""
 
     def env(self, sc: Scenario) -> dict[str, str]:
+        """The children's environment; ALLOWED_HOSTS names only the demo's own upstream (a
+        loopback address, which the URL guard refuses unless it is listed)."""
         return child_env(
+            ALLOWED_HOSTS=urlsplit(self.upstream).netloc,
             QUEUE_BACKEND=sc.backend,
             REDIS_URL=with_db(self.redis_url, sc.db_offset),
             WORKERS=self.opts.workers,
             QUEUE_MAXSIZE=max(self.opts.jobs, 10),
             JOB_TIMEOUT=DEMO_JOB_TIMEOUT_S,
             FAST_RECOVERY=str(sc.fast_recovery).lower(),
+            API_TOKEN="",  # the demo's own service on loopback, which only the demo talks to
         )
 
     async def run(self, sc: Scenario) -> Run:
@@ -100,18 +109,32 @@ class Demo:
         target: Proc = serve
         if sc.backend == "durable":
             target = await asyncio.to_thread(procs.worker, **env)
-        ids = [f"{sc.key}-{i}" for i in range(self.opts.jobs)]
-        run.phase = "submitting"
-        run.t0 = time.time()
+        ids = [f"{sc.key}-{self.tag}{i}" for i in range(self.opts.jobs)]
+        kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
-            await self._submit(client, run, sc, ids)
-            run.phase = "running"
-            kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
-            stats = await self._until(client, run, lambda s: s["done"] >= kill_at)
-        target.signal(signal.SIGKILL)
-        kill_wall = time.time()
-        run.kill_t = run.t()
+            run.base = await self._stats(client)  # zero, unless the database held older jobs
+            run.phase = "submitting"
+            run.t0 = time.time()
+            run.timeline.append([0.0, 0])
+            # submit while watching progress: the kill must not wait for the last submission
+            submitting = asyncio.create_task(self._submit(client, run, sc, ids))
+            try:
+                stats = await self._until(
+                    client, run, lambda s: s["done"] >= kill_at, near=kill_at - self.opts.workers
+                )
+                if sc.backend == "inmemory":  # the kill takes the API down: stop submitting
+                    submitting.cancel()
+                target.signal(signal.SIGKILL)
+                kill_wall = time.time()
+                run.kill_t = run.t()
+                if sc.backend == "durable":  # the API lives on: every job gets submitted
+                    await submitting
+            finally:
+                submitting.cancel()  # no-op once it is done
+                await asyncio.gather(submitting, return_exceptions=True)
         await asyncio.to_thread(target.wait, 10)
+        if run.phase == "submitting":
+            run.phase = "running"
         run.done_before_kill, run.queued_at_kill = stats["done"], stats["queued"]
         run.in_flight_at_kill = stats["running"]  # held by workers (fetching or about to)
         orphans: list[str] = []
@@ -142,17 +165,29 @@ class Demo:
     async def _submit(
         self, client: httpx.AsyncClient, run: Run, sc: Scenario, ids: list[str]
     ) -> None:
-        """Submit every job, a few at a time, so the queue fills before much is done."""
+        """Submit every job, a few at a time, so the queue fills before much is done.
+
+        Each job's upstream latency is ``--latency-ms`` times one of 0.55, 0.65, ... 1.45 (mean
+        1.0), as real fetches vary: workers that all took exactly as long would finish in
+        lockstep, ``done`` would jump by WORKERS at a time, and no kill could land between."""
         gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
 
-        async def one(job_id: str) -> None:
-            url = f"{self.upstream}/{sc.key}/{job_id}?latency_ms={self.opts.latency_ms:g}"
+        async def one(n: int, job_id: str) -> None:
+            latency = self.opts.latency_ms * (0.55 + (n * 3 % 10) / 10)
+            url = f"{self.upstream}/{sc.key}/{job_id}?latency_ms={latency:.0f}"
             async with gate:
                 r = await client.post("/jobs", json={"url": url, "id": job_id})
             r.raise_for_status()
             run.submitted += 1
 
-        await asyncio.gather(*(one(i) for i in ids))
+        await asyncio.gather(*(one(n, i) for n, i in enumerate(ids)))
+        if run.phase == "submitting":
+            run.phase = "running"
+
+    @staticmethod
+    async def _stats(client: httpx.AsyncClient) -> dict[str, Any]:
+        stats: dict[str, Any] = (await client.get("/stats")).json()
+        return stats
 
     async def _after_inmemory_restart(
         self, client: httpx.AsyncClient, run: Run, ids: list[str]
@@ -168,16 +203,21 @@ class Demo:
         run: Run,
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float = FINISH_TIMEOUT_S,
+        near: float | None = None,
     ) -> dict[str, Any]:
+        """Poll /stats (counts of this run only: minus ``run.base``) until ``predicate``; every
+        POLL_S, or NEAR_KILL_POLL_S once ``done`` reaches ``near``."""
         deadline = time.monotonic() + timeout
         while True:
-            stats: dict[str, Any] = (await client.get("/stats")).json()
+            raw = await self._stats(client)
+            stats = {**raw, **{k: raw[k] - run.base.get(k, 0) for k in ("done", "failed")}}
             run.timeline.append([run.t(), stats["done"]])
             if predicate(stats):
                 return stats
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{run.backend}: gave up waiting after {timeout}s: {stats}")
-            await asyncio.sleep(POLL_S)
+            close = near is not None and stats["done"] >= near
+            await asyncio.sleep(NEAR_KILL_POLL_S if close else POLL_S)
 
     async def _witness(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
@@ -220,9 +260,11 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
     procs = Processes()
     ticker: asyncio.Task[None] | None = None
     try:
-        redis_url, redis_proc, state.redis = await asyncio.to_thread(resolve_redis, opts.redis)
+        redis_url, redis_proc, state.redis = await asyncio.to_thread(
+            resolve_redis, opts.redis, opts.allow_nonempty_db
+        )
         for key in opts.scenarios:
-            if SCENARIOS[key].backend == "durable":
+            if SCENARIOS[key].backend == "durable" and not opts.allow_nonempty_db:
                 require_empty(with_db(redis_url, SCENARIOS[key].db_offset))
         _, upstream = await asyncio.to_thread(procs.upstream, opts.latency_ms)
         state.upstream = upstream
@@ -250,17 +292,20 @@ async def _tick(state: DemoState, on_tick: Callable[[DemoState], None]) -> None:
         await asyncio.sleep(0.25)
 
 
-def resolve_redis(choice: str = "auto") -> tuple[str, RedisProcess | None, str]:
+def resolve_redis(
+    choice: str = "auto", allow_nonempty: bool = False
+) -> tuple[str, RedisProcess | None, str]:
     """auto: REDIS_URL when set, else a private redis-server, else the embedded stand-in."""
     import os
 
     given = os.environ.get("REDIS_URL")
     if given and choice == "auto":
-        return (
-            given,
-            None,
-            f"REDIS_URL={given} (yours: an empty database, checked before the demo starts)",
+        checked = (
+            "may hold other data (--allow-nonempty-db): the demo deletes nothing"
+            if allow_nonempty
+            else "an empty database, checked before the demo starts"
         )
+        return given, None, f"REDIS_URL={given} (yours: {checked})"
     if choice == "redis-server" and not redis_server_path():
         raise RuntimeError("--redis redis-server: no redis-server on PATH")
     prefer = "embedded" if choice == "embedded" else "redis-server"

@@ -40,6 +40,7 @@ class Options:
     scenarios: tuple[str, ...] = ("inmemory", "durable", "stock-arq")
     svg: Path | None = Path("crash-demo.svg")
     redis: str = "auto"  # auto | redis-server | embedded
+    allow_nonempty_db: bool = False  # run on a REDIS_URL database holding other data
 
 
 @dataclass
@@ -63,9 +64,10 @@ class Run:
     recovery_s: float | None = None
     kill_t: float | None = None
     restart_t: float | None = None
-    timeline: list[list[float]] = field(default_factory=list)
+    timeline: list[list[float]] = field(default_factory=list)  # [t, done], from [0, 0]
     error: str | None = None
     t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
+    base: dict[str, Any] = field(default_factory=dict)  # /stats before submitting (older jobs)
 
     def t(self) -> float:
         """Seconds since this scenario started submitting."""

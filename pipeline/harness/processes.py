@@ -107,10 +107,15 @@ class Proc:
         self.kill()
 
 
+_OURS = frozenset({"QUEUE_BACKEND", "REDIS_URL", "PORT", "ALLOWED_HOSTS", "API_TOKEN"})
+
+
 def child_env(base: dict[str, str] | None = None, /, **extra: object) -> dict[str, str]:
-    """The environment for a child: ``base`` (default: ours) minus the settings we set."""
+    """The environment for a child: ``base`` (default: ours) minus the settings we set (the
+    backend, Redis, port, and the guard's allow-list and API token, which every caller names for
+    its own children)."""
     source = dict(os.environ if base is None else base)
-    env = {k: v for k, v in source.items() if k not in {"QUEUE_BACKEND", "REDIS_URL", "PORT"}}
+    env = {k: v for k, v in source.items() if k not in _OURS}
     env.update({k: str(v) for k, v in extra.items()})
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

@@ -63,10 +63,9 @@ import base64
 import json
 import math
 import random
-import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -568,37 +567,6 @@ def create_upstream(
 ) -> Starlette:
     """The witness app; ``clock`` stamps arrivals and answers (unix seconds, a float)."""
     return Starlette(routes=Upstream(latency_ms, fail_rate, seed, clock).routes())
-
-
-async def serve_upstream(
-    app: Starlette, host: str, ports: Sequence[int], **details: object
-) -> None:
-    """Serve ``app`` on every port in ``ports`` of ``host`` (0 = any free port) in this one process
-    until SIGINT/SIGTERM; once all accept connections, print one line naming every URL, the first
-    right after "ready: ": ``upstream ready: http://host:A http://host:B latency_ms=...``."""
-    import uvicorn
-
-    from pipeline.service.serving import Server, bind, wait_started
-
-    sockets = [bind(host, port) for port in ports]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=None,
-        backlog=2048,
-    )
-    server = Server(config)
-    task = asyncio.create_task(server.serve(sockets=sockets))
-    if await wait_started(server, task):
-        name = f"[{host}]" if ":" in host else host
-        urls = [f"http://{name}:{sock.getsockname()[1]}" for sock in sockets]
-        extra = [f"{k}={v}" for k, v in details.items()]
-        print("upstream ready:", *urls, *extra, flush=True)
-    await task
-    if not server.started:
-        sys.exit(1)
 
 
 async def _body(size: int) -> AsyncIterator[bytes]:

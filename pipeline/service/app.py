@@ -1,8 +1,14 @@
 """The HTTP service. It knows the contract (Producer), never which backend is behind it.
 
-Each of our errors maps to one status code: InvalidJob → 422 (naming the field), QueueFull → 503 with
-Retry-After, BackendUnavailable → 503 with Retry-After. Every error body is JSON:
-``{"error": "...", "field": "..."}``.
+Each of our errors maps to one status code: InvalidJob → 422 (naming the field), Conflict → 409
+(with the job's ``status``), QueueFull → 503 with Retry-After, BackendUnavailable → 503 with
+Retry-After. Every error body is JSON: ``{"error": "...", "field": "..."}``. The routes live beside
+this module: ``jobs_api`` (``/jobs``), ``dead_letters``, ``flows_api`` (``/flows``), ``dashboard``.
+
+Request bodies are capped before parsing (:class:`BodyLimit`, 413) at :func:`body_cap`: room for a
+``MAX_REQUEST_BODY_BYTES`` job body, the most headers and the longest URL the contract accepts, even
+when every character of them arrives JSON-escaped as ``\\uXXXX`` (6 bytes), plus 16 KiB for the rest.
+With the default 64 KiB that is 604 KiB.
 """
 
 from __future__ import annotations
@@ -15,39 +21,36 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.backend import Producer
-from pipeline.errors import BackendUnavailable, InvalidJob, QueueFull
-from pipeline.jobs import (
-    DEFAULT_PRIORITY,
-    MAX_ID_LENGTH,
-    MAX_PRIORITY,
-    MAX_URL_LENGTH,
-    MIN_PRIORITY,
-    Job,
-    new_job_id,
-)
+from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, QueueFull
+from pipeline.jobs import MAX_URL_LENGTH
 from pipeline.service import metrics
+from pipeline.service.auth import BearerAuth
 from pipeline.service.dashboard import add_dashboard
 from pipeline.service.dead_letters import add_dead_letter_routes
+from pipeline.service.flows_api import add_flow_routes
+from pipeline.service.jobs_api import add_job_routes
+from pipeline.service.responses import error
+from pipeline.settings import Settings
+from pipeline.validate import MAX_HEADERS_TOTAL
 
-MAX_BODY_BYTES = 16 * 1024
-
-
-class JobIn(BaseModel):
-    """``POST /jobs`` body. Strict types: ``"priority": "1"`` is refused, not coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    url: str = Field(max_length=MAX_URL_LENGTH)
-    priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY)
-    id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
+JSON_ESCAPE = 6  # the most bytes one character takes in JSON: \u0001
+REQUEST_SLACK = 16 * 1024  # field names, quotes, the other fields' values
 
 
-def error(status: int, message: str, field: str | None = None, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+def body_cap(max_request_body_bytes: int) -> int:
+    """The cap on a request body: what the largest job the contract accepts can take in JSON."""
+    return (
+        JSON_ESCAPE * (max_request_body_bytes + MAX_HEADERS_TOTAL + MAX_URL_LENGTH) + REQUEST_SLACK
+    )
+
+
+# under the default settings (create_app derives it from the producer's)
+MAX_BODY_BYTES = body_cap(Settings.model_fields["max_request_body_bytes"].default)
+# where in the request a validation error was found: not part of the field's name
+LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 
 
 class BodyLimit:
@@ -108,9 +111,14 @@ def create_app(producer: Producer) -> FastAPI:
     app.state.producer = producer
     _add_error_handlers(app, producer)
     _add_routes(app, producer)
+    add_job_routes(app, producer)
     add_dead_letter_routes(app, producer)
+    add_flow_routes(app, producer)
     add_dashboard(app)
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, limit=body_cap(producer.settings.max_request_body_bytes))
+    token = producer.settings.api_token.get_secret_value()
+    if token:  # added last, so it runs first: no body is read for a stranger
+        app.add_middleware(BearerAuth, token=token)
     return app
 
 
@@ -122,22 +130,30 @@ def _add_error_handlers(app: FastAPI, producer: Producer) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field = "body" if first.get("type") == "json_invalid" else (".".join(loc) or "body")
+        loc = list(first.get("loc", ()))
+        if loc and loc[0] in LOCATIONS:
+            loc = loc[1:]
+        field = (
+            "body" if first.get("type") == "json_invalid" else (".".join(map(str, loc)) or "body")
+        )
         return error(422, f"{field}: {first.get('msg', 'invalid')}", field)
 
     @app.exception_handler(InvalidJob)
     async def _invalid_job(_: Request, exc: InvalidJob) -> JSONResponse:
         return error(422, str(exc), exc.field)
 
+    @app.exception_handler(Conflict)
+    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return error(409, str(exc), "id", extra={"status": exc.status})
+
     @app.exception_handler(QueueFull)
     async def _full(_: Request, exc: QueueFull) -> JSONResponse:
         metrics.QUEUE_FULL.labels(producer.name).inc()
-        return error(503, str(exc), None, **{"Retry-After": _retry_after(producer)})
+        return error(503, str(exc), None, headers={"Retry-After": _retry_after(producer)})
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return error(503, str(exc), None, **{"Retry-After": "1"})
+        return error(503, str(exc), None, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -145,29 +161,6 @@ def _add_error_handlers(app: FastAPI, producer: Producer) -> None:
 
 
 def _add_routes(app: FastAPI, producer: Producer) -> None:
-    @app.post("/jobs", status_code=202)
-    async def submit(body: JobIn) -> JSONResponse:
-        job = Job(url=body.url, priority=body.priority, id=body.id or new_job_id())
-        submitted = await producer.submit(job)
-        record = submitted.record
-        payload = {
-            "id": record.id,
-            "status": record.status.value,
-            "existing": not submitted.created,
-        }
-        return JSONResponse(payload, status_code=202 if submitted.created else 200)
-
-    @app.get("/jobs/{job_id}")
-    async def get_job(job_id: str) -> JSONResponse:
-        record = await producer.get(job_id)
-        if record is None:
-            return error(
-                404,
-                f"unknown job {job_id[:80]!r} (the {producer.name} backend has no record)",
-                "id",
-            )
-        return JSONResponse(record.to_dict())
-
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
         return (await producer.stats()).to_dict()
@@ -179,5 +172,5 @@ def _add_routes(app: FastAPI, producer: Producer) -> None:
 
     @app.get("/metrics")
     async def get_metrics() -> PlainTextResponse:
-        body, content_type = metrics.render(await producer.stats())
+        body, content_type = metrics.render(await producer.stats(), await producer.flows())
         return PlainTextResponse(body, media_type=content_type)

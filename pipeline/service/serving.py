@@ -2,6 +2,21 @@
 
 Binding first means ``--port 0`` works (the ready line names the real port) and the ready line is
 printed only once connections are accepted, so tests and the demo wait on it instead of sleeping.
+
+Bounded connections (``REQUEST_TIMEOUT``, default 10 s, at most 30 s). uvicorn's HTTP protocols
+(``h11_impl`` and ``httptools_impl``, 0.29 to 0.54) have a keep-alive timeout that starts only
+after a response, and no deadline for reading a request: a client that sends half its headers, a
+short ``Content-Length`` body, a chunked body that never ends, or nothing at all, holds its
+connection (and, for a body, the request's task) open for ever. ``DeadlineH11Protocol`` is
+uvicorn's h11 protocol, passed in as ``uvicorn.Config(http=...)``, with one addition: from the
+moment a connection opens, and again from the end of each response, the client has
+``request_timeout`` seconds to deliver a complete request, headers *and* body. When the deadline
+passes, the client gets ``408`` with a JSON body ``{"error": ..., "field": null}`` if no response
+to that request had begun (a silent connection included), and the connection is closed; a
+connection idle after a response is just closed (uvicorn's 5 s keep-alive timeout usually does
+that first). Once a request is complete the deadline is off: the app may take as long as it needs
+(a submit waiting on a full queue). Each waiting connection costs one timer and no task, so a few
+hundred slow clients do not keep a fresh client from being served.
 """
 
 from __future__ import annotations
@@ -11,12 +26,83 @@ import contextlib
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 READY_TIMEOUT_S = 30
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+_REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+_TIMEOUT_BODY = b'{"error": "request timeout: the request was not complete in time", "field": null}'
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\nconnection: close\r\n\r\n"
+) + _TIMEOUT_BODY
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for receiving each whole request (module docstring).
+
+    What must be true: a connection that has not delivered a complete request within
+    ``request_timeout`` seconds of opening (or of the previous response ending) is closed, with a
+    408 when nothing had been sent back for that request; a complete request is never cut off."""
+
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[DeadlineH11Protocol]:
+        """A subclass whose connections get ``seconds`` to send each request."""
+        return type(cls.__name__, (cls,), {"request_timeout": seconds})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._watch()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        super().connection_lost(exc)
+
+    def _watch(self) -> None:
+        """Arm the deadline while a request is incomplete; disarm it once it is complete."""
+        if self.transport.is_closing() or self.conn.their_state in _REQUEST_DONE:
+            self._cancel()
+        elif self._deadline is None:
+            self._deadline = self.loop.call_later(self.request_timeout, self._expired)
+
+    def _cancel(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._unanswered():
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+    def _unanswered(self) -> bool:
+        """Whether the request being received has had no byte of a response yet."""
+        if self.cycle is None:  # nothing answered on this connection (a silent one included)
+            return True
+        if not self.cycle.response_started:  # the app waits for the rest of the body
+            return True
+        # the last response is complete: the next request began if any byte of it arrived
+        pending, _ = self.conn.trailing_data
+        return self.cycle.response_complete and self.conn.our_state is h11.IDLE and bool(pending)
 
 
 class Server(uvicorn.Server):
@@ -55,6 +141,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def config_for(app: Any, request_timeout: float, **options: Any) -> uvicorn.Config:
+    """uvicorn's config for ``app`` with our bounded-request protocol, no access log."""
+    return uvicorn.Config(
+        app,
+        http=DeadlineH11Protocol.with_timeout(request_timeout),
+        log_level="warning",
+        access_log=False,
+        **options,
+    )
+
+
 async def wait_started(
     server: uvicorn.Server, task: asyncio.Task[None], timeout: float = READY_TIMEOUT_S
 ) -> bool:
@@ -71,28 +168,29 @@ async def wait_started(
 async def serve(
     app: Any,
     host: str,
-    port: int,
+    port: int | Sequence[int],
     name: str,
     on_exit: Callable[[], None] | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
     **extra: object,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; print ``<name> ready: http://host:port ...``."""
-    sock = bind(host, port)
-    real_port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=None,
-        backlog=2048,
+    """Serve ``app`` on ``port`` (or on every port of a sequence: one app, several listening
+    sockets) until SIGINT/SIGTERM; print ``<name> ready: http://host:port [http://host:port2 ...]
+    key=value...`` once every socket accepts connections. A client gets ``request_timeout``
+    seconds to send each whole request (``DeadlineH11Protocol``)."""
+    ports = [port] if isinstance(port, int) else list(port)
+    sockets = [bind(host, p) for p in ports]
+    config = config_for(
+        app, request_timeout, lifespan="on", timeout_graceful_shutdown=None, backlog=2048
     )
     server = Server(config)
     server.on_exit = on_exit
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=sockets))
     if await wait_started(server, task):
+        shown = f"[{host}]" if ":" in host else host
+        urls = " ".join(f"http://{shown}:{sock.getsockname()[1]}" for sock in sockets)
         details = " ".join(f"{k}={v}" for k, v in extra.items())
-        print(f"{name} ready: http://{host}:{real_port} {details}".rstrip(), flush=True)
+        print(f"{name} ready: {urls} {details}".rstrip(), flush=True)
     await task
     if not server.started:
         sys.exit(1)

@@ -1,0 +1,138 @@
+-- lib/claim.lua: queued -> running, shared by claim.lua and finish.lua (a worker that finishes a
+-- job claims the next in the same round trip, as BullMQ's moveToFinished does). Needs lib/flow.lua
+-- and the table K (K.queue, K.running, K.hints, K.stats, K.scheduled, K.retry, K.delayed_score and
+-- the flow keys).
+--
+-- Candidates are job ids the caller learnt from an earlier reply (or a hint); their keys come in
+-- KEYS, three each: record, arq job, arq in-progress. A candidate is claimed when it is in arq's
+-- queue with a due score, not leased (K.running) and not held by a stock arq worker (its
+-- in-progress key), and its flow key lets it start; otherwise it is skipped (someone else took it)
+-- or parked (its flow key is at its limit), or dropped (its record says it already ended: a
+-- re-delivery after the end is never run). Claiming leases it to this worker ("worker|attempt|
+-- score|flow key" in K.running), moves its queue score to RUNNING_SCORE, counts the attempt in the
+-- record and sets arq's in-progress key. A job whose record counts more attempts than its
+-- max_tries is still leased (its record keeps counting only the attempts that ran), flagged
+-- exhausted: the worker ends it as failed without fetching. A job without a record was enqueued
+-- with arq's own client: it gets a minimal record, flagged foreign (its worker fills in the rest
+-- from the arq job and writes arq's result key at the end, for arq's Job.result()).
+
+local RUNNING_SCORE = @RUNNING_SCORE@
+local DEFAULT_SCORE = 9 * @PRIORITY_SPAN@
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- scheduled and retrying jobs whose time has come go back to the queue with their own score
+local function promote(zset, now)
+  local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, 100)
+  for _, id in ipairs(ids) do
+    local score = redis.call('HGET', K.delayed_score, id) or DEFAULT_SCORE
+    redis.call('ZADD', K.queue, score, id)
+    redis.call('ZADD', K.hints, score, id)
+    redis.call('HDEL', K.delayed_score, id)
+    redis.call('ZREM', zset, id)
+  end
+end
+
+local function review_waiting(now)
+  for _, fk in ipairs(redis.call('ZRANGEBYSCORE', K.flow_waiting, '-inf', now, 'LIMIT', 0, 20)) do
+    flow_review(fk, now)
+  end
+end
+
+local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
+  if redis.call('HEXISTS', kr, 'id') == 0 then  -- enqueued by arq's own client: no record yet
+    redis.call('HSET', kr, 'id', id, 'foreign', '1', 'priority', 9, 'created_at', now / 1000)
+  end
+  local attempt = redis.call('HINCRBY', kr, 'attempts', 1)
+  local most = tonumber(redis.call('HGET', kr, 'max_tries')) or max_tries
+  if attempt > most then redis.call('HINCRBY', kr, 'attempts', -1) end
+  if redis.call('HEXISTS', kr, 'released') == 1 then  -- its last attempt's worker died
+    redis.call('HINCRBY', kr, 'duplicates', 1)
+    redis.call('HINCRBY', K.stats, 'duplicates', 1)
+    redis.call('HDEL', kr, 'released')
+  end
+  redis.call('HSET', kr, 'status', 'running', 'started_at', now / 1000)
+  redis.call('HSET', K.running, id, wid .. '|' .. attempt .. '|' .. score .. '|' .. fk)
+  redis.call('ZADD', K.queue, RUNNING_SCORE, id)
+  redis.call('ZREM', K.hints, id)
+  redis.call('PSETEX', kp, ttl_ms, '1')
+  return attempt, attempt > most, redis.call('HEXISTS', kr, 'foreign')
+end
+
+-- Claim up to `most` of the candidates in ARGV[first_arg..] (keys from KEYS[first_key..]).
+-- Returns a list of {id, attempt, arq job bytes or false, exhausted 0/1, foreign 0/1}.
+local function claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
+  local out = {}
+  local k = first_key
+  for a = first_arg, #ARGV do
+    if #out >= most then break end
+    local id, kr, kj, kp = ARGV[a], KEYS[k], KEYS[k + 1], KEYS[k + 2]
+    k = k + 3
+    local score = redis.call('ZSCORE', K.queue, id)
+    local status = redis.call('HGET', kr, 'status')
+    if score and (status == 'done' or status == 'failed' or status == 'cancelled') then
+      -- delivered again after its end (re-enqueued by hand or by arq's client): drop, don't run
+      redis.call('ZREM', K.queue, id)
+      redis.call('ZREM', K.hints, id)
+      redis.call('DEL', kj)
+      redis.call('HINCRBY', K.stats, 'skipped_duplicates', 1)
+    elseif score and tonumber(score) <= now and redis.call('HEXISTS', K.running, id) == 0
+       and redis.call('EXISTS', kp) == 0 then
+      local fk = redis.call('HGET', kr, 'flow') or ''
+      local wait, rated = 0, false
+      if fk ~= '' then
+        local ahead = first_parked(fk)
+        if ahead and ahead < tonumber(score) then
+          wait = now + FLOW_RECHECK_MS  -- an earlier job of its key waits: keep the key's order
+        else
+          wait, rated = flow_wait(fk, now)
+        end
+      end
+      if wait > 0 then
+        park(fk, score, id, wait)
+      else
+        local attempt, exhausted, foreign = lease(kr, kp, id, score, fk, wid, ttl_ms, now,
+                                                  max_tries)
+        if fk ~= '' then
+          redis.call('HINCRBY', K.flow_active, fk, 1)
+          if rated then
+            redis.call('ZADD', K.flow_starts, 0, fk .. '|' .. pad(now) .. '|' .. id .. ':' .. attempt)
+          end
+        end
+        out[#out + 1] = {id, attempt, redis.call('GET', kj), exhausted and 1 or 0, foreign}
+      end
+    end
+  end
+  return out
+end
+
+local function candidates(now, n)
+  if n <= 0 then return {} end
+  return redis.call('ZRANGEBYSCORE', K.queue, '-inf', now, 'LIMIT', 0, n)
+end
+
+-- the earliest time something waiting becomes due ('' if nothing waits), in ms
+local function next_due()
+  local best = nil
+  for _, z in ipairs({K.scheduled, K.retry, K.flow_waiting}) do
+    local head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if head[2] then
+      local s = tonumber(head[2])
+      if not best or s < best then best = s end
+    end
+  end
+  return best and string.format('%.0f', best) or ''
+end
+
+-- promote what is due, claim, and say what to ask for next: {claimed, candidates, next due}
+local function claim_round(now, wid, most, ttl_ms, max_tries, room, ncand, first_arg, first_key)
+  promote(K.scheduled, now)
+  promote(K.retry, now)
+  review_waiting(now)
+  local claimed = claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
+  if #claimed > 0 then redis.call('PUBLISH', room, #claimed) end
+  return {claimed, candidates(now, ncand), next_due()}
+end

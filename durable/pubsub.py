@@ -1,0 +1,64 @@
+"""Redis plumbing every long-running loop here shares: the back-off after Redis trouble, and a
+pub/sub listener that survives it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("queue_contrast.durable")
+
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 1.0
+
+
+class Backoff:
+    """Waits between tries of a Redis call: 50 ms doubling to 1 s; reset by any answered call."""
+
+    def __init__(self) -> None:
+        self.delay = BACKOFF_FIRST_S
+        self.failing = False
+
+    async def wait(self, what: str, exc: BaseException) -> None:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can turn a cancellation mid-connect into a ConnectionError: stop, not retry
+            raise asyncio.CancelledError from exc
+        if not self.failing:
+            log.warning("redis unavailable while %s (%s); retrying", what, exc)
+        self.failing = True
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, BACKOFF_MAX_S)
+
+    def ok(self, what: str) -> None:
+        if self.failing:
+            log.warning("redis answers again (%s)", what)
+        self.failing = False
+        self.delay = BACKOFF_FIRST_S
+
+
+async def listen(redis: Redis, channel: str, on_message: Callable[[str], None]) -> None:
+    """Call ``on_message`` for every message on ``channel`` until cancelled; resubscribe after
+    Redis trouble (messages sent meanwhile are lost: every listener here has a safety net)."""
+    backoff = Backoff()
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            backoff.ok(f"listening on {channel}")
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    on_message(message["data"].decode())
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError  # redis-py's read timeout can swallow a cancel
+        except (RedisError, OSError) as exc:
+            await backoff.wait(f"listening on {channel}", exc)
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
