@@ -21,7 +21,7 @@ from pipeline.errors import QueueFull
 from pipeline.harness.upstream import max_arrivals_in_window
 from pipeline.jobs import FlowLimit, Status, url_flow_key
 from tests.harness import Harness, make_job
-from tests.helpers import Processes, async_wait_until
+from tests.helpers import Processes, allow, async_wait_until
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 CLOCK_SLACK_S = 0.05  # see tests/test_contract_manage.py
@@ -40,6 +40,7 @@ def two_hosts() -> Iterator[list[str]]:
 
 @pytest.fixture
 def hosts(two_hosts: list[str]) -> list[str]:
+    """The two hosts' base URLs, the witness reset (tests allow both: ``allow(*hosts)``)."""
     httpx.post(two_hosts[0] + "/reset", timeout=10, trust_env=False).raise_for_status()
     return two_hosts
 
@@ -65,7 +66,10 @@ async def test_parallelism_caps_one_key_and_other_keys_pass(
     a, b = hosts
     key_a, key_b = url_flow_key(a), url_flow_key(b)
     h = await make_harness(
-        workers=6, queue_maxsize=50, flow_limits=json.dumps({key_a: {"parallelism": 2}})
+        allowed_hosts=allow(*hosts),
+        workers=6,
+        queue_maxsize=50,
+        flow_limits=json.dumps({key_a: {"parallelism": 2}}),
     )
     for i in range(10):
         await h.submit_job(make_job(f"{a}/p/{i}?latency_ms=500"))
@@ -93,7 +97,7 @@ async def test_rate_limit_holds_in_every_sliding_window(
     key's jobs holds more than 5, counting every attempt (retries too), and the limit is used
     (5 do start together)."""
     a, _ = hosts
-    h = await make_harness(workers=4, queue_maxsize=50, max_tries=2)
+    h = await make_harness(allowed_hosts=allow(*hosts), workers=4, queue_maxsize=50, max_tries=2)
     await h.start_workers()
     # Open the client's connections first: a request on a new connection reaches the witness tens
     # of ms later than one on a kept-alive connection, which would skew the arrivals measured.
@@ -125,7 +129,7 @@ async def test_429_with_retry_after_pauses_only_that_key(
     retried after it; A's other jobs wait without using attempts) while host B's jobs run."""
     a, b = hosts
     key_a, key_b = url_flow_key(a), url_flow_key(b)
-    h = await make_harness(workers=3, retry_max_delay=5)
+    h = await make_harness(allowed_hosts=allow(*hosts), workers=3, retry_max_delay=5)
     await h.start_workers()
     busy = await h.submit_job(make_job(f"{a}/busy?status=429&retry_after=2&fail_times=1"))
     busy_id = busy.record.id
@@ -163,7 +167,7 @@ async def test_pause_holds_a_key_until_resumed(make_harness: MakeHarness, hosts:
     reaching the upstream) while another key's jobs run; resumed, they run once each."""
     a, b = hosts
     key_a = url_flow_key(a)
-    h = await make_harness(workers=3)
+    h = await make_harness(allowed_hosts=allow(*hosts), workers=3)
     await h.start_workers()
     state = await h.producer.pause_flow(key_a)
     assert state.paused
@@ -200,7 +204,9 @@ async def test_a_waiting_key_starts_its_jobs_by_priority_then_fifo(
     """Jobs held back by their key's limit start in priority order, FIFO within a priority."""
     a, _ = hosts
     key = url_flow_key(a)
-    h = await make_harness(workers=3, flow_limits=json.dumps({key: {"parallelism": 1}}))
+    h = await make_harness(
+        allowed_hosts=allow(*hosts), workers=3, flow_limits=json.dumps({key: {"parallelism": 1}})
+    )
     await h.start_workers()
     blocker = (await h.submit_job(make_job(f"{a}/block?latency_ms=800"))).record.id
 
@@ -224,6 +230,7 @@ async def test_jobs_waiting_on_a_key_count_toward_queue_maxsize(
     a, b = hosts
     key = url_flow_key(a)
     h = await make_harness(
+        allowed_hosts=allow(*hosts),
         workers=2,
         queue_maxsize=3,
         submit_timeout=0.3,
