@@ -115,11 +115,16 @@ async def test_rate_limit_holds_in_every_sliding_window(
     assert [r.status for r in records] == [Status.DONE] * 16
     arrivals = [x["t"] for x in await _arrivals(a, url_flow_key(a)) if x["job"] not in warm]
     assert len(arrivals) == 16
-    # Our limiter stamps a start just before the fetch; the witness stamps the arrival once its
-    # own event loop reads the request: a few ms later, varying per request (more on a busy
-    # machine), so two starts exactly 1 s apart may arrive a little closer. A 0.95 s window
-    # allows 50 ms of that jitter; the witness's own exact counter measures it.
-    assert max_arrivals_in_window(arrivals, 0.95) == 5
+    # Our limiter counts a start just before the fetch; the witness stamps the arrival once its
+    # event loop reads the request. The gap varies per request: when a burst of starts is let
+    # through at once, its requests leave one after another as the CPU allows, while a lone start
+    # a second later leaves at once. On this project's 2-core machine under load (load average
+    # ~7: other test runs) we measured bursts spread by up to 150 ms, so arrivals of starts 1 s
+    # apart can be that much closer. A 0.8 s window allows 200 ms: a limiter that lets 6 through,
+    # skips retries or ignores the rate still shows 6 or more (and one counting fixed windows
+    # does in the ~80% of runs whose first burst starts 0.2 s or more into a window).
+    relative = [round(t - arrivals[0], 3) for t in sorted(arrivals)]
+    assert max_arrivals_in_window(arrivals, 0.8) == 5, relative
 
 
 async def test_429_with_retry_after_pauses_only_that_key(
