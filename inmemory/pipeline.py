@@ -279,6 +279,7 @@ class InMemoryPipeline(Producer, WorkerPool):
     async def stats(self) -> Stats:
         self.records.expire()
         c = self.counters
+        flows = self.gate.summary()
         return Stats(
             backend=self.name,
             queued=self._queued,
@@ -293,7 +294,11 @@ class InMemoryPipeline(Producer, WorkerPool):
             dead_letters=len(self.dead),
             scheduled=self._scheduled,
             cancelled=c.cancelled,
-            extra={"job_seconds": self.durations.to_dict(), "flows": self.gate.summary()},
+            extra={
+                "job_seconds": self.durations.to_dict(),
+                "waiting_on_flow": flows["waiting"],  # as the durable backend names it
+                "flows": flows,
+            },
         )
 
     # -- dead letters -------------------------------------------------------------------------
