@@ -219,10 +219,10 @@ class FlowGate:
     def _flow(self, key: str) -> Flow:
         flow = self.flows.get(key)
         if flow is None:
+            if len(self.flows) >= self._swept_at + SWEEP_SLACK:
+                self._sweep()  # before adding: the new key is idle too, and about to be used
             limit, own = effective(self.limits, key)
             flow = self.flows[key] = Flow(key, limit, own)
-            if len(self.flows) > self._swept_at + SWEEP_SLACK:
-                self._sweep()
         return flow
 
     def _relimit(self, key: str) -> None:

@@ -185,3 +185,18 @@ async def test_shutdown_drops_scheduled_and_flow_waiting_jobs_and_says_so(
     assert fake.calls == [("running", 1)]
     assert (await pipe.get("running")).status is Status.DONE  # type: ignore[union-attr]
     assert "dropped 4 queued jobs" in caplog.text
+
+
+async def test_idle_flow_keys_are_forgotten_and_counts_stay_exact(
+    make_pipeline: Callable[..., InMemoryPipeline], fake: FakeUpstream
+) -> None:
+    """Jobs on 600 distinct flow keys: idle keys are swept from memory as new ones come, and no
+    key is left with a fetch in flight (or a negative count) once all are done."""
+    pipe = make_pipeline(workers=4, queue_maxsize=1000)
+    await pipe.start()
+    for i in range(600):
+        await pipe.submit(job(f"/k/{i}", flow_key=f"key-{i}"))
+    await asyncio.wait_for(pipe.join(), 30)
+    assert (await pipe.stats()).done == 600
+    assert await pipe.flows() == []
+    assert len(pipe.gate.flows) < 600
