@@ -118,11 +118,12 @@ async def test_rate_limit_holds_in_every_sliding_window(
     # Our limiter counts a start just before the fetch; the witness stamps the arrival once its
     # event loop reads the request. The gap varies per request: when a burst of starts is let
     # through at once, its requests leave one after another as the CPU allows, while a lone start
-    # a second later leaves at once. On this project's 2-core machine under load (load average
-    # ~7: other test runs) we measured bursts spread by up to 150 ms, so arrivals of starts 1 s
-    # apart can be that much closer. A 0.8 s window allows 200 ms: a limiter that lets 6 through,
-    # skips retries or ignores the rate still shows 6 or more (and one counting fixed windows
-    # does in the ~80% of runs whose first burst starts 0.2 s or more into a window).
+    # a second later leaves at once. On this project's 2-core machine with the CPU contended
+    # (three busy-loop processes beside concurrent test runs, load average ~7) we measured bursts
+    # spread by up to 150 ms, so arrivals of starts 1 s apart can be that much closer. A 0.8 s
+    # window allows 200 ms: a limiter that lets 6 through, skips retries or ignores the rate still
+    # shows 6 or more (and one counting fixed windows does in the ~80% of runs whose first burst
+    # starts 0.2 s or more into a window).
     relative = [round(t - arrivals[0], 3) for t in sorted(arrivals)]
     assert max_arrivals_in_window(arrivals, 0.8) == 5, relative
 
