@@ -197,8 +197,13 @@ class FlowGate:
     def states(self) -> list[FlowState]:
         """Keys with a limit of their own, or anything in flight, waiting, paused or throttled."""
         self._sweep()
-        keys = set(self.limits) | set(self.flows)
-        return [self.state(key) for key in sorted(keys)]
+        now = self.timers.now()
+        active = {
+            key
+            for key, f in self.flows.items()
+            if f.in_flight or f.reserved or f.waiting or f.paused or f.throttled(now)
+        }
+        return [self.state(key) for key in sorted(set(self.limits) | active)]
 
     def summary(self) -> dict[str, Any]:
         """A few numbers for ``/stats`` (the dashboard): keys known, jobs parked, keys held."""
@@ -214,10 +219,10 @@ class FlowGate:
     def _flow(self, key: str) -> Flow:
         flow = self.flows.get(key)
         if flow is None:
+            if len(self.flows) >= self._swept_at + SWEEP_SLACK:
+                self._sweep()  # before adding: the new key is idle too, and about to be used
             limit, own = effective(self.limits, key)
             flow = self.flows[key] = Flow(key, limit, own)
-            if len(self.flows) > self._swept_at + SWEEP_SLACK:
-                self._sweep()
         return flow
 
     def _relimit(self, key: str) -> None:

@@ -165,7 +165,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         if self.records.get(job.id) is not record:  # cancelled while it waited for room
             self.room.give()
             return Submitted(self.records.get(job.id) or record, created=True)
-        entry = Entry(job, job.flow(), seq)
+        entry = Entry(job, record.flow_key, seq)  # job.flow(), computed once
         self.live[job.id] = entry
         self._quiet.clear()
         if scheduled:
@@ -258,8 +258,8 @@ class InMemoryPipeline(Producer, WorkerPool):
         entry.cancelled = True
         where = entry.where
         if where is Where.RUNNING:
-            assert entry.task is not None
-            entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
+            if entry.task is not None:  # None: its worker was cancelled at shutdown
+                entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
         elif where in HELD:
             self.gate.withdraw(entry)  # a stale queue item is skipped when a worker takes it
             self._queued -= 1
@@ -279,6 +279,7 @@ class InMemoryPipeline(Producer, WorkerPool):
     async def stats(self) -> Stats:
         self.records.expire()
         c = self.counters
+        flows = self.gate.summary()
         return Stats(
             backend=self.name,
             queued=self._queued,
@@ -293,7 +294,11 @@ class InMemoryPipeline(Producer, WorkerPool):
             dead_letters=len(self.dead),
             scheduled=self._scheduled,
             cancelled=c.cancelled,
-            extra={"job_seconds": self.durations.to_dict(), "flows": self.gate.summary()},
+            extra={
+                "job_seconds": self.durations.to_dict(),
+                "waiting_on_flow": flows["waiting"],  # as the durable backend names it
+                "flows": flows,
+            },
         )
 
     # -- dead letters -------------------------------------------------------------------------

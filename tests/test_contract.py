@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import QueueFull
-from pipeline.jobs import Status
+from pipeline.jobs import Job, Status
 from tests.helpers import async_wait_until
 
 
@@ -137,14 +137,9 @@ async def test_resubmitted_id_runs_once(make_harness: Any) -> None:
     """Submitting the same id twice creates one job, and the second answer says it exists."""
     h = await make_harness(workers=2)
     await h.start_workers()
-    first = await h.producer.submit(
-        __import__("pipeline.jobs").jobs.Job(url=h.upstream + "/x", id="same-id")
-    )
-    second = await h.producer.submit(
-        __import__("pipeline.jobs").jobs.Job(url=h.upstream + "/x", id="same-id")
-    )
+    first = await h.submit_job(Job(url=h.upstream + "/x", id="same-id"))
+    second = await h.producer.submit(Job(url=h.upstream + "/x", id="same-id"))
     assert first.created and not second.created
-    h.jobs.append(__import__("pipeline.jobs").jobs.Job(url=h.upstream + "/x", id="same-id"))
     await h.wait_all_final()
     assert (await h.witness())["jobs"]["same-id"]["hits"] == 1
 
