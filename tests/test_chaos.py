@@ -40,7 +40,7 @@ import redis
 
 from durable import keys
 from pipeline.harness.redis_launcher import RedisProcess, start_redis
-from pipeline.harness.tcp_proxy import ProxyControl
+from pipeline.harness.processes import ProxyControl
 from tests.helpers import (
     CLI,
     Proc,

@@ -17,10 +17,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pipeline.harness.tcp_proxy import ProxyControl
 
 CLI = [sys.executable, "-m", "pipeline.cli"]
 STOP_TIMEOUT_S = 15.0
@@ -171,8 +167,6 @@ class Processes:
     def tcp_proxy(self, target_port: int, target_host: str = "127.0.0.1") -> ProxyControl:
         """Start a ``pipeline.harness.tcp_proxy`` to ``target_host:target_port`` on a free port;
         returns its control (freeze/thaw on command, connections kept open)."""
-        from pipeline.harness.tcp_proxy import ProxyControl
-
         args = [
             sys.executable,
             "-m",
@@ -188,3 +182,39 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+
+
+PROXY_ACK_TIMEOUT_S = 10.0
+
+
+class ProxyControl:
+    """A started ``pipeline.harness.tcp_proxy`` process and its address: freeze and thaw it on
+    command (it acknowledges each with a line)."""
+
+    def __init__(self, proc: Proc, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        """A Redis URL through the proxy (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def freeze(self) -> None:
+        """Stop forwarding; returns once the proxy says the freeze is in effect."""
+        self._signal(signal.SIGUSR1, "tcp-proxy frozen")
+
+    def thaw(self) -> None:
+        """Forward again; returns once the proxy says so."""
+        self._signal(signal.SIGUSR2, "tcp-proxy thawed")
+
+    def _signal(self, sig: int, ack: str) -> None:
+        seen = sum(ack in line for line in self.proc.lines)
+        self.proc.signal(sig)
+        deadline = time.monotonic() + PROXY_ACK_TIMEOUT_S
+        while sum(ack in line for line in self.proc.lines) <= seen:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {ack!r} line within {PROXY_ACK_TIMEOUT_S}s:\n{self.proc.output}"
+                )
+            time.sleep(0.01)

@@ -23,14 +23,8 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pipeline.harness.processes import Proc
 
 CHUNK = 64 * 1024
-ACK_TIMEOUT_S = 10.0
 
 
 class Proxy:
@@ -106,38 +100,6 @@ async def run(port: int, target_host: str, target_port: int) -> None:
         await stop.wait()
         for writer in list(proxy.writers):
             writer.close()
-
-
-class ProxyControl:
-    """A started proxy process (a :class:`~pipeline.harness.processes.Proc`) and its address."""
-
-    def __init__(self, proc: Proc, port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        """A Redis URL through the proxy (database 0)."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def freeze(self) -> None:
-        """Stop forwarding; returns once the proxy says the freeze is in effect."""
-        self._signal(signal.SIGUSR1, "tcp-proxy frozen")
-
-    def thaw(self) -> None:
-        """Forward again; returns once the proxy says so."""
-        self._signal(signal.SIGUSR2, "tcp-proxy thawed")
-
-    def _signal(self, sig: int, ack: str) -> None:
-        seen = sum(ack in line for line in self.proc.lines)
-        self.proc.signal(sig)
-        deadline = time.monotonic() + ACK_TIMEOUT_S
-        while sum(ack in line for line in self.proc.lines) <= seen:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"no {ack!r} line within {ACK_TIMEOUT_S}s:\n{self.proc.output}"
-                )
-            time.sleep(0.01)
 
 
 def main() -> None:
