@@ -39,8 +39,8 @@ import pytest
 import redis
 
 from durable import keys
-from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from pipeline.harness.processes import ProxyControl
+from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from tests.helpers import (
     CLI,
     Proc,
