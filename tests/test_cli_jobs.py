@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -175,27 +176,34 @@ def background() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait(timeout=15)
 
 
-def test_submit_wait_ends_when_a_job_is_cancelled(
+def test_submit_wait_prints_each_ending_as_it_happens_cancelled_included(
     api: str, upstream: str, background: list[subprocess.Popen[str]]
 ) -> None:
-    """`submit --wait` watching a far-scheduled job prints `cancelled` once another client
-    cancels it, and exits 1 (not every job ended done)."""
-    url = upstream + "/never"
+    """`submit --wait` prints a fast job's line while a slow one still runs; once another client
+    cancels the running one it prints `cancelled` for it and exits 1 (not every job ended done)."""
+    fast, slow = f"{upstream}/fast?latency_ms=0", f"{upstream}/slow?latency_ms=20000"
     waiting = subprocess.Popen(
-        [*CLI, "submit", "--api", api, "--wait", "--timeout", "60", "--delay", "3600",
-         "--id", "w-1", url],
+        [*CLI, "submit", "--api", api, "--wait", "--timeout", "60", fast, slow],
         env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     background.append(waiting)
-    ok = httpx.codes.OK
-    wait_until(
-        lambda: httpx.get(f"{api}/jobs/w-1", trust_env=False).status_code == ok, 30, "w-1 known"
-    )
-    cancelled = cli("cancel", "--api", api, "w-1")
-    assert (cancelled.returncode, cancelled.stdout) == (0, "w-1 cancelled\n"), cancelled.stderr
+    assert waiting.stdout is not None
+    ready, _, _ = select.select([waiting.stdout], [], [], 30)
+    assert ready, "no line from submit --wait within 30 s"
+    first = waiting.stdout.readline()
+    assert re.fullmatch(rf"\w+ done http=200 attempts=1 {re.escape(fast)}\n", first), first
+    assert waiting.poll() is None, "it ended before the slow job did"
+
+    def slow_job() -> str | None:
+        seen = get_json(upstream + "/requests")["requests"]
+        return next((r["job"] for r in seen if r["path"] == "/slow"), None)
+
+    job_id = wait_until(slow_job, 30, "the slow job to reach the upstream")
+    cancelled = cli("cancel", "--api", api, job_id)
+    assert (cancelled.returncode, cancelled.stdout) == (0, f"{job_id} cancelled\n")
     out, err = waiting.communicate(timeout=30)
-    assert (waiting.returncode, out) == (EXIT_FAILED, f"w-1 cancelled http=- attempts=0 {url}\n")
-    assert err == "" and arrived(upstream, "w-1") == []
+    assert waiting.returncode == EXIT_FAILED, err
+    assert re.fullmatch(rf"{job_id} cancelled http=- attempts=\d+ {re.escape(slow)}\n", out), out
 
 
 def test_jobs_follows_every_page(api: str, upstream: str, monkeypatch: pytest.MonkeyPatch) -> None:
