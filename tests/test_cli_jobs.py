@@ -134,8 +134,9 @@ def test_submit_reads_a_body_from_a_file_or_stdin(api: str, upstream: str, tmp_p
 
 
 def test_a_crawl_batch_reads_back_every_page_exactly(api: str, upstream: str) -> None:
-    """A batch of GETs submitted with --wait: `result ID` prints each page byte for byte; a job
-    with no stored body, or an unknown id, is one line and exit 1."""
+    """A batch of GETs submitted with --wait: `result ID` prints each page byte for byte; a URL
+    the service refuses is one line on stderr and the rest of its batch still runs; a job with
+    no stored body, or an unknown id, is one line and exit 1."""
     texts = [f"<p>page {i} – ü</p>\n" * 3 for i in range(3)]
     pages = {f"{upstream}/page/{i}?text={quote(text)}": text for i, text in enumerate(texts)}
     done = cli("submit", "--api", api, "--wait", "--timeout", "60", *pages)
@@ -151,6 +152,12 @@ def test_a_crawl_batch_reads_back_every_page_exactly(api: str, upstream: str) ->
             check=False,
         )
         assert (body.returncode, body.stdout) == (0, text.encode())
+
+    refused = f"http://127.0.0.1:{free_port()}/not-allowed"  # the guard refuses it: 422
+    mixed = cli("submit", "--api", api, "--wait", refused, upstream + "/after-the-refusal")
+    assert mixed.returncode == EXIT_FAILED
+    assert f"queue-contrast: {refused}: 422 url: " in one_line(mixed.stderr)
+    assert mixed.stdout.endswith(f" done http=200 attempts=1 {upstream}/after-the-refusal\n")
 
     later = cli("submit", "--api", api, "--delay", "3600", "--id", "later", upstream + "/x")
     assert later.stdout == f"later scheduled {upstream}/x\n", later.stderr
@@ -356,3 +363,23 @@ def test_a_bad_option_is_one_line_and_exit_2_before_anything_is_sent(
     line = one_line(done.stderr)
     assert says in line and line.endswith(" --help')"), line
     assert done.stdout == "" and SECRET not in done.stderr
+
+
+async def test_submit_waits_out_a_503_whatever_its_retry_after_says() -> None:
+    """A 503 whose Retry-After is an HTTP date (not seconds) is waited out like any other: the
+    job is submitted again and accepted, not a crash."""
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, json={}),
+        httpx.Response(202, json={"id": "j", "status": "queued", "existing": False}),
+    ]
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return answers[len(seen) - 1]
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        accepted = await CLIENT.submit_one(client, {"url": URL}, time.monotonic() + 30)
+    assert (accepted.id, accepted.status, accepted.existing) == ("j", "queued", False)
+    assert len(seen) == 2 and seen[0] == seen[1]
