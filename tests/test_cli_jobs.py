@@ -136,7 +136,8 @@ def test_submit_reads_a_body_from_a_file_or_stdin(api: str, upstream: str, tmp_p
 def test_a_crawl_batch_reads_back_every_page_exactly(api: str, upstream: str) -> None:
     """A batch of GETs submitted with --wait: `result ID` prints each page byte for byte; a URL
     the service refuses is one line on stderr and the rest of its batch still runs; a job with
-    no stored body, or an unknown id, is one line and exit 1."""
+    no stored body, or an unknown id, is one line and exit 1; `--wait` on a job that has not
+    ended by --timeout says so and exits 1."""
     texts = [f"<p>page {i} – ü</p>\n" * 3 for i in range(3)]
     pages = {f"{upstream}/page/{i}?text={quote(text)}": text for i, text in enumerate(texts)}
     done = cli("submit", "--api", api, "--wait", "--timeout", "60", *pages)
@@ -161,6 +162,11 @@ def test_a_crawl_batch_reads_back_every_page_exactly(api: str, upstream: str) ->
 
     later = cli("submit", "--api", api, "--delay", "3600", "--id", "later", upstream + "/x")
     assert later.stdout == f"later scheduled {upstream}/x\n", later.stderr
+    again = cli(
+        "submit", "--api", api, "--id", "later", "--wait", "--timeout", "1", upstream + "/x"
+    )
+    assert again.returncode == EXIT_FAILED, again.stderr  # known id; still scheduled at --timeout
+    assert again.stdout == f"later timeout status=scheduled http=- attempts=0 {upstream}/x\n"
     none = cli("result", "--api", api, "later")
     assert none.returncode == EXIT_FAILED and none.stdout == ""
     assert one_line(none.stderr) == (
@@ -278,7 +284,8 @@ def test_cancel_queued_and_scheduled_jobs_and_409_for_a_done_one(
 ) -> None:
     """`cancel` of a job held by a paused flow or scheduled an hour ahead prints `<id>
     cancelled` (and it is never fetched); a done job is 409 and an unknown one 404, one line and
-    exit 1 each; `result` of the done job is the upstream's text (on both backends)."""
+    exit 1 each; `result` of the done job is the upstream's text, and submitting its id again
+    says `existing=true` (on both backends)."""
     env: dict[str, object] = {"QUEUE_BACKEND": backend, "ALLOWED_HOSTS": allow(upstream)}
     if backend == "durable":
         env["REDIS_URL"] = request.getfixturevalue("redis_url")
@@ -301,6 +308,8 @@ def test_cancel_queued_and_scheduled_jobs_and_409_for_a_done_one(
         assert (cancelled.returncode, cancelled.stdout) == (0, f"{job_id} cancelled\n")
     shown = cli("status", "--api", api, "c-held")
     assert re.search(r"^status: +cancelled$", shown.stdout, re.M), shown.stdout
+    known = cli("submit", "--api", api, "--id", "c-done", fin)
+    assert known.stdout == f"c-done done existing=true {fin}\n", known.stderr
     conflict = cli("cancel", "--api", api, "c-done")
     assert conflict.returncode == EXIT_FAILED
     assert re.fullmatch(r"queue-contrast: 409 .*c-done.* done", one_line(conflict.stderr))
