@@ -80,7 +80,19 @@ def test_worker_with_inmemory_backend_explains_itself() -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "worker", "submit", "upstream", "crash-demo", "dead-letters"]
+    "command",
+    [
+        "serve",
+        "worker",
+        "submit",
+        "status",
+        "result",
+        "cancel",
+        "jobs",
+        "upstream",
+        "crash-demo",
+        "dead-letters",
+    ],
 )
 def test_every_command_has_help(command: str) -> None:
     """Each subcommand's --help exits 0 and says what it does."""
@@ -126,7 +138,16 @@ def test_every_option_of_every_command_has_help() -> None:
         if isinstance(param, click.Option) and not (param.help or "").strip()
     ]
     assert missing == []
-    assert {name for name, _ in _commands(main)} >= {"serve", "submit", "dead-letters list"}
+    assert {name for name, _ in _commands(main)} >= {
+        "serve",
+        "submit",
+        "status",
+        "result",
+        "cancel",
+        "jobs",
+        "dead-letters list",
+        "dead-letters purge",
+    }
 
 
 def test_version_comes_from_the_installed_distribution() -> None:
@@ -151,11 +172,17 @@ def test_serve_help_lists_every_route_of_the_service() -> None:
     [
         ["submit", "http://example.com/x"],
         ["submit", "--wait", "http://example.com/x"],
+        ["submit", "--method", "POST", "--json", '{"a": 1}', "http://example.com/x"],
+        ["status", "some-id"],
+        ["result", "some-id"],
+        ["cancel", "some-id"],
+        ["jobs"],
         ["dead-letters", "list"],
         ["dead-letters", "retry", "--all"],
         ["dead-letters", "retry", "some-id"],
+        ["dead-letters", "purge", "--yes"],
     ],
-    ids=lambda a: " ".join(a[:2]),
+    ids=lambda a: " ".join(a[:3]),
 )
 def test_client_commands_without_a_service_say_so_in_one_line(args: list[str]) -> None:
     """With nothing listening at --api, each client command prints one line and exits 3."""
@@ -168,14 +195,17 @@ def test_client_commands_without_a_service_say_so_in_one_line(args: list[str]) -
 
 
 def test_submit_wait_prints_why_a_job_failed(processes: Processes, upstream: str) -> None:
-    """`submit --wait` puts each failed job's error on its line and exits 1."""
+    """`submit --wait` prints one line per job as it ends (id, status, HTTP status, attempts;
+    a failed job's error) and exits 1 when one failed."""
     _, api = processes.serve(QUEUE_BACKEND="inmemory", MAX_TRIES=1, ALLOWED_HOSTS=allow(upstream))
     ok, gone = f"{upstream}/fine", f"{upstream}/gone?status=404"
     done = run("submit", "--api", api, "--wait", "--timeout", "60", ok, gone)
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
-    assert any(line.endswith(f" done {ok}") for line in lines), lines
-    assert any(f" failed error='HTTP 404' {gone}" in line for line in lines), lines
+    assert len(lines) == 2, lines
+    assert any(re.fullmatch(rf"\w+ done http=200 attempts=1 {re.escape(ok)}", li) for li in lines)
+    failed = rf"\w+ failed http=404 attempts=1 error='HTTP 404' {re.escape(gone)}"
+    assert any(re.fullmatch(failed, line) for line in lines), lines
 
 
 def test_dead_letters_list_sends_api_token(processes: Processes, upstream: str) -> None:

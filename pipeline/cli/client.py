@@ -1,25 +1,35 @@
 """The command line's HTTP client: a well-behaved producer for ``queue-contrast submit`` (honours
-503 + Retry-After, never drops) and ``queue-contrast dead-letters list|retry``.
+503 + Retry-After, never drops), and the readers behind ``status``, ``result``, ``cancel``,
+``jobs`` and ``dead-letters list|retry|purge``.
 
 Every request carries ``Authorization: Bearer <API_TOKEN>`` when the CLI was given a token (the
 ``API_TOKEN`` environment variable, read by ``pipeline.cli.main``). Errors are ours, mapped by the
 CLI to one line and an exit code: ``Unreachable`` (no service at that address, exit 3) and
-``ServiceError`` (the service answered with an error, exit 1).
+``ServiceError`` (the service answered with an error, exit 1). Nothing here prints a request's
+headers: what a command shows of a job comes from the service, which masks credentials.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 MAX_RETRY_WAIT_S = 10.0
-FINAL = ("done", "failed")
+FINAL = ("done", "failed", "cancelled")
+PAGE = 1000  # the service's largest page (MAX_PAGE)
+POLLERS = 8  # GET /jobs/{id} requests in flight at once while --wait watches a batch
+ROUND = 64  # jobs checked per polling round (the others wait their turn, in order)
+MAX_POLL_S = 0.5
+JOB_REFUSALS = (400, 413, 422)  # about this one job: a batch reports it and goes on
 
 
 class Unreachable(Exception):
@@ -27,7 +37,11 @@ class Unreachable(Exception):
 
 
 class ServiceError(Exception):
-    """The service answered, with an error; the message is one line."""
+    """The service answered, with an error; the message is one line, ``status`` its HTTP status."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -55,93 +69,349 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 def _error(response: httpx.Response, what: str = "") -> ServiceError:
     message = _json(response).get("error") or response.text.strip()[:200]
     prefix = f"{what}: " if what else ""
-    return ServiceError(f"{prefix}{response.status_code} {message}")
+    line = " ".join(f"{prefix}{response.status_code} {message}".split())
+    return ServiceError(line, response.status_code)
 
 
-async def submit_one(client: httpx.AsyncClient, url: str, priority: int, deadline: float) -> str:
-    """POST one job, waiting out 503s until ``deadline``; returns the job id."""
+def _retry_after(response: httpx.Response) -> float:
+    """Retry-After in seconds (an HTTP date or garbage counts as 1 s)."""
+    try:
+        return max(float(response.headers.get("retry-after", "1")), 0.0)
+    except ValueError:
+        return 1.0
+
+
+def _path(job_id: str, tail: str = "") -> str:
+    return f"/jobs/{quote(job_id, safe='')}{tail}"
+
+
+# -- submit ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The service's answer to one ``POST /jobs``."""
+
+    id: str
+    status: str
+    existing: bool
+
+
+async def submit_one(
+    client: httpx.AsyncClient, payload: Mapping[str, Any], deadline: float
+) -> Accepted:
+    """POST one job, waiting out 503s as Retry-After asks until ``deadline``."""
     while True:
-        response = await client.post("/jobs", json={"url": url, "priority": priority})
+        response = await client.post("/jobs", json=dict(payload))
         if response.status_code in (200, 202):
-            return str(response.json()["id"])
+            body = _json(response)
+            return Accepted(str(body["id"]), str(body.get("status")), bool(body.get("existing")))
         if response.status_code != 503 or time.monotonic() >= deadline:
-            raise _error(response, url)
-        wait = float(response.headers.get("retry-after", "1"))
-        await asyncio.sleep(min(wait, MAX_RETRY_WAIT_S, max(deadline - time.monotonic(), 0)))
+            raise _error(response, str(payload.get("url")))
+        wait = min(_retry_after(response), MAX_RETRY_WAIT_S)
+        await asyncio.sleep(min(wait, max(deadline - time.monotonic(), 0)))
 
 
-async def wait_done(client: httpx.AsyncClient, job_id: str, deadline: float) -> dict[str, Any]:
-    """The job's record once it is done or failed; ``{"status": "timeout"}`` at ``deadline``."""
-    delay = 0.05
-    while time.monotonic() < deadline:
-        response = await client.get(f"/jobs/{quote(job_id, safe='')}")
+def format_accepted(accepted: Accepted, url: str) -> str:
+    """``<id> <status> [existing=true] <url>``: one line per submitted job."""
+    existing = " existing=true" if accepted.existing else ""
+    return f"{accepted.id} {accepted.status}{existing} {url}"
+
+
+def format_outcome(
+    job_id: str, url: str, record: Mapping[str, Any], timed_out: bool = False
+) -> str:
+    """One line per job once it ended: ``<id> <status> http=<code> attempts=<n> [error=...]
+    <url>``; a job still not ended when --wait gave up: ``<id> timeout status=<last> ...``."""
+    result = record.get("result") or {}
+    status = str(record.get("status"))
+    head = f"{job_id} timeout status={status}" if timed_out else f"{job_id} {status}"
+    http = result.get("http_status")
+    parts = [
+        head,
+        f"http={http if http is not None else '-'}",
+        f"attempts={record.get('attempts', 0)}",
+    ]
+    if result.get("error") and status != "done":
+        parts.append(f"error={result['error']!r}")
+    return " ".join([*parts, url])
+
+
+class _Watcher:
+    """Polls the jobs of one batch and echoes each job's outcome line when it ends, while the
+    batch is still being submitted. Each round checks at most ``ROUND`` jobs (``POLLERS``
+    requests at once), taking turns in submission order, so a big batch costs the service a
+    bounded number of requests a second."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, deadline: float, echo: Callable[[str], None]
+    ) -> None:
+        self.client, self.deadline, self.echo = client, deadline, echo
+        self.pending: dict[str, str] = {}  # id -> url, next to check first
+        self.last: dict[str, dict[str, Any]] = {}
+        self.all_done = True
+        self.closed = asyncio.Event()  # set when no more jobs are coming
+
+    def add(self, job_id: str, url: str) -> None:
+        self.pending[job_id] = url
+
+    async def run(self) -> None:
+        gate = asyncio.Semaphore(POLLERS)
+        delay = 0.05
+        while (self.pending or not self.closed.is_set()) and time.monotonic() < self.deadline:
+            turn = list(self.pending)[:ROUND]
+            await asyncio.gather(*(self._check(job_id, gate) for job_id in turn))
+            for job_id in turn:  # those still pending go to the back of the line
+                if job_id in self.pending:
+                    self.pending[job_id] = self.pending.pop(job_id)
+            wait = min(delay, max(self.deadline - time.monotonic(), 0))
+            if not self.pending and not self.closed.is_set():
+                with contextlib.suppress(TimeoutError):  # the end of submission wakes it
+                    await asyncio.wait_for(self.closed.wait(), wait)
+            else:
+                await asyncio.sleep(wait)
+            delay = min(delay * 2, MAX_POLL_S)
+        for job_id, url in self.pending.items():
+            self.all_done = False
+            self.echo(format_outcome(job_id, url, self.last.get(job_id, {}), timed_out=True))
+
+    async def _check(self, job_id: str, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            response = await self.client.get(_path(job_id))
+        if response.status_code == 404:  # e.g. an in-memory service that restarted
+            gone = {"status": "unknown", "result": {"error": _json(response).get("error")}}
+            self._ended(job_id, gone)
+            return
         if response.status_code != 200:
             raise _error(response, job_id)
         record = _json(response)
+        self.last[job_id] = record
         if record.get("status") in FINAL:
-            return record
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
-    return {"status": "timeout"}
+            self._ended(job_id, record)
 
-
-def format_outcome(job_id: str, url: str, record: dict[str, Any]) -> str:
-    """One line per job: id, status, and for a failure its reason (the record's result.error)."""
-    status = str(record.get("status"))
-    if status == "failed":
-        error = (record.get("result") or {}).get("error")
-        return f"{job_id} failed error={error!r} {url}"
-    return f"{job_id} {status} {url}"
+    def _ended(self, job_id: str, record: dict[str, Any]) -> None:
+        url = self.pending.pop(job_id)
+        self.all_done &= record.get("status") == "done"
+        self.echo(format_outcome(job_id, url, record))
 
 
 async def submit_all(
     api: str,
     urls: list[str],
-    priority: int,
+    fields: Mapping[str, Any],
     *,
     wait: bool,
     within_s: float,
     echo: Callable[[str], None],
+    warn: Callable[[str], None],
     token: str = "",
 ) -> bool:
-    """Submit ``urls``, echoing one line per job as it is queued (or, with ``wait``, once every
-    job is done or failed, each failure with its reason). True if nothing failed."""
+    """Submit one job per URL (each ``fields`` plus its ``url``), echoing one line per job as it
+    is accepted, or with ``wait`` one line per job as it ends (done, failed or cancelled). A job
+    the service refuses (422, 413, 400) is reported through ``warn`` and the batch goes on; any
+    other error answer ends it (``ServiceError``). True if every job was accepted and, with
+    ``wait``, ended done within ``within_s`` seconds."""
     deadline = time.monotonic() + within_s
     client = httpx.AsyncClient(base_url=api, timeout=30, trust_env=False, headers=_headers(token))
     with _reaching(api):
         async with client:
-            ids = []
-            for url in urls:
-                ids.append(await submit_one(client, url, priority, deadline))
-                if not wait:
-                    echo(f"{ids[-1]} queued {url}")
             if not wait:
-                return True
-            records = await asyncio.gather(*(wait_done(client, i, deadline) for i in ids))
-    for job_id, url, record in zip(ids, urls, records, strict=True):
-        echo(format_outcome(job_id, url, record))
-    return all(r.get("status") == "done" for r in records)
+                return await _submit_each(client, urls, fields, deadline, echo, warn, None)
+            watcher = _Watcher(client, deadline, echo)
+            watching = asyncio.create_task(watcher.run())
+            try:
+                accepted = await _submit_each(client, urls, fields, deadline, echo, warn, watcher)
+            except BaseException:
+                watching.cancel()
+                with contextlib.suppress(BaseException):
+                    await watching
+                raise
+            watcher.closed.set()
+            await watching
+            return accepted and watcher.all_done
 
 
-# -- dead letters (``queue-contrast dead-letters list|retry``) ---------------------------------------
+async def _submit_each(
+    client: httpx.AsyncClient,
+    urls: list[str],
+    fields: Mapping[str, Any],
+    deadline: float,
+    echo: Callable[[str], None],
+    warn: Callable[[str], None],
+    watcher: _Watcher | None,
+) -> bool:
+    """Submit every URL in turn; False if the service refused any of them."""
+    all_accepted = True
+    for url in urls:
+        try:
+            accepted = await submit_one(client, {**fields, "url": url}, deadline)
+        except ServiceError as exc:
+            if exc.status not in JOB_REFUSALS:
+                raise
+            warn(str(exc))
+            all_accepted = False
+            continue
+        if watcher is not None:
+            watcher.add(accepted.id, url)
+        else:
+            echo(format_accepted(accepted, url))
+    return all_accepted
+
+
+# -- one job: status, result, cancel; the list -------------------------------------------------
 
 
 def _api_client(api: str, token: str) -> httpx.Client:
     return httpx.Client(base_url=api, timeout=30, trust_env=False, headers=_headers(token))
 
 
-def list_dead_letters(api: str, token: str = "") -> list[dict[str, Any]]:
-    """The service's dead letters, oldest first."""
+def get_job(api: str, job_id: str, token: str = "") -> dict[str, Any]:
+    """The job's record as the service shows it (credential header values masked)."""
     with _reaching(api), _api_client(api, token) as client:
-        response = client.get("/dead-letters")
+        response = client.get(_path(job_id))
     if response.status_code != 200:
         raise _error(response)
-    return list(_json(response).get("dead_letters", []))
+    return _json(response)
+
+
+def get_result(api: str, job_id: str, token: str = "") -> tuple[bytes, bool]:
+    """The stored response body of the job, exactly as the upstream sent it (up to the service's
+    RESULT_BODY_BYTES), and whether it was cut there."""
+    with _reaching(api), _api_client(api, token) as client:
+        response = client.get(_path(job_id, "/result"))
+    if response.status_code == 200:
+        return response.content, response.headers.get("x-result-truncated") == "true"
+    status = _json(response).get("status")
+    if response.status_code == 404 and status:
+        raise ServiceError(f"job {job_id!r} has no stored response body (its status is {status})")
+    raise _error(response)
+
+
+def cancel_job(api: str, job_id: str, token: str = "") -> dict[str, Any]:
+    """Cancel a queued, scheduled or running job; its record afterwards."""
+    with _reaching(api), _api_client(api, token) as client:
+        response = client.delete(_path(job_id))
+    if response.status_code != 200:
+        raise _error(response)
+    return _json(response)
+
+
+def _pages(
+    api: str, token: str, path: str, key: str, limit: int | None, params: Mapping[str, str]
+) -> Iterator[dict[str, Any]]:
+    """Every item of a paged listing (``key`` in each page), following ``next_cursor``, at most
+    ``limit`` of them (None: all)."""
+    cursor: str | None = None
+    seen: set[str] = set()
+    left = limit
+    with _reaching(api), _api_client(api, token) as client:
+        while left is None or left > 0:
+            page_size = PAGE if left is None else min(left, PAGE)
+            query = {**params, "limit": str(page_size), **({"cursor": cursor} if cursor else {})}
+            response = client.get(path, params=query)
+            if response.status_code != 200:
+                raise _error(response)
+            body = _json(response)
+            items = list(body.get(key) or [])
+            yield from items[:left]
+            if left is not None:
+                left -= len(items)
+            cursor = body.get("next_cursor")
+            if not cursor or not items or cursor in seen:  # the last page (or a stuck cursor)
+                return
+            seen.add(cursor)
+
+
+def list_jobs(
+    api: str, token: str = "", *, status: str | None, limit: int | None, order: str
+) -> Iterator[dict[str, Any]]:
+    """Job records, ``order`` (oldest|newest) first, optionally of one ``status``."""
+    params = {"order": order, **({"status": status} if status else {})}
+    return _pages(api, token, "/jobs", "jobs", limit, params)
+
+
+def format_job(record: Mapping[str, Any]) -> str:
+    """``<id> <status> <method> <url> attempts=<n> [error=...]``: one line per job."""
+    error = (record.get("result") or {}).get("error")
+    line = (
+        f"{record.get('id')} {record.get('status')} {record.get('method', 'GET')} "
+        f"{record.get('url')} attempts={record.get('attempts', 0)}"
+    )
+    return f"{line} error={error!r}" if error else line
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float) or not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe_job(record: Mapping[str, Any]) -> list[str]:
+    """The record as aligned ``name: value`` lines, only from what the service sent (so header
+    values are as masked as the service masked them)."""
+    rows: list[tuple[str, str]] = [
+        ("id", str(record.get("id"))),
+        ("status", str(record.get("status"))),
+        ("request", f"{record.get('method', 'GET')} {record.get('url')}"),
+    ]
+    headers = record.get("headers") or {}
+    rows += [("header", f"{name}: {value}") for name, value in headers.items()]
+    tries = record.get("max_tries")
+    rows += [
+        ("priority", str(record.get("priority"))),
+        ("flow key", str(record.get("flow_key") or "-")),
+        ("attempts", f"{record.get('attempts', 0)}" + (f" of at most {tries}" if tries else "")),
+    ]
+    if record.get("timeout_s") is not None:
+        rows.append(("timeout", f"{record['timeout_s']} s"))
+    if record.get("duplicates"):
+        rows.append(("duplicates", str(record["duplicates"])))
+    rows += [("created", _when(record.get("created_at")))]
+    if record.get("run_at"):
+        rows.append(("run at", _when(record["run_at"])))
+    rows.append(("finished", _when(record.get("finished_at"))))
+    rows += _describe_result(record.get("result"))
+    width = max(len(name) for name, _ in rows) + 2
+    return [f"{name + ':':<{width}}{value}" for name, value in rows]
+
+
+def _describe_result(result: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    if not result:
+        return [("response", "-")]
+    http = result.get("http_status")
+    answer = f"HTTP {http}" if http is not None else "no HTTP answer"
+    answer += f", {result.get('bytes', 0)} bytes in {float(result.get('elapsed_s') or 0):.3f} s"
+    if result.get("truncated"):
+        answer += " (body truncated)"
+    rows = [("response", answer)]
+    rows += [("resp header", f"{k}: {v}") for k, v in (result.get("headers") or {}).items()]
+    if result.get("error"):
+        rows.append(("error", str(result["error"])))
+    return rows
+
+
+# -- dead letters (``queue-contrast dead-letters list|retry|purge``) -------------------------------
+
+
+def list_dead_letters(api: str, token: str = "") -> list[dict[str, Any]]:
+    """Every dead letter the service holds, oldest first (all pages)."""
+    return list(_pages(api, token, "/dead-letters", "dead_letters", None, {}))
 
 
 def format_dead_letter(letter: dict[str, Any]) -> str:
     """One grep-friendly line: id, attempts, error, url."""
     return f"{letter['id']} attempts={letter['attempts']} error={letter['error']!r} {letter['url']}"
+
+
+def purge_dead_letters(api: str, older_than_s: float | None, token: str = "") -> int:
+    """Delete the dead letters (those that failed more than ``older_than_s`` ago, if given);
+    how many went."""
+    params = {} if older_than_s is None else {"older_than": str(older_than_s)}
+    with _reaching(api), _api_client(api, token) as client:
+        response = client.delete("/dead-letters", params=params)
+    if response.status_code != 200:
+        raise _error(response)
+    return int(_json(response).get("purged", 0))
 
 
 def retry_dead_letters(api: str, job_id: str | None, within_s: float, token: str = "") -> list[str]:
@@ -163,5 +433,5 @@ def retry_dead_letters(api: str, job_id: str | None, within_s: float, token: str
             if response.status_code != 503 or time.monotonic() >= deadline:
                 raise _error(response)
             requeued += body.get("requeued", [])
-            wait = float(response.headers.get("retry-after", "1"))
-            time.sleep(min(wait, MAX_RETRY_WAIT_S, max(deadline - time.monotonic(), 0)))
+            wait = min(_retry_after(response), MAX_RETRY_WAIT_S)
+            time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
