@@ -113,9 +113,10 @@ is 503 with `Retry-After`: nothing was queued, never a silent drop."""
 
 
 class JobIn(BaseModel):
-    """``POST /jobs`` body. ``json`` is any JSON value (``null`` included: a JSON null body, told
-    from an absent ``json`` by ``model_fields_set``); ``body`` is text. Bounds that depend on the
-    service's settings (``timeout_s``, ``max_tries``, body size) are the contract's to check."""
+    """The request to make. `json` is any JSON value (`null` included: a JSON null body; an
+    absent `json` is no body); `body` is text; not both, and neither with GET or HEAD. The bounds
+    of `timeout_s`, `max_tries` and `body` are this service's JOB_TIMEOUT, MAX_TRIES and
+    MAX_REQUEST_BODY_BYTES (the document states them; the contract's check applies them)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=JOB_RULES)
 
