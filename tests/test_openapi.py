@@ -26,7 +26,9 @@ private redis-server), and asserts that no check failed. Every check is on, with
 The handler behind the in-memory workers fetches nothing (it answers a canned body), so a job URL
 schemathesis makes up is never fetched; the guard allows private and link-local addresses here,
 so that only the reasons it refuses every configuration (unroutable literals) are left to
-``DOCUMENTED_REFUSALS``. The durable run has no workers: jobs stay queued, and ``QUEUE_MAXSIZE``
+``DOCUMENTED_REFUSALS``. A third run sets ``API_TOKEN`` and gives schemathesis the token, so
+``ignored_auth`` checks that every operation the document secures refuses a request without it.
+The durable run has no workers: jobs stay queued, and ``QUEUE_MAXSIZE``
 is far above what the run submits, so a 503 for a full queue (documented) never makes
 ``not_a_server_error`` fail. Generation is deterministic (a fixed seed), so a run is repeatable.
 
@@ -168,16 +170,21 @@ class Found:
     phases: dict[str, str] = field(default_factory=dict)
 
 
-def run_schemathesis(app: Any) -> Found:
-    """Every phase and check of schemathesis (as above) against ``app``, in-process."""
+def run_schemathesis(app: Any, token: str = "") -> Found:
+    """Every phase and check of schemathesis (as above) against ``app``, in-process; with
+    ``token``, as a client that has it (``ignored_auth`` then checks every secured operation
+    refuses a request without it)."""
+    auth: dict[str, Any] = {"auth": {"openapi": {"bearer": {"bearer": token}}}} if token else {}
     config = SchemathesisConfig.from_dict(
         {
+            **auth,
             "seed": SEED,
             "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True},
             "checks": {"negative_data_rejection": {"expected-statuses": REFUSALS}},
         }
     )
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config, headers=headers)
     schema.config.checks.update(included_check_names=["all"], excluded_check_names=EXCLUDED_CHECKS)
     found = Found()
     for event in from_schema(schema).execute():
@@ -217,11 +224,20 @@ def schemathesis_lifespans() -> Iterator[None]:
         shutdown_lifespans()
 
 
-@pytest.mark.parametrize("backend", ["inmemory", "durable"])
+@pytest.mark.parametrize(
+    ("backend", "token"),
+    [
+        ("inmemory", ""),
+        # ~15 s each here: in the slow set with the process tests (CI runs every test)
+        pytest.param("durable", "", marks=pytest.mark.slow),
+        pytest.param("inmemory", "t0ken", marks=pytest.mark.slow),
+    ],
+    ids=["inmemory", "durable", "inmemory-api-token"],
+)
 def test_schemathesis_finds_no_failure(
-    backend: str, request: pytest.FixtureRequest, schemathesis_lifespans: None
+    backend: str, token: str, request: pytest.FixtureRequest, schemathesis_lifespans: None
 ) -> None:
-    """Every schemathesis check passes on every route, on both backends."""
+    """Every schemathesis check passes on every route, on both backends (and with API_TOKEN)."""
     redis_url = request.getfixturevalue("redis_url") if backend == "durable" else ""
     settings = Settings.from_env(
         {},
@@ -231,8 +247,9 @@ def test_schemathesis_finds_no_failure(
         allow_link_local=True,
         queue_maxsize=100_000,
         submit_timeout=0.5,
+        api_token=token,
     )
-    found = run_schemathesis(create_app(make_producer(settings, canned)))
+    found = run_schemathesis(create_app(make_producer(settings, canned)), token)
     assert not found.errors, found.errors
     assert not found.failures, "\n".join(f"{k}: {v}" for k, v in sorted(found.failures.items()))
     assert found.scenarios > 0
@@ -579,3 +596,15 @@ def test_docs_render_in_a_browser_from_this_service_alone(served: str, tmp_path:
         )
         assert loaded and all(url.startswith(served + "/") for url in loaded), loaded
         assert "queue-contrast" in driver.execute_script("return document.body.innerText")
+
+
+async def test_an_open_path_answers_other_methods_as_with_the_token() -> None:
+    """With API_TOKEN set, ``TRACE /healthz`` (a path the document leaves open) is the 405 with
+    ``Allow`` it is with the token, not a 401; a secured path still needs the token."""
+    app = _app(api_token="t0ken")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as stranger:
+        response = await stranger.request("TRACE", "/healthz")
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+        assert (await stranger.request("TRACE", "/stats")).status_code == 401
+        assert (await stranger.head("/stats")).status_code == 401
