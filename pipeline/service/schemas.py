@@ -125,8 +125,19 @@ HEADERS_SCHEMA: JsonDict = {
         "pattern": HEADER_VALUE_PATTERN,
     },
 }
-# POST /jobs rules between fields (build_job and the contract check each)
+# POST /jobs rules between fields (build_job and the contract check each), and an example
 JOB_RULES: JsonDict = {
+    "examples": [
+        {
+            "url": "https://api.example.com/v1/orders",
+            "method": "POST",
+            "headers": {"Accept": "application/json"},
+            "json": {"sku": "A-1", "qty": 2},
+            "priority": 3,
+            "id": "order-1234",
+            "flow_key": "api.example.com:443",
+        }
+    ],
     "allOf": [
         {"not": {"required": ["json", "body"]}},
         {"not": {"required": ["delay_s", "run_at"]}},
@@ -142,7 +153,7 @@ JOB_RULES: JsonDict = {
                 }
             },
         },
-    ]
+    ],
 }
 
 
