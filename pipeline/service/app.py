@@ -2,8 +2,11 @@
 
 Each of our errors maps to one status code: InvalidJob → 422 (naming the field), Conflict → 409
 (with the job's ``status``), QueueFull → 503 with Retry-After, BackendUnavailable → 503 with
-Retry-After. Every error body is JSON: ``{"error": "...", "field": "..."}``. The routes live beside
-this module: ``jobs_api`` (``/jobs``), ``dead_letters``, ``flows_api`` (``/flows``), ``dashboard``.
+Retry-After. Every error body is JSON: ``{"error": "...", "field": "..."}`` (a 400 names ``body``;
+a 405 carries ``Allow``). The routes live beside this module: ``jobs_api`` (``/jobs``),
+``dead_letters``, ``flows_api`` (``/flows``), ``dashboard``; ``HEAD`` works wherever ``GET`` does
+(``methods``); the OpenAPI document states every answer (``openapi``), and ``/docs`` is Swagger UI
+served from this process, with no CDN (``fastapi_offline`` ships its files).
 
 Request bodies are capped before parsing (:class:`BodyLimit`, 413) at :func:`body_cap`: room for a
 ``MAX_REQUEST_BODY_BYTES`` job body, the most headers and the longest URL the contract accepts, even
@@ -20,7 +23,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.backend import Producer
@@ -32,7 +36,11 @@ from pipeline.service.dashboard import add_dashboard
 from pipeline.service.dead_letters import add_dead_letter_routes
 from pipeline.service.flows_api import add_flow_routes
 from pipeline.service.jobs_api import add_job_routes
+from pipeline.service.methods import HeadAsGet, allowed_methods
+from pipeline.service.openapi import answers, install
 from pipeline.service.responses import error
+from pipeline.service.schemas import Health, Stats
+from pipeline.service.serving import MAX_HEADER_BYTES
 from pipeline.settings import Settings
 from pipeline.validate import MAX_HEADERS_TOTAL
 
@@ -51,6 +59,33 @@ def body_cap(max_request_body_bytes: int) -> int:
 MAX_BODY_BYTES = body_cap(Settings.model_fields["max_request_body_bytes"].default)
 # where in the request a validation error was found: not part of the field's name
 LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's files, from the fastapi-offline package
+DESCRIPTION = """One HTTP job pipeline: submit a request to make (`POST /jobs`), read its record and
+its stored response, cancel it; dead letters; flow control per upstream key; stats and metrics.
+
+Every error is JSON `{"error", "field"}` (the `Error` schema). `HEAD` is answered wherever `GET`
+is; a method a path does not list is `405` with `Allow`. The backend behind this document is the
+one `QUEUE_BACKEND` chose: the in-memory one is at-most-once, the durable one at-least-once."""
+
+
+class HeaderLimit:
+    """ASGI middleware: refuse requests whose headers are over ``limit`` bytes with a JSON 431.
+
+    uvicorn's h11 protocol refuses headers over its buffer limit only while they are incomplete
+    (``serving.DeadlineH11Protocol`` answers that 431): the same headers arriving in one read
+    are parsed. This makes the limit one rule, however the bytes arrive."""
+
+    def __init__(self, app: Any, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.limit:
+                message = f"request headers over {self.limit} bytes"
+                return await error(431, message, "headers")(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -107,7 +142,12 @@ def create_app(producer: Producer) -> FastAPI:
         finally:
             await producer.close()
 
-    app = FastAPI(title="queue-contrast", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="queue-contrast",
+        lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # the badge would call validator.swagger.io
+    )
     app.state.producer = producer
     _add_error_handlers(app, producer)
     _add_routes(app, producer)
@@ -116,9 +156,12 @@ def create_app(producer: Producer) -> FastAPI:
     add_flow_routes(app, producer)
     add_dashboard(app)
     app.add_middleware(BodyLimit, limit=body_cap(producer.settings.max_request_body_bytes))
+    app.add_middleware(HeaderLimit)
     token = producer.settings.api_token.get_secret_value()
-    if token:  # added last, so it runs first: no body is read for a stranger
+    if token:  # added late, so it runs early: no body is read for a stranger
         app.add_middleware(BearerAuth, token=token)
+    app.add_middleware(HeadAsGet)  # outermost: everything after it sees the GET a HEAD mirrors
+    install(app, producer.settings, DESCRIPTION)
     return app
 
 
@@ -156,21 +199,43 @@ def _add_error_handlers(app: FastAPI, producer: Producer) -> None:
         return error(503, str(exc), None, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error(exc.status_code, str(exc.detail), None)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every route's methods on this path, not just the one tried
+            headers["Allow"] = ", ".join(allowed_methods(app.router, request.scope))
+        # a 400 from the framework is a body it could not read
+        field = "body" if exc.status_code == 400 else None
+        return error(exc.status_code, str(exc.detail), field, headers=headers)
 
 
 def _add_routes(app: FastAPI, producer: Producer) -> None:
-    @app.get("/stats")
+    @app.get("/stats", response_model=None, responses={200: {"model": Stats}, **answers(503)})
     async def stats() -> dict[str, Any]:
+        """Counters of the whole backend (every API and worker process of it)."""
         return (await producer.stats()).to_dict()
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        response_model=None,
+        responses={200: {"model": Health}, **answers(503, _503="the backend cannot serve")},
+    )
     async def healthz() -> JSONResponse:
+        """Whether the backend answers (the container's health check; open without a token)."""
         await producer.ping()
         return JSONResponse({"status": "ok", "backend": producer.name})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,  # no media type of its own: the document lists the one it sends
+        responses={
+            200: {
+                "description": "Prometheus text exposition format 0.0.4",
+                "content": {metrics.CONTENT_TYPE: {"schema": {"type": "string"}}},
+            },
+            **answers(503),
+        },
+    )
     async def get_metrics() -> PlainTextResponse:
+        """Prometheus metrics, read from the backend's stats at scrape time."""
         body, content_type = metrics.render(await producer.stats(), await producer.flows())
         return PlainTextResponse(body, media_type=content_type)

@@ -5,9 +5,11 @@ health check) and ``GET /`` (the dashboard's static page, which holds no data: i
 token when ``/stats`` answers 401, as a browser cannot send a bearer token on navigation) carries
 ``Authorization: Bearer <token>``, or gets ``401`` with
 ``WWW-Authenticate: Bearer`` and the usual JSON error body ``{"error": ..., "field": null}``,
-before any route, body parsing or other middleware runs. Tokens are compared in constant time
-(``hmac.compare_digest``). Unknown paths are 401 too, so a stranger learns nothing of the routes.
-Without a token (the default; the service binds 127.0.0.1) nothing is checked.
+before any route, body parsing or other middleware runs. Another method on those two paths is
+the 405 (with ``Allow``) it is with the token: the OpenAPI document lists them with no security.
+Tokens are compared in constant time (``hmac.compare_digest``). Unknown paths are 401 too, so a
+stranger learns nothing of the routes. Without a token (the default; the service binds
+127.0.0.1) nothing is checked.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import hmac
 import json
 from typing import Any
 
-OPEN_ROUTES = frozenset({("GET", "/healthz"), ("GET", "/")})
+# open paths, whatever the method: GET (and HEAD, which reaches here as GET) is answered; any
+# other method gets the 405 it would get with the token, as the document (no security) says
+OPEN_PATHS = frozenset({"/healthz", "/"})
 _BODY = json.dumps({"error": "missing or invalid bearer token", "field": None}).encode()
 
 
@@ -47,7 +51,7 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": _BODY})
 
     def _allowed(self, scope: Any) -> bool:
-        if (scope["method"], scope["path"]) in OPEN_ROUTES:
+        if scope["path"] in OPEN_PATHS:
             return True
         scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
         # the scheme name is case-insensitive (RFC 9110); the token is compared in constant time

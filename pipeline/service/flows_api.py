@@ -18,21 +18,46 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Body, FastAPI
+from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
 
 from pipeline.backend import Producer
 from pipeline.errors import InvalidJob
 from pipeline.flows import DEFAULT_KEY, check_key, check_limit
+from pipeline.service.openapi import answers
 from pipeline.service.responses import error
+from pipeline.service.schemas import (
+    DOT_SEGMENTS,
+    FLOW_KEY_OR_DEFAULT_PATTERN,
+    FLOW_KEY_PATTERN,
+    FlowDeleted,
+    FlowLimitIn,
+    FlowList,
+    FlowState,
+)
 
 LIMIT = "limit"
+KEY_RULE = "1-136 of A-Z a-z 0-9 . _ : - [ ] (host:port, or a job's flow_key)"
+Key = Annotated[
+    str,
+    Path(
+        description=f'a flow key, {KEY_RULE}, or "*": the default limit',
+        json_schema_extra={"pattern": FLOW_KEY_OR_DEFAULT_PATTERN},
+    ),
+]
+FlowKey = Annotated[
+    str,
+    Path(description=f"a flow key, {KEY_RULE}", json_schema_extra={"pattern": FLOW_KEY_PATTERN}),
+]
+STATE = {200: {"model": FlowState}, **answers(422, 503, _422="a bad key (field: key)")}
 
 
 def path_key(key: str, *, default_ok: bool = False) -> str:
     """``key`` from the URL, or InvalidJob naming ``key`` (the contract's check names flow_key)."""
     if key == DEFAULT_KEY and not default_ok:
         raise InvalidJob("key", '"*" is the default limit, not a flow: pause a key')
+    if key in DOT_SEGMENTS:
+        raise InvalidJob("key", f"{key!r} is a dot segment: it cannot be read back in a URL")
     try:
         return check_key(key, default_ok=default_ok)
     except InvalidJob as exc:
@@ -42,8 +67,9 @@ def path_key(key: str, *, default_ok: bool = False) -> str:
 def add_flow_routes(app: FastAPI, producer: Producer) -> None:
     """Add the flow-control routes for ``producer`` to ``app``."""
 
-    @app.get("/flows")
+    @app.get("/flows", response_model=None, responses={200: {"model": FlowList}, **answers(503)})
     async def list_flows() -> dict[str, Any]:
+        """Every flow key with state, and the default limit."""
         states = await producer.flows()
         default = await producer.flow(DEFAULT_KEY)
         return {
@@ -51,30 +77,49 @@ def add_flow_routes(app: FastAPI, producer: Producer) -> None:
             "default": default.limit.to_dict() if default.own_limit else None,
         }
 
-    @app.get("/flows/{key}")
-    async def get_flow(key: str) -> dict[str, Any]:
+    @app.get("/flows/{key}", response_model=None, responses=STATE)
+    async def get_flow(key: Key) -> dict[str, Any]:
+        """One key's state (a key never seen: its default limit, nothing in flight)."""
         return (await producer.flow(path_key(key, default_ok=True))).to_dict()
 
-    @app.put("/flows/{key}")
-    async def put_flow(key: str, data: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+    @app.put(
+        "/flows/{key}",
+        response_model=None,
+        responses={
+            200: {"model": FlowState},
+            **answers(413, 422, 503, _422="a bad key or limit; field names it"),
+        },
+    )
+    async def put_flow(key: Key, data: FlowLimitIn) -> dict[str, Any]:
+        """Set a key's limits now, on every worker process (``*``: the default)."""
         key = path_key(key, default_ok=True)
         try:
-            limit = check_limit(data, LIMIT)
+            limit = check_limit(data.model_dump(exclude_unset=True), LIMIT)
         except InvalidJob as exc:  # the body is the limit: name its field, not limit.<field>
             raise InvalidJob(exc.field.removeprefix(LIMIT + "."), exc.message) from None
         return (await producer.set_flow(key, limit)).to_dict()
 
-    @app.delete("/flows/{key}")
-    async def delete_flow(key: str) -> JSONResponse:
+    @app.delete(
+        "/flows/{key}",
+        response_model=None,
+        responses={
+            200: {"model": FlowDeleted},
+            **answers(404, 422, 503, _404="the key had no limit of its own"),
+        },
+    )
+    async def delete_flow(key: Key) -> JSONResponse:
+        """Drop a key's own limit: it falls back to the default."""
         key = path_key(key, default_ok=True)
         if not await producer.delete_flow(key):
             return error(404, f"flow key {key!r} has no limit of its own to delete", "key")
         return JSONResponse({"key": key, "deleted": True})
 
-    @app.post("/flows/{key}/pause")
-    async def pause_flow(key: str) -> dict[str, Any]:
+    @app.post("/flows/{key}/pause", response_model=None, responses=STATE)
+    async def pause_flow(key: FlowKey) -> dict[str, Any]:
+        """Hold every job of the key until resumed (running fetches finish)."""
         return (await producer.pause_flow(path_key(key), True)).to_dict()
 
-    @app.post("/flows/{key}/resume")
-    async def resume_flow(key: str) -> dict[str, Any]:
+    @app.post("/flows/{key}/resume", response_model=None, responses=STATE)
+    async def resume_flow(key: FlowKey) -> dict[str, Any]:
+        """Let the key's jobs run again."""
         return (await producer.pause_flow(path_key(key), False)).to_dict()

@@ -17,12 +17,19 @@ connection idle after a response is just closed (uvicorn's 5 s keep-alive timeou
 that first). Once a request is complete the deadline is off: the app may take as long as it needs
 (a submit waiting on a full queue). Each waiting connection costs one timer and no task, so a few
 hundred slow clients do not keep a fresh client from being served.
+
+Requests h11 cannot read get JSON too (:meth:`DeadlineH11Protocol.send_400_response`, which
+uvicorn calls inside its ``except h11.RemoteProtocolError``): headers over h11's buffer limit
+(``MAX_HEADER_BYTES``, 16 KiB, as uvicorn's ``h11_max_incomplete_event_size``) are ``431`` with
+``"field": "headers"``; any other malformed request is ``400`` with ``"field": "request"``.
+Either way the connection is closed, as uvicorn does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import sys
@@ -34,6 +41,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 READY_TIMEOUT_S = 30
+# request line and headers: what h11 may buffer before they are complete (its default), and what
+# app.HeaderLimit allows however they arrive
+MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 _TIMEOUT_BODY = b'{"error": "request timeout: the request was not complete in time", "field": null}'
@@ -41,6 +51,21 @@ _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\nconnection: close\r\n\r\n"
 ) + _TIMEOUT_BODY
+
+
+def _unreadable_response(exc: BaseException | None) -> bytes:
+    """The whole JSON answer to a request h11 refused with ``exc`` (431 or 400), closing."""
+    if isinstance(exc, h11.RemoteProtocolError) and exc.error_status_hint == 431:
+        status, reason, field = 431, b"Request Header Fields Too Large", "headers"
+        message = "request headers too large"
+    else:
+        status, reason, field = 400, b"Bad Request", "request"
+        message = f"invalid HTTP request: {str(exc)[:200] or 'unreadable'}"
+    body = json.dumps({"error": message, "field": field}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n" % (status, reason, len(body))
+    ) + body
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -73,6 +98,13 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 cannot parse, as JSON: 431 for headers over the
+        limit (h11's ``error_status_hint``), else 400. Called inside uvicorn's ``except``."""
+        self._cancel()
+        self.transport.write(_unreadable_response(sys.exception()))
+        self.transport.close()
 
     def _watch(self) -> None:
         """Arm the deadline while a request is incomplete; disarm it once it is complete."""
@@ -146,6 +178,7 @@ def config_for(app: Any, request_timeout: float, **options: Any) -> uvicorn.Conf
     return uvicorn.Config(
         app,
         http=DeadlineH11Protocol.with_timeout(request_timeout),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         log_level="warning",
         access_log=False,
         **options,
