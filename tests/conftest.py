@@ -88,7 +88,9 @@ async def make_harness(
 
 # Tests that start processes of their own are the slow set (``-m slow``); ``-m "not slow"`` runs the
 # unit and contract tests while you work. Modules of process tests also say so with ``pytestmark``.
-PROCESS_FIXTURES = frozenset({"processes", "own_redis", "volatile_redis", "local_compose"})
+PROCESS_FIXTURES = frozenset(
+    {"processes", "own_redis", "volatile_redis", "local_compose", "served", "browser"}
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,6 +62,7 @@ def test_invalid_value_is_one_line_naming_the_variable(name: str, value: str, sa
 
 
 @pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.slow  # starts the real CLI as a process
 def test_processes_refuse_a_bad_setting_with_exit_2(command: str) -> None:
     """serve and worker exit 2 at start-up with the one-line error on stderr."""
     done = run(command, WORKERS="lots")
@@ -72,6 +73,7 @@ def test_processes_refuse_a_bad_setting_with_exit_2(command: str) -> None:
     ]
 
 
+@pytest.mark.slow  # starts the real CLI as a process
 def test_worker_with_inmemory_backend_explains_itself() -> None:
     """`worker` under QUEUE_BACKEND=inmemory exits 2 saying the queue lives inside serve."""
     done = run("worker", QUEUE_BACKEND="inmemory")
@@ -94,6 +96,7 @@ def test_worker_with_inmemory_backend_explains_itself() -> None:
         "dead-letters",
     ],
 )
+@pytest.mark.slow  # starts the real CLI as a process
 def test_every_command_has_help(command: str) -> None:
     """Each subcommand's --help exits 0 and says what it does."""
     done = run(command, "--help")
@@ -150,6 +153,7 @@ def test_every_option_of_every_command_has_help() -> None:
     }
 
 
+@pytest.mark.slow  # starts the real CLI as a process
 def test_version_comes_from_the_installed_distribution() -> None:
     """`queue-contrast --version` prints the version the package metadata holds."""
     done = run("--version")
@@ -184,6 +188,7 @@ def test_serve_help_lists_every_route_of_the_service() -> None:
     ],
     ids=lambda a: " ".join(a[:3]),
 )
+@pytest.mark.slow  # starts the real CLI as a process
 def test_client_commands_without_a_service_say_so_in_one_line(args: list[str]) -> None:
     """With nothing listening at --api, each client command prints one line and exits 3."""
     api = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there

@@ -227,8 +227,8 @@ def schemathesis_lifespans() -> Iterator[None]:
 @pytest.mark.parametrize(
     ("backend", "token"),
     [
-        ("inmemory", ""),
-        # ~15 s each here: in the slow set with the process tests (CI runs every test)
+        # ~10-15 s each here: in the slow set with the process tests (CI runs every test)
+        pytest.param("inmemory", "", marks=pytest.mark.slow),
         pytest.param("durable", "", marks=pytest.mark.slow),
         pytest.param("inmemory", "t0ken", marks=pytest.mark.slow),
     ],

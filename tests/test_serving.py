@@ -32,6 +32,8 @@ DEADLINE_S = 1.0
 HANG_STOPPER_S = 20.0  # far above the deadline: only a connection that is never closed hits it
 SLOW_CLIENTS = 200
 
+pytestmark = pytest.mark.slow  # real sockets against deadlines of a second or more
+
 
 async def never_finishes(job: Job, attempt: int) -> Outcome:
     """A handler that holds its worker until the service stops."""
