@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from typing import Any
 
@@ -41,10 +42,12 @@ def fields(job: Job) -> list[str]:
 
 
 def _float(value: str | None) -> float | None:
+    """A finite float, or None (``inf``/``nan`` would make the record's JSON unanswerable)."""
     try:
-        return float(value) if value not in (None, "") else None
+        number = float(value) if value not in (None, "") else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -68,8 +71,10 @@ def _status(d: dict[str, str]) -> Status:
 def _result(raw: str | None) -> Outcome | None:
     if not raw:
         return None
-    with contextlib.suppress(ValueError, TypeError, KeyError):
-        return Outcome.from_dict(json.loads(raw))
+    with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+        data: Any = json.loads(raw)
+        if isinstance(data, dict):
+            return Outcome.from_dict(data)
     return Outcome(Status.FAILED, error="unreadable result in Redis")
 
 

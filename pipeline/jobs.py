@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import math
 import re
 import time
 import uuid
@@ -205,9 +206,33 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        known = {f.name for f in fields(cls)} - {"body"}
-        kept = {k: v for k, v in data.items() if k in known}
-        return cls(**{**kept, "status": Status(data.get("status", Status.FAILED))})
+        """The outcome ``to_dict`` wrote; a field of the wrong type (a damaged record) is left at
+        its default. Raises ValueError for an unknown status."""
+        kept: dict[str, Any] = {}
+        for name, kinds in _OUTCOME_FIELDS.items():
+            value = data.get(name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            kept[name] = value
+        headers = data.get("headers")
+        if isinstance(headers, dict):
+            kept["headers"] = {str(k): str(v) for k, v in headers.items()}
+        return cls(status=Status(data.get("status", Status.FAILED)), **kept)
+
+
+# Outcome.from_dict's accepted JSON types per field (bool is not an int here)
+_OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
+    "http_status": (int,),
+    "bytes": (int,),
+    "elapsed_s": (int, float),
+    "attempts": (int,),
+    "error": (str,),
+    "retryable": (bool,),
+    "retry_after_s": (int, float),
+    "truncated": (bool,),
+}
 
 
 @dataclass(frozen=True, slots=True)
