@@ -9,6 +9,7 @@ durable run, ``dashboard-inmemory.png`` the in-memory one); otherwise they go to
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,24 @@ def _start(backend: str, processes: Processes, request: pytest.FixtureRequest) -
     env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 3, "QUEUE_MAXSIZE": 100}
     env["ALLOWED_HOSTS"] = allow(request.getfixturevalue("upstream"))
     env.update(FAST_RETRIES)
+    # the flows panel has something to show: the upstream's key limited, as in the README
+    key = urlsplit(request.getfixturevalue("upstream")).netloc
+    env["FLOW_LIMITS"] = json.dumps({key: {"parallelism": 3, "rate": 20, "period_s": 1}})
     if backend == "durable":
         env["REDIS_URL"] = request.getfixturevalue("redis_url")
     _, api = processes.serve(**env)
     if backend == "durable":
         processes.worker(**env)
     return api
+
+
+def _hold_on_a_paused_key(api: str, upstream: str, n: int) -> None:
+    """Pause the flow key ``inference`` and submit ``n`` jobs for it: they wait, uncounted."""
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        assert client.post("/flows/inference/pause").json()["paused"] is True
+        for i in range(n):
+            r = client.post("/jobs", json={"url": f"{upstream}/infer/{i}", "flow_key": "inference"})
+            assert r.status_code == 202, r.text
 
 
 def _submit_mix(api: str, upstream: str) -> int:
@@ -95,7 +108,10 @@ def test_dashboard_shows_what_stats_returns(
     )
     total = _submit_mix(api, upstream)
     wait_until(lambda: _finished(api, total), 60, f"all {total} jobs to finish")
+    _hold_on_a_paused_key(api, upstream, 2)
+    wait_until(lambda: get_json(api + "/stats")["waiting_on_flow"] == 2, 15, "2 jobs to wait")
     shown = wait_until(lambda: _page_matches(browser, api), 15, "the page to show /stats")
+    assert wait_until(lambda: _flows_match(browser, api), 15, "the panel to show GET /flows")
 
     stats = get_json(api + "/stats")
     scalar = {k for k, v in stats.items() if not isinstance(v, dict | list)}

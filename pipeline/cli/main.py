@@ -76,7 +76,7 @@ def _logging(verbose: bool = False) -> None:
 )
 def main() -> None:
     """One URL-fetching job pipeline on two backends: QUEUE_BACKEND=inmemory (asyncio.Queue in the
-    serving process; at most once) or QUEUE_BACKEND=durable (arq on Redis; at least once).
+    serving process; at most once) or QUEUE_BACKEND=durable (Redis in arq's job format; at least once).
 
     Settings are environment variables: QUEUE_BACKEND, REDIS_URL, WORKERS, QUEUE_MAXSIZE,
     JOB_TIMEOUT, MAX_TRIES, HOST, PORT, SUBMIT_TIMEOUT, ALLOWED_HOSTS, API_TOKEN, ... (see the
