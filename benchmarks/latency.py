@@ -95,7 +95,8 @@ Submit = Callable[[str, str], Awaitable[None]]  # (job id, url)
 async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) -> list[float]:
     """``n`` jobs one at a time; ms from just before each send to its arrival upstream."""
     sent: dict[str, float] = {}
-    for i in range(WARMUP + n):
+    warmup = min(WARMUP, max(1, n // 4))
+    for i in range(warmup + n):
         job_id = f"{tag}-{i}"
         url = f"{up.probe}/probe/{job_id}"
         sent[job_id] = time.time()
@@ -107,7 +108,7 @@ async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) 
         await wait_until(seen, 30, f"probe {job_id} to reach the upstream", every=0.02)
         await asyncio.sleep(random.uniform(0, gap_s))
     arrived = await up.arrivals(up.probe_host)
-    ids = [f"{tag}-{i}" for i in range(WARMUP, WARMUP + n)]
+    ids = [f"{tag}-{i}" for i in range(warmup, warmup + n)]
     return [(arrived[i] - sent[i]) * 1000 for i in ids]
 
 
