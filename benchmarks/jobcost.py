@@ -13,12 +13,13 @@ submitted as ``POST /jobs`` by a raw keep-alive HTTP/1.1 client over ``CONNECTIO
 Everything a deployed process does is in it: its log line per job (INFO, to a pipe), its
 heartbeats, the records it writes.
 
-**What a stored record costs**: ``jobs`` jobs fetching ``?bytes=N`` (0, 1 KiB and 64 KiB bodies,
-kept whole: RESULT_BODY_BYTES is 1 MiB). Redis: ``INFO memory`` ``used_memory`` after − before,
-per job, and ``MEMORY USAGE`` of one job's keys (record, arq's job/result keys, body). In-process
-(in-memory backend: our Fetcher and InMemoryPipeline in this process): ``tracemalloc``'s traced
-memory after − before, per job, with the warm-up's one-time allocations (connections, caches)
-left out. The body's own cost is the row's per-job figure minus the 0-byte row's.
+**What a stored record costs**: ``jobs`` jobs fetching ``?bytes=N`` (1 KiB and 64 KiB bodies; an
+empty one with ``?text=``), kept whole (RESULT_BODY_BYTES is 1 MiB). Redis: ``INFO memory``
+``used_memory`` after − before, per job, and ``MEMORY USAGE`` of one job's keys (record, arq's
+job/result keys, body). In-process (in-memory backend: our Fetcher and InMemoryPipeline in this
+process): ``tracemalloc``'s traced memory after − before, per job, with the warm-up's one-time
+allocations (connections, caches) left out. The body's own cost is the row's per-job figure minus
+the empty body's.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from pipeline.harness.processes import Processes
 
 WORKERS = 10
 CONNECTIONS = 8
+WARMUP = 20  # jobs run first, not measured
 BODY_SIZES = (0, 1024, 64 * 1024)
+
+
+def _body_query(size: int) -> str:
+    """The upstream's knob for a body of ``size`` bytes (``?bytes=0`` would be its JSON echo)."""
+    return f"bytes={size}" if size else "text="
 
 
 def _env(redis_url: str, **extra: object) -> dict[str, object]:
@@ -114,11 +121,11 @@ async def cpu_per_job(
             if (backend == "durable")
             else None
         )
-        urls = [(f"cost-{backend}-{i}", f"{upstream}/cost/{i}") for i in range(n)]
+        urls = [(f"cost-{backend}-{i}", f"{upstream}/cost/{i}") for i in range(n + WARMUP)]
         hits0 = await _hits(upstream)
-        await _submit_all(base, urls[:20])  # warm-up: connections, caches, scripts
-        await _ended(base, 20, 60)
-        urls = urls[20:]
+        await _submit_all(base, urls[:WARMUP])  # warm-up: connections, caches, scripts
+        await _ended(base, WARMUP, 60)
+        urls = urls[WARMUP:]
         step(f"job cost: {backend}, {len(urls)} fetches against a 0 ms upstream, WORKERS={WORKERS}")
         serve0 = proc_cpu_s(serve.pid)
         worker0 = proc_cpu_s(worker.pid) if worker else 0.0
@@ -126,12 +133,12 @@ async def cpu_per_job(
         await _submit_all(base, urls)
         submitted_s = time.perf_counter() - start
         serve_submit = proc_cpu_s(serve.pid) - serve0
-        await _fetched(upstream, hits0 + n, 60 + n / 10)
+        await _fetched(upstream, hits0 + WARMUP + n, 60 + n / 10)
         if worker is not None:
             async with aioredis.Redis.from_url(redis_url) as r:
-                await _ended_redis(r, n)
+                await _ended_redis(r, WARMUP + n)
         else:
-            await _ended(base, n, 60)
+            await _ended(base, WARMUP + n, 60)
         wall = time.perf_counter() - start
         serve_all = proc_cpu_s(serve.pid) - serve0
         jobs = len(urls)
@@ -171,12 +178,12 @@ async def redis_body_cost(upstream: str, redis_url: str, n: int, step: Any) -> l
                 await flush(redis_url)
                 done = 0
                 await _submit_all(
-                    base, [(f"m{size}-w{i}", f"{upstream}/w?bytes={size}") for i in range(5)]
+                    base, [(f"m{size}-w{i}", f"{upstream}/w?{_body_query(size)}") for i in range(5)]
                 )
                 await _ended_redis(r, 5)
                 done = 5
                 before = int((await r.info("memory"))["used_memory"])
-                urls = [(f"m{size}-{i}", f"{upstream}/m/{i}?bytes={size}") for i in range(n)]
+                urls = [(f"m{size}-{i}", f"{upstream}/m/{i}?{_body_query(size)}") for i in range(n)]
                 await _submit_all(base, urls)
                 await _ended_redis(r, done + n)
                 after = int((await r.info("memory"))["used_memory"])
@@ -218,13 +225,17 @@ async def inprocess_body_cost(upstream: str, n: int, step: Any) -> list[dict[str
             pipe = InMemoryPipeline(settings, fetcher)
             await pipe.start()
             for i in range(20):  # warm-up: connections, caches
-                await pipe.submit(Job(url=f"{upstream}/w/{i}?bytes={size}", id=f"w{size}-{i}"))
+                await pipe.submit(
+                    Job(url=f"{upstream}/w/{i}?{_body_query(size)}", id=f"w{size}-{i}")
+                )
             await pipe.join()
             gc.collect()
             tracemalloc.start()
             before = tracemalloc.get_traced_memory()[0]
             for i in range(n):
-                await pipe.submit(Job(url=f"{upstream}/m/{i}?bytes={size}", id=f"m{size}-{i}"))
+                await pipe.submit(
+                    Job(url=f"{upstream}/m/{i}?{_body_query(size)}", id=f"m{size}-{i}")
+                )
             await pipe.join()
             gc.collect()
             after = tracemalloc.get_traced_memory()[0]

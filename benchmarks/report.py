@@ -727,7 +727,9 @@ def _jobcost_memory(r: dict[str, Any]) -> Table:
         "Redis: INFO memory used_memory after − before ÷ jobs (record, body, listing and expiry "
         "entries), and MEMORY USAGE of one job's keys. In-process (in-memory backend): "
         "tracemalloc's traced memory after − before ÷ jobs, warm-up excluded. Body cost = the "
-        "row's per-job bytes − the 0-byte row's.",
+        "row's per-job bytes − the empty body's (an upstream ?text= answer, which also keeps a "
+        "Content-Length and a text/plain Content-Type the streamed ?bytes=N answers lack: the "
+        "difference is within a few hundred bytes).",
     ]
     return (
         "7b. What a stored record costs",
