@@ -43,6 +43,7 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             check(f"section {section} ran", 0, 1, note=r[section]["error"])
             continue
         checker(r, check)
+    _issue16_checks(r, check)
     return out
 
 
@@ -164,6 +165,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
             continue
         optional = {_transports: "transports", _loops: "durable_by_loop"}
         out += [m(r) for m in make if m not in optional or r[section].get(optional[m])]
+    out += _issue16_tables(r)
     return out
 
 
@@ -527,3 +529,211 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+# -- issue 16: submit-to-start latency, CPU per job from outside, what a stored record costs ------
+
+ISSUE16_TITLES = {
+    "latency": "6. Submit-to-start latency",
+    "jobcost": "7. The whole job, measured from outside",
+}
+LATENCY_LABELS = {
+    "inmemory": "ours, in-memory (serve)",
+    "durable": "ours, durable (serve + worker)",
+    "stock_arq": "stock arq Worker (serve + worker --engine stock-arq, 0.5 s poll)",
+    "saq": "SAQ Worker (library enqueue)",
+}
+
+
+def _issue16_checks(r: dict[str, Any], check: Check) -> None:
+    """Issue 16's targets, for the sections that ran (a failed one is already a missed check)."""
+    o = r.get("overhead")
+    if o and "error" not in o:
+        sy = o["systems"]
+        check(
+            "issue 16: InMemoryPipeline µs per no-op job",
+            round(1e6 / sy["inmemory"]["rate"], 1),
+            20,
+            "<=",
+            note=f"raw asyncio.Queue {1e6 / sy['raw']['rate']:.1f} µs; validation alone "
+            f"{o['validation_us_per_job']:g} µs (the URL guard's verdict is kept per origin)",
+        )
+        check(
+            "issue 16: durable ÷ SAQ (no-op)", _ratio(sy["durable"]["rate"], sy["saq"]["rate"]), 2
+        )
+        check(
+            "issue 16: durable ÷ stock arq (no-op)",
+            _ratio(sy["durable"]["rate"], sy["arq"]["rate"]),
+            10,
+        )
+    for section in ("latency", "jobcost"):
+        if section in r and "error" in r[section]:
+            check(f"section {section} ran", 0, 1, note=r[section]["error"])
+    lat = r.get("latency")
+    if lat and "error" not in lat:
+        sy = lat["systems"]
+
+        def latency_check(system: str, p: str, target: float) -> None:
+            x = sy.get(system, {})
+            name = f"issue 16: {system} submit-to-start {p}, idle, ms"
+            if "error" in x:
+                check(name, 0, target, "<=", note=f"not run: {x['error']}")
+                return
+            half = x["half_load"]
+            check(
+                name,
+                x["idle"][f"{p}_ms"],
+                target,
+                "<=",
+                note=f"at half load ({half['achieved_rate']:g} jobs/s): {half[f'{p}_ms']:g} ms",
+            )
+
+        latency_check("durable", "p50", 5)
+        latency_check("durable", "p99", 15)
+        latency_check("inmemory", "p50", 2)
+    cost = r.get("jobcost")
+    if cost and "error" not in cost:
+        rows = {x["backend"]: x for x in cost["cpu"]}
+        d, m = rows["durable"], rows["inmemory"]
+        check(
+            "issue 16: durable worker CPU per fetch job, ms",
+            d["worker_ms_per_job"],
+            1.2,
+            "<=",
+            note=f"{d['jobs']:,} fetches at {d['jobs_s']:g}/s; its serve "
+            f"{d['serve_ms_per_job']:g} ms per submission",
+        )
+        check(
+            "issue 16: in-memory serve CPU per job (POST /jobs included), ms",
+            m["serve_ms_per_job"],
+            2.5,
+            "<=",
+            note=f"{m['jobs']:,} fetches at {m['jobs_s']:g}/s",
+        )
+
+
+def _issue16_tables(r: dict[str, Any]) -> list[Table]:
+    out: list[Table] = []
+    for section, makers in (("latency", [_latency]), ("jobcost", [_jobcost_cpu, _jobcost_memory])):
+        if section not in r:
+            continue
+        if "error" in r[section]:
+            out.append((ISSUE16_TITLES[section], ["failed"], [[r[section]["error"]]], []))
+            continue
+        out += [m(r) for m in makers]
+    return out
+
+
+def _latency(r: dict[str, Any]) -> Table:
+    lat = r["latency"]
+    rows = []
+    for key, label in LATENCY_LABELS.items():
+        x = lat["systems"].get(key)
+        if x is None:
+            continue
+        if "error" in x:
+            rows.append([label, f"failed: {x['error'][:200]}", *["—"] * 7])
+            continue
+        i, h = x["idle"], x["half_load"]
+        rows.append(
+            [
+                label,
+                _f(i["p50_ms"], 1),
+                _f(i["p90_ms"], 1),
+                _f(i["p99_ms"], 1),
+                _f(h["p50_ms"], 1),
+                _f(h["p90_ms"], 1),
+                _f(h["p99_ms"], 1),
+                _f(h["achieved_rate"]),
+                _f(x["capacity_jobs_s"]),
+            ]
+        )
+    notes = [
+        f"From just before the send (POST /jobs; SAQ: Queue.enqueue) to the upstream stand-in's "
+        f"arrival time, one job at a time, {lat['probes']} jobs per column (nearest rank: with 60 "
+        f"jobs p99 is the slowest), WORKERS={lat['workers']}; a random gap between jobs spans each "
+        "system's poll period (stock arq 0.5 s), so no probe is phase-locked with a poll.",
+        "Half load: a load child submits to another port of the upstream at half the capacity "
+        "measured just before (a burst; jobs ÷ seconds from its first send to the upstream's "
+        "last arrival); 'load/s' is what the upstream received during the probes. The load "
+        "client and the system share this machine's cores.",
+    ]
+    return (
+        ISSUE16_TITLES["latency"],
+        [
+            "system",
+            "idle p50 ms",
+            "p90",
+            "p99",
+            "half load p50 ms",
+            "p90",
+            "p99",
+            "load/s",
+            "capacity/s",
+        ],
+        rows,
+        notes,
+    )
+
+
+def _jobcost_cpu(r: dict[str, Any]) -> Table:
+    c = r["jobcost"]
+    rows = [
+        [
+            x["backend"],
+            _f(x["jobs"]),
+            _f(x["jobs_s"]),
+            _f(x["serve_ms_per_job"], 3),
+            _f(x.get("worker_ms_per_job"), 3),
+            f"{_f(x['serve_cores'], 2)} / {_f(x.get('worker_cores'), 2)}",
+        ]
+        for x in c["cpu"]
+    ]
+    notes = [
+        "CPU = the process's own utime + stime (/proc/PID/stat) from just before the first "
+        "submission to the last job's end, ÷ jobs: real GETs of the upstream at 0 ms, "
+        f"WORKERS={c['workers']}, POST /jobs from a raw keep-alive HTTP/1.1 client over "
+        f"{c['connections']} connections. Everything the deployed process does is in it (its "
+        "INFO log line per job, heartbeats, records).",
+    ]
+    return (
+        "7a. CPU per job, from each process's counters",
+        [
+            "backend",
+            "jobs",
+            "jobs/s",
+            "serve CPU ms/job",
+            "worker CPU ms/job",
+            "cores serve/worker",
+        ],
+        rows,
+        notes,
+    )
+
+
+def _jobcost_memory(r: dict[str, Any]) -> Table:
+    rows = [
+        [
+            x["store"],
+            _f(x["body_bytes"]),
+            _f(x["jobs"]),
+            _f(x["bytes_per_job"]),
+            _f(x["body_cost_bytes"]),
+            _f(x.get("keys_bytes")) if "keys_bytes" in x else "—",
+        ]
+        for x in r["jobcost"]["memory"]
+    ]
+    notes = [
+        "Redis: INFO memory used_memory after − before ÷ jobs (record, body, listing and expiry "
+        "entries), and MEMORY USAGE of one job's keys. In-process (in-memory backend): "
+        "tracemalloc's traced memory after − before ÷ jobs, warm-up excluded. Body cost = the "
+        "row's per-job bytes − the empty body's (an upstream ?text= answer, which also keeps a "
+        "Content-Length and a text/plain Content-Type the streamed ?bytes=N answers lack: the "
+        "difference is within a few hundred bytes).",
+    ]
+    return (
+        "7b. What a stored record costs",
+        ["store", "body bytes", "jobs", "bytes per kept job", "body cost", "MEMORY USAGE of keys"],
+        rows,
+        notes,
+    )

@@ -48,6 +48,10 @@ class Sizes:
     recovery_jobs: int = 10
     recovery_job_ms: int = 2_000
     stock_job_timeout: float = 5.0
+    latency_probes: int = 60  # issue 16: 60 jobs one at a time, idle and at half load
+    latency_capacity_jobs: int = 600  # the burst that measures capacity (stock arq: a fifth)
+    jobcost_jobs: int = 1000  # issue 16: 1,000 GETs against a 0 ms upstream, WORKERS=10
+    record_cost_jobs: int = 1000  # kept jobs per body size
 
 
 QUICK = Sizes(
@@ -65,6 +69,10 @@ QUICK = Sizes(
     recovery_jobs=2,
     recovery_job_ms=1_500,
     stock_job_timeout=2.0,
+    latency_probes=4,
+    latency_capacity_jobs=30,
+    jobcost_jobs=40,
+    record_cost_jobs=10,
 )
 
 
@@ -150,7 +158,33 @@ def _per_request_skip(s: Sizes, n: int) -> str:
     )
 
 
+async def section_latency(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    """Issue 16 items 1 and 6: submit-to-start latency (benchmarks.latency)."""
+    from benchmarks import latency
+
+    return await latency.run(redis_url, s.latency_probes, s.latency_capacity_jobs, step)
+
+
+async def section_jobcost(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    """Issue 16 item 3: CPU per job from outside, and what a stored record costs
+    (benchmarks.jobcost)."""
+    from benchmarks import jobcost
+
+    return await jobcost.run(redis_url, s.jobcost_jobs, s.record_cost_jobs, step)
+
+
+def _issue16_runs(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    return {
+        "latency": lambda: section_latency(s, redis_url, step),
+        "jobcost": lambda: section_jobcost(s, redis_url, step),
+    }
+
+
+ISSUE16_SECTIONS = ("latency", "jobcost")  # 6 latency, 7 jobcost
+
+
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery")
+SECTIONS += ISSUE16_SECTIONS
 
 
 async def run_all(
@@ -190,6 +224,7 @@ async def run_all(
                 base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
             ),
         }
+        runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
             await _reset(base)
             try:

@@ -159,8 +159,33 @@ class Job:
         )
 
 
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
+FLOW_KEY_CACHE_SIZE = 1024
+_flow_keys: dict[str, str] = {}  # origin (scheme://authority) → its flow key, oldest first
+
+
 def url_flow_key(url: str) -> str:
-    """``host:port`` of ``url`` as a flow key (``example.com:443``); '' if it cannot be parsed."""
+    """``host:port`` of ``url`` as a flow key (``example.com:443``); '' if it cannot be parsed.
+
+    Remembered per origin (a small bounded cache) for a URL of printable ASCII, whose flow key
+    ``urlsplit`` derives from its ``scheme://authority`` prefix alone."""
+    origin = None
+    if isinstance(url, str) and url.isascii() and url.isprintable():
+        m = _ORIGIN.match(url)
+        if m is not None:
+            origin = m.group()
+            key = _flow_keys.get(origin)
+            if key is not None:
+                return key
+    key = _url_flow_key(url)
+    if origin is not None:
+        if len(_flow_keys) >= FLOW_KEY_CACHE_SIZE:
+            del _flow_keys[next(iter(_flow_keys))]
+        _flow_keys[origin] = key
+    return key
+
+
+def _url_flow_key(url: str) -> str:
     from urllib.parse import urlsplit
 
     try:

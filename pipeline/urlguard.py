@@ -41,6 +41,14 @@ percent-escapes is malformed. Redirects are never followed (the fetcher's client
 
 Refusal messages say what was refused (``address 10.0.0.1 is private``), never how the server is
 configured.
+
+Submit time is per job, and most jobs share a few origins: :meth:`URLGuard.verify` remembers, per
+guard, the origins (``scheme://authority``, as written) it passed, in a small bounded cache, and
+for a URL of printable ASCII whose origin passed it checks only the type and length. Every verdict
+is a function of the origin alone for such a URL (the path, query and fragment of printable ASCII
+cannot make httpx's parse fail); a refusal is never cached (each is judged afresh); the cache is
+emptied when the guard's allow-list or switches are replaced. Nothing resolved is cached: DNS is
+looked up at fetch time (:meth:`URLGuard.resolve`), every time.
 """
 
 from __future__ import annotations
@@ -130,6 +138,21 @@ _LOOPBACK = ipaddress.ip_address("127.0.0.1")
 # a host name in ASCII: labels of letters, digits, '-' and '_' (seen in real names), 1-63 each
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}", re.IGNORECASE)
 MAX_HOST_LENGTH = 253
+
+# ``scheme://authority`` as httpx's URL_REGEX splits it (scheme, then everything up to / ? or #)
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
+ORIGIN_CACHE_SIZE = 1024  # origins a guard remembers as passed (oldest forgotten first)
+
+
+def origin_of(url: str) -> str | None:
+    """The ``scheme://authority`` prefix of a URL made of printable ASCII only, exactly as httpx and
+    ``urlsplit`` split it; None for any other URL (it is then always checked in full). For such a
+    URL, whether it parses, its scheme, host, port and userinfo — everything the guard and the flow
+    key read — depend on this prefix alone."""
+    if not (url.isascii() and url.isprintable()):
+        return None
+    m = _ORIGIN.match(url)
+    return m.group() if m else None
 
 
 def _own_kind(ip: IPAddress) -> tuple[Kind, str] | None:
@@ -287,6 +310,11 @@ class URLGuard:
             self.allowed = parse_allowed_hosts(",".join(allowed_hosts))
         self.allow_private_networks = allow_private_networks
         self.allow_link_local = allow_link_local
+        self._passed: dict[str, None] = {}  # origins verify() passed, oldest first
+        self._passed_for: tuple[AllowList, bool, bool] = self._config()
+
+    def _config(self) -> tuple[AllowList, bool, bool]:
+        return self.allowed, self.allow_private_networks, self.allow_link_local
 
     @classmethod
     def from_settings(cls, settings: Settings) -> URLGuard:
@@ -327,6 +355,30 @@ class URLGuard:
         if ip is not None:
             self._check(ip, listed=listed)
         return parsed
+
+    def verify(self, url: object) -> None:
+        """Submit-time check, as :meth:`check` (same exceptions, same verdicts) without returning
+        the parsed URL, and cheap for an origin already passed (see the module's doc)."""
+        if isinstance(url, str) and 0 < len(url) <= MAX_URL_LENGTH:
+            origin = origin_of(url)
+            if origin is not None:
+                passed = self._passed
+                config = self._passed_for
+                if (
+                    config[0] is not self.allowed
+                    or config[1] != self.allow_private_networks
+                    or config[2] != self.allow_link_local
+                ):
+                    passed.clear()
+                    self._passed_for = self._config()
+                elif origin in passed:
+                    return
+                self.check(url)  # raises: nothing is remembered
+                if len(passed) >= ORIGIN_CACHE_SIZE:
+                    del passed[next(iter(passed))]
+                passed[origin] = None
+                return
+        self.check(url)
 
     async def resolve(self, url: httpx.URL) -> IPAddress:
         """Fetch-time check: resolve the host, refuse if ANY address is refused, return one."""

@@ -54,7 +54,7 @@ SERVICE_HEADERS = frozenset({"x-job-id", "idempotency-key"})
 
 def validate(job: Job, guard: URLGuard, settings: Settings) -> None:
     """Raise InvalidJob (naming the field) or URLRefused for a job no backend should accept."""
-    guard.check(job.url)
+    guard.verify(job.url)
     if job.method not in METHODS:
         raise InvalidJob("method", f"must be one of {', '.join(METHODS)}")
     _check_priority(job.priority)

@@ -28,7 +28,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=200,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout
@@ -114,3 +114,26 @@ def test_every_target_is_checked(results: dict) -> None:
     """The checks list names each target with a measured value and a verdict."""
     assert len(results["checks"]) >= 8
     assert all({"target", "value", "met"} <= set(c) for c in results["checks"])
+
+
+def test_latency_section(results: dict) -> None:
+    """Section 6: every system measured idle and at half load, every probe seen upstream."""
+    lat = results["latency"]
+    assert set(lat["systems"]) == {"inmemory", "durable", "stock_arq", "saq"}
+    for name, s in lat["systems"].items():
+        assert "error" not in s, (name, s)
+        for phase in ("idle", "half_load"):
+            assert s[phase]["n"] == lat["probes"], (name, phase)
+            assert 0 < s[phase]["p50_ms"] <= s[phase]["p90_ms"] <= s[phase]["p99_ms"], (name, phase)
+        assert s["capacity_jobs_s"] > 0 and s["half_load"]["load_rate"] > 0, name
+
+
+def test_jobcost_section(results: dict) -> None:
+    """Section 7: CPU per job of serve (and the durable worker), and a record's cost per body size."""
+    cost = results["jobcost"]
+    rows = {r["backend"]: r for r in cost["cpu"]}
+    assert set(rows) == {"durable", "inmemory"}
+    assert all(r["jobs"] > 0 and r["serve_ms_per_job"] >= 0 for r in rows.values())
+    assert rows["durable"]["worker_ms_per_job"] >= 0
+    stores = {(m["store"], m["body_bytes"]) for m in cost["memory"]}
+    assert stores == {(s, b) for s in ("redis", "in-process") for b in (0, 1024, 65536)}
