@@ -48,6 +48,10 @@ class Sizes:
     recovery_jobs: int = 10
     recovery_job_ms: int = 2_000
     stock_job_timeout: float = 5.0
+    outage_s: tuple[float, ...] = (0.5, 7.0)  # issue 12 failure 5's two outages
+    outage_warmup_s: float = 1.0
+    outage_steady_s: float = 3.0
+    outage_after_s: float = 8.0
 
 
 QUICK = Sizes(
@@ -65,6 +69,10 @@ QUICK = Sizes(
     recovery_jobs=2,
     recovery_job_ms=1_500,
     stock_job_timeout=2.0,
+    outage_s=(0.3,),
+    outage_warmup_s=0.5,
+    outage_steady_s=1.0,
+    outage_after_s=1.5,
 )
 
 
@@ -150,7 +158,16 @@ def _per_request_skip(s: Sizes, n: int) -> str:
     )
 
 
-SECTIONS = ("overhead", "io", "flood", "durability", "recovery")
+async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
+    """Return after a Redis outage: its own Redis, witness (200 ms), serve and workers."""
+    from benchmarks import outage
+
+    return await outage.run(
+        s.outage_s, s.outage_warmup_s, s.outage_steady_s, s.outage_after_s, step
+    )
+
+
+SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage")
 
 
 async def run_all(
@@ -189,6 +206,7 @@ async def run_all(
             "recovery": lambda: recovery.run(
                 base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
             ),
+            "outage": lambda: section_outage(s, step),
         }
         for name in (n for n in SECTIONS if n in sections):
             await _reset(base)
