@@ -114,3 +114,17 @@ def test_every_target_is_checked(results: dict) -> None:
     """The checks list names each target with a measured value and a verdict."""
     assert len(results["checks"]) >= 8
     assert all({"target", "value", "met"} <= set(c) for c in results["checks"])
+
+
+def test_outage_section(results: dict) -> None:
+    """Return after a Redis outage: each fault ran on its own rig, every job ended done, and the
+    figures are there (a time may be None: not reached; no timing is asserted)."""
+    o = results["outage"]
+    assert {r["kind"] for r in o["rows"]} == {"restart", "freeze"}
+    for r in o["rows"]:
+        assert r["done"] == r["jobs"] > 0 and r["lost"] == 0, r["statuses"]
+        assert r["workers_alive"] and r["measured_outage_s"] >= r["outage_s"]
+        assert r["steady_rate"] > 0 and r["fetches_in_window"] >= 0
+        assert r["unique_fetched"] == r["jobs"]
+        assert all(k in r for k in ("to_50_s", "to_90_s", "first_fetch_s", "serve_back_s"))
+    assert sum(c["target"].startswith("outage ") for c in results["checks"]) == 2 * len(o["rows"])
