@@ -1,4 +1,4 @@
-"""Section 7: the whole job, measured from outside — CPU per job and the memory a kept body costs.
+"""Section 8: the whole job, measured from outside — CPU per job and the memory a kept body costs.
 
 **CPU per job** is read from each process's own counters (``/proc/PID/stat`` utime + stime) just
 before the first submission and after the last job ended, ÷ jobs. Jobs are real fetches of a

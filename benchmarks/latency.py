@@ -1,4 +1,4 @@
-"""Section 6: submit-to-start latency — from sending a job to the upstream receiving its request.
+"""Section 7: submit-to-start latency — from sending a job to the upstream receiving its request.
 
 One job at a time (the next is sent after the upstream saw the last, plus a random gap spanning
 the system's poll period — 0-0.5 s for stock arq, 0-20 ms for the others, which do not poll — so

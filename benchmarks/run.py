@@ -52,6 +52,10 @@ class Sizes:
     latency_capacity_jobs: int = 600  # the burst that measures capacity (stock arq: a fifth)
     jobcost_jobs: int = 1000  # issue 16: 1,000 GETs against a 0 ms upstream, WORKERS=10
     record_cost_jobs: int = 1000  # kept jobs per body size
+    outage_s: tuple[float, ...] = (0.5, 7.0)  # issue 12 failure 5's two outages
+    outage_warmup_s: float = 1.0
+    outage_steady_s: float = 3.0
+    outage_after_s: float = 8.0
 
 
 QUICK = Sizes(
@@ -73,6 +77,10 @@ QUICK = Sizes(
     latency_capacity_jobs=30,
     jobcost_jobs=40,
     record_cost_jobs=10,
+    outage_s=(0.3,),
+    outage_warmup_s=0.5,
+    outage_steady_s=1.0,
+    outage_after_s=1.5,
 )
 
 
@@ -180,11 +188,19 @@ def _issue16_runs(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
     }
 
 
-ISSUE16_SECTIONS = ("latency", "jobcost")  # 6 latency, 7 jobcost
+ISSUE16_SECTIONS = ("latency", "jobcost")  # 7 latency, 8 jobcost
 
 
-SECTIONS = ("overhead", "io", "flood", "durability", "recovery")
-SECTIONS += ISSUE16_SECTIONS
+async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
+    """Return after a Redis outage: its own Redis, witness (200 ms), serve and workers."""
+    from benchmarks import outage
+
+    return await outage.run(
+        s.outage_s, s.outage_warmup_s, s.outage_steady_s, s.outage_after_s, step
+    )
+
+
+SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 
 
 async def run_all(
@@ -223,6 +239,7 @@ async def run_all(
             "recovery": lambda: recovery.run(
                 base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
             ),
+            "outage": lambda: section_outage(s, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
@@ -275,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -15,9 +16,17 @@ log = logging.getLogger("queue_contrast.durable")
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 1.0
 
+# The back-off waits in progress, per event loop: any answered call ends them all (Redis is back).
+_waits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[asyncio.Future[None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 class Backoff:
-    """Waits between tries of a Redis call: 50 ms doubling to 1 s; reset by any answered call."""
+    """Waits between tries of a Redis call: 50 ms doubling to 1 s; reset by an answer to this
+    call, and cut short by an answer to any call in this process (every loop's back-off started
+    at the same outage, each at its own phase: without that, each would find Redis back up to
+    1 s after the first did)."""
 
     def __init__(self) -> None:
         self.delay = BACKOFF_FIRST_S
@@ -31,7 +40,15 @@ class Backoff:
         if not self.failing:
             log.warning("redis unavailable while %s (%s); retrying", what, exc)
         self.failing = True
-        await asyncio.sleep(self.delay)
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        waits = _waits.setdefault(loop, set())
+        waits.add(woken)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken, self.delay)
+        finally:
+            waits.discard(woken)
         self.delay = min(self.delay * 2, BACKOFF_MAX_S)
 
     def ok(self, what: str) -> None:
@@ -39,6 +56,9 @@ class Backoff:
             log.warning("redis answers again (%s)", what)
         self.failing = False
         self.delay = BACKOFF_FIRST_S
+        for woken in _waits.get(asyncio.get_running_loop(), ()):
+            if not woken.done():
+                woken.set_result(None)
 
 
 async def listen(redis: Redis, channel: str, on_message: Callable[[str], None]) -> None:

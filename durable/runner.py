@@ -222,6 +222,8 @@ class DurableWorker(WorkerPool):
         self._slot_free = asyncio.Event()
         self._suspects: dict[str, str] = {}  # unlisted leases of ours seen by the last heartbeat
         self._others_deadline_ms: float | None = None
+        self._renewed = asyncio.Event()  # set by every answered heartbeat
+        self._renewed_at = time.monotonic()  # when the last answered heartbeat was sent
         self._runners: set[asyncio.Task[None]] = set()
         self._closed = False
         self._failure: BaseException | None = None
@@ -409,7 +411,23 @@ class DurableWorker(WorkerPool):
                 empty_rounds += 1  # work is there: ask for it by name at once
                 continue
             empty_rounds = 0
+            if self._lapsed:  # claims are refused until a heartbeat renews us: wait for that
+                await self._wait_for_renewal()
+                continue
             await self._wait_for_hint(round_.due_ms, backoff)
+
+    @property
+    def _lapsed(self) -> bool:
+        """Our heartbeat deadline may have passed (a long Redis outage): claim.lua and finish.lua
+        then claim nothing for us until a heartbeat renews it."""
+        return time.monotonic() - self._renewed_at >= self.settings.heartbeat_ttl
+
+    async def _wait_for_renewal(self) -> None:
+        """Until the next answered heartbeat (POLL_DELAY at most), not the next hint: a hint
+        would be claimed in vain, and the hints of a standing backlog run out."""
+        self._renewed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._renewed.wait(), self.settings.poll_delay)
 
     async def _wait_for_hint(self, due_ms: float | None, backoff: Backoff) -> None:
         """Idle slots: block until an enqueue (or a retry, release, un-parking) hints a job, the
@@ -718,7 +736,8 @@ class DurableWorker(WorkerPool):
             if self._others_deadline_ms is not None:  # reap the moment another lease lapses
                 until = (self._others_deadline_ms - time.time() * 1000) / 1000 + 0.01
                 pause = min(pause, max(until, 0.05))
-            await asyncio.sleep(pause)
+            if not backoff.failing:  # a failed beat is retried after the back-off alone
+                await asyncio.sleep(pause)
             try:
                 await self._beat()
             except (RedisError, OSError) as exc:
@@ -749,7 +768,10 @@ class DurableWorker(WorkerPool):
 
     async def _beat(self) -> None:
         held = [(i, a.token) for i, a in self.attempts.items()]
+        sent = time.monotonic()
         gone, orphans, deadline, unlisted = await self._heartbeat_call(held)
+        self._renewed_at = sent
+        self._renewed.set()
         for job_id in gone:
             self._abandon(job_id.decode(), "lease lost")
         self._others_deadline_ms = float(deadline) if deadline else None

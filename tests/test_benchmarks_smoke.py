@@ -117,7 +117,7 @@ def test_every_target_is_checked(results: dict) -> None:
 
 
 def test_latency_section(results: dict) -> None:
-    """Section 6: every system measured idle and at half load, every probe seen upstream."""
+    """Section 7: every system measured idle and at half load, every probe seen upstream."""
     lat = results["latency"]
     assert set(lat["systems"]) == {"inmemory", "durable", "stock_arq", "saq"}
     for name, s in lat["systems"].items():
@@ -129,7 +129,7 @@ def test_latency_section(results: dict) -> None:
 
 
 def test_jobcost_section(results: dict) -> None:
-    """Section 7: CPU per job of serve (and the durable worker), and a record's cost per body size."""
+    """Section 8: CPU per job of serve (and the durable worker), and a record's cost per body size."""
     cost = results["jobcost"]
     rows = {r["backend"]: r for r in cost["cpu"]}
     assert set(rows) == {"durable", "inmemory"}
@@ -137,3 +137,17 @@ def test_jobcost_section(results: dict) -> None:
     assert rows["durable"]["worker_ms_per_job"] >= 0
     stores = {(m["store"], m["body_bytes"]) for m in cost["memory"]}
     assert stores == {(s, b) for s in ("redis", "in-process") for b in (0, 1024, 65536)}
+
+
+def test_outage_section(results: dict) -> None:
+    """Return after a Redis outage: each fault ran on its own rig, every job ended done, and the
+    figures are there (a time may be None: not reached; no timing is asserted)."""
+    o = results["outage"]
+    assert {r["kind"] for r in o["rows"]} == {"restart", "freeze"}
+    for r in o["rows"]:
+        assert r["done"] == r["jobs"] > 0 and r["lost"] == 0, r["statuses"]
+        assert r["workers_alive"] and r["measured_outage_s"] >= r["outage_s"]
+        assert r["steady_rate"] > 0 and r["fetches_in_window"] >= 0
+        assert r["unique_fetched"] == r["jobs"]
+        assert all(k in r for k in ("to_50_s", "to_90_s", "first_fetch_s", "serve_back_s"))
+    assert sum(c["target"].startswith("outage ") for c in results["checks"]) == 2 * len(o["rows"])
