@@ -8,10 +8,16 @@ The witness stamps every arrival per port; from that alone the tests check, per 
 
 * concurrency: the witness's ``max_concurrency`` never above the key's parallelism;
 * rate: no sliding window holds more than 20 of A's arrivals. The limiter counts a start on Redis's
-  clock just before the fetch; the witness stamps the arrival when its event loop reads the
-  request, a few ms later, by an amount that varies per request. Two starts exactly 1 s apart can
-  thus arrive up to that variation closer together, so the windows measured are 1 s minus
-  ``JITTER_S`` (50 ms) long: a limiter that lets a 21st start into a window shows it;
+  clock (in-memory: the event loop's) just before the fetch; the witness stamps the arrival when
+  its event loop reads the request, later by an amount that varies per request: a few ms on a
+  kept-alive connection, tens more on a new one (a restarted worker opens new connections) or when
+  a burst of starts leaves one request after another on a contended CPU. Two starts exactly 1 s
+  apart can thus arrive up to that variation closer together. On this project's loaded 2-core
+  machine we saw 21 arrivals within 0.95 s in a durable run with kills (none of which held A's
+  slots) and bursts spread by up to 150 ms (tests/test_contract_flows.py), so the windows measured
+  are 1 s minus ``JITTER_S`` (150 ms) long. A limiter that lets a 21st start into a window still
+  shows it: A's 20 starts of a window leave within 0.7 s (3 at a time, 100 ms each), so a 21st
+  lands inside 0.85 s of them (checked: rate 21 in the service fails this test);
 * throughput: A keeps within 90 % of what its limits allow (see ``check_throughput``);
 * isolation: B's jobs wait no longer with A saturated than in B's own baseline;
 * nothing lost: every accepted job ends ``done``.
@@ -49,7 +55,7 @@ pytestmark = pytest.mark.slow  # real processes and signals: tens of seconds eac
 LATENCY_MS = 100  # every fetch: 3 in flight allow 30/s, so A's rate (20/s) is what binds
 A_PARALLELISM, A_RATE, A_PERIOD_S = 3, 20, 1.0
 B_PARALLELISM = 10
-JITTER_S = 0.05  # arrival jitter allowed for in the rate check (see the module docstring)
+JITTER_S = 0.15  # arrival jitter allowed for in the rate check (see the module docstring)
 THROUGHPUT_SHARE = 0.9
 FAST_BEAT = {"HEARTBEAT_INTERVAL": 0.5, "HEARTBEAT_TTL": 1.5}
 SETTLE_S = 120  # the longest any test waits for its jobs to end
@@ -206,7 +212,8 @@ class Run:
     api: str
     producer: Producer
     b_only_until: float  # unix time: B's baseline jobs were sent before it
-    dead: list[tuple[float, float]] = field(default_factory=list)  # A's slots held by the dead
+    # (killed, released, how many of A's slots the dead worker held): A's slots held by the dead
+    dead: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 def check_limits(run: Run) -> tuple[list[float], dict[str, Any]]:
@@ -234,28 +241,30 @@ def check_throughput(run: Run, a_times: list[float]) -> float:
     """A's throughput within ``THROUGHPUT_SHARE`` of what its limits allow.
 
     A is submitted at 30/s, faster than it may run, so from its first arrival to its last it always
-    has jobs waiting: over that stretch of D s its limits allow 20 starts per second (3 in flight
-    at 100 ms each would allow 30/s: the rate binds), at most 20 x (floor(D) + 1) in all. A worker
-    killed while it holds some of A's slots keeps them until its lease lapses (HEARTBEAT_TTL 1.5 s,
-    found by the next heartbeat of another worker, 0.5 s apart) and the re-delivered jobs then
-    start again: while A's slots are held so, fewer than 3 are free and the limits allow less. We
-    do not model how much less: each such stretch (kill to the moment no lease of the dead worker
-    is left, measured) is taken out of D whole, which allows the backend the loss. What is left
-    must carry 90 % of 20/s, counting only jobs' first arrivals (a re-delivery is a start the
-    limits count but no progress)."""
+    has jobs waiting: over that stretch its limits allow 20 starts per second (3 in flight at
+    100 ms each would allow 30/s: the rate binds). A worker killed while it holds h of A's slots
+    keeps them until its lease lapses (HEARTBEAT_TTL 1.5 s, found by the next heartbeat of another
+    worker, 0.5 s apart), and its jobs then start again. For each such stretch (from the kill to
+    the moment no lease of the dead worker is left, measured) the allowance is what 3 - h slots of
+    100 ms fetches can carry, min(20, (3 - h) / 0.1 s) per second: nothing lost for h = 1, half for
+    h = 2, all for h = 3 (the real fetch takes longer than the witness's 100 ms, so this allows the
+    backend less, not more). Counted: jobs' first arrivals only (a re-delivery is a start the
+    limits count but no progress); required: 90 % of the allowance."""
     span = a_times[-1] - a_times[0]
-    dead = sum(min(end, a_times[-1]) - max(start, a_times[0]) for start, end in run.dead)
-    useful = max(span - max(dead, 0.0), 1e-9)
+    rate_s = A_RATE / A_PERIOD_S
+    allowed = rate_s * span
+    for start, end, held in run.dead:
+        stretch = max(0.0, min(end, a_times[-1]) - max(start, a_times[0]))
+        allowed -= (rate_s - min(rate_s, (A_PARALLELISM - held) / (LATENCY_MS / 1000))) * stretch
     jobs_started = len(first_arrivals(arrivals(run.a, url_flow_key(run.a))))
-    achieved = jobs_started / useful
-    allowed = A_RATE / A_PERIOD_S
+    dead_s = sum(end - start for start, end, _ in run.dead)
     print(
-        f"A: {jobs_started} jobs ({len(a_times)} arrivals) over {span:.2f} s, {dead:.2f} s of it "
-        f"with slots held by killed workers: {achieved:.1f}/s of {allowed:.0f}/s allowed "
-        f"({achieved / allowed:.0%})"
+        f"A: {jobs_started} jobs ({len(a_times)} arrivals) over {span:.2f} s ({dead_s:.2f} s with "
+        f"slots held by killed workers): {jobs_started / span:.1f}/s; allowed {allowed:.0f} "
+        f"starts, achieved {jobs_started / allowed:.0%}"
     )
-    assert achieved >= THROUGHPUT_SHARE * allowed, f"A ran at {achieved:.1f}/s of {allowed}/s"
-    return achieved
+    assert jobs_started >= THROUGHPUT_SHARE * allowed, (jobs_started, allowed)
+    return jobs_started / span
 
 
 def check_isolation(run: Run) -> None:
@@ -336,7 +345,7 @@ def test_two_hosts_durable_with_worker_kills(
                 f"released after {released - killed_at:.2f} s"
             )
             if holds_a:
-                run.dead.append((killed_at, released))
+                run.dead.append((killed_at, released, holds_a))
         producer.join()
         settle(api, len(plan))
     assert kills >= 2, f"only {kills} kills during the run (FLOW_SEED={seed})"
@@ -431,7 +440,7 @@ def test_429_storm_pauses_only_that_host_across_workers(
         f"{len(b_in_pause)} (its pace: {expected_b:.0f})"
     )
     assert not in_pause, (
-        f"A was fetched during its pause (s after the pause began, job): {in_pause}"
+        f"A was fetched during its pause (s after the pause began, job): {in_pause[:10]}"
     )
     assert len(b_in_pause) >= 0.8 * expected_b, (len(b_in_pause), expected_b)
     assert {i: recs[i]["attempts"] for i in storm_hits} == dict.fromkeys(storm_hits, 2)
