@@ -1,4 +1,4 @@
-"""Section 8: flow control (issue 15) — what it costs, how close it runs to a limit, and the
+"""Section 9: flow control (issue 15) — what it costs, how close it runs to a limit, and the
 two-host run.
 
 (a) **Cost per job.** No-op jobs (the handler returns at once, as in section 1) on each backend,

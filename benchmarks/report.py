@@ -45,7 +45,7 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         checker(r, check)
     _issue16_checks(r, check)
-    if "flow" in r:  # section 8, after issue 16's 6 and 7
+    if "flow" in r:  # section 9, after issue 16's 7 and 8
         if "error" in r["flow"]:
             check("section flow ran", 0, 1, note=r["flow"]["error"])
         else:
@@ -822,7 +822,7 @@ def _jobcost_memory(r: dict[str, Any]) -> Table:
     )
 
 
-# -- section 8: flow control (benchmarks/flow.py) ----------------------------------------------
+# -- section 9: flow control (benchmarks/flow.py) ----------------------------------------------
 def _flow_checks(r: dict[str, Any], check: Check) -> None:
     f = r["flow"]
     durable = f["cost"]["durable"]
@@ -878,7 +878,7 @@ def _flow_cost(r: dict[str, Any]) -> Table:
     ]
     variants = r["flow"]["variants"]
     return (
-        "8a. Flow control: cost per job (no-op jobs)",
+        "9a. Flow control: cost per job (no-op jobs)",
         ["backend", "FLOW_LIMITS", "jobs/s", "drain/s", "vs none"],
         rows,
         [
@@ -905,7 +905,7 @@ def _flow_rate(r: dict[str, Any]) -> Table:
         for backend, x in rl.items()
     ]
     return (
-        "8b. Flow control: achieved ÷ allowed at a rate limit",
+        "9b. Flow control: achieved ÷ allowed at a rate limit",
         [
             "backend",
             "jobs",
@@ -951,7 +951,7 @@ def _flow_two_hosts(r: dict[str, Any]) -> Table:
             ]
         )
     return (
-        "8c. Flow control: two hosts at the witness",
+        "9c. Flow control: two hosts at the witness",
         [
             "run",
             "host",

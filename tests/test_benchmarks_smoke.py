@@ -169,13 +169,13 @@ def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         timeout=110,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "8a. Flow control" in proc.stdout
-    assert "8c. Flow control: two hosts" in (out / "RESULTS.md").read_text()
+    assert "9a. Flow control" in proc.stdout
+    assert "9c. Flow control: two hosts" in (out / "RESULTS.md").read_text()
     return json.loads((out / "results.json").read_text())
 
 
 def test_flow_section(flow_results: dict) -> None:
-    """Section 8 ran: (a) every variant on both backends completed its no-op jobs, (b) both
+    """Section 9 ran: (a) every variant on both backends completed its no-op jobs, (b) both
     backends started every job under the rate limit, (c) both two-host runs ended every job
     done, with the witness's numbers for both hosts; its checks are listed (timings are not
     asserted here: tests/test_flow_proof.py proves the limits)."""
