@@ -45,6 +45,11 @@ def checks(r: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         checker(r, check)
     _issue16_checks(r, check)
+    if "flow" in r:  # section 9, after issue 16's 7 and 8
+        if "error" in r["flow"]:
+            check("section flow ran", 0, 1, note=r["flow"]["error"])
+        else:
+            _flow_checks(r, check)
     return out
 
 
@@ -169,6 +174,7 @@ SECTION_TITLES = {
     "durability": "4. Price of durability (durable pipeline, no-op jobs)",
     "recovery": "5. Recovery after SIGKILL",
     "outage": "6. Return after a Redis outage",
+    "flow": "9. Flow control",
 }
 
 
@@ -192,6 +198,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
         optional = {_transports: "transports", _loops: "durable_by_loop"}
         out += [m(r) for m in make if m not in optional or r[section].get(optional[m])]
     out += _issue16_tables(r)
+    out += _flow_tables(r)
     return out
 
 
@@ -812,4 +819,151 @@ def _jobcost_memory(r: dict[str, Any]) -> Table:
         ["store", "body bytes", "jobs", "bytes per kept job", "body cost", "MEMORY USAGE of keys"],
         rows,
         notes,
+    )
+
+
+# -- section 9: flow control (benchmarks/flow.py) ----------------------------------------------
+def _flow_checks(r: dict[str, Any], check: Check) -> None:
+    f = r["flow"]
+    durable = f["cost"]["durable"]
+    check(
+        "durable no-op throughput with flow limits ÷ without",
+        durable["parallelism+rate"]["vs_none"],
+        0.8,
+        note=f'a "*" parallelism + rate limit that never binds; parallelism alone: '
+        f"{durable['parallelism']['vs_none']:g}",
+    )
+    for backend in ("durable", "inmemory"):
+        x = f["rate_limit"][backend]
+        check(
+            f"achieved ÷ allowed at a rate limit, {backend}",
+            x["share"],
+            0.9,
+            note=f"{x['achieved_per_s']:g}/s of {x['allowed_per_s']}/s",
+        )
+    for row in f["two_hosts"]:
+        a = row["a"]
+        label = f"two hosts, {row['backend']}, host A"
+        check(f"{label} max concurrency", a["max_concurrency"], a["parallelism"], "<=")
+        check(
+            f"{label} max arrivals in any {1 - r['flow']['jitter_s']:g} s",
+            a["max_in_window_minus_jitter"],
+            a["rate"],
+            "<=",
+            note=f"in any 1 s: {a['max_in_1s']} (arrival jitter)",
+        )
+        check(f"{label} throughput ÷ allowed", a["share"], 0.9)
+
+
+def _flow_tables(r: dict[str, Any]) -> list[Table]:
+    if "flow" not in r:
+        return []
+    if "error" in r["flow"]:
+        return [(SECTION_TITLES["flow"], ["failed"], [[r["flow"]["error"]]], [])]
+    return [_flow_cost(r), _flow_rate(r), _flow_two_hosts(r)]
+
+
+def _flow_cost(r: dict[str, Any]) -> Table:
+    cost = r["flow"]["cost"]
+    rows = [
+        [
+            backend,
+            variant,
+            _f(x["rate"]),
+            _f(x.get("drain_rate")),
+            f"{x['vs_none']:g}×",
+        ]
+        for backend, variants in cost.items()
+        for variant, x in variants.items()
+    ]
+    variants = r["flow"]["variants"]
+    return (
+        "9a. Flow control: cost per job (no-op jobs)",
+        ["backend", "FLOW_LIMITS", "jobs/s", "drain/s", "vs none"],
+        rows,
+        [
+            f"{r['flow']['sizes']['noop_jobs']:,} no-op jobs, {r['flow']['sizes']['workers']} "
+            f"slots, best of {r['flow']['sizes']['rounds']} alternating rounds; every job has one "
+            f"flow key. Limits: parallelism = {variants['parallelism']}, parallelism+rate = "
+            f"{variants['parallelism+rate']} (never binding).",
+        ],
+    )
+
+
+def _flow_rate(r: dict[str, Any]) -> Table:
+    rl = r["flow"]["rate_limit"]
+    rows = [
+        [
+            backend,
+            str(x["jobs"]),
+            _f(x["span_s"], 2),
+            _f(x["achieved_per_s"], 1),
+            str(x["allowed_per_s"]),
+            f"{x['share']:g}",
+            f"{x['max_in_1s']} / {x.get('max_in_window_minus_jitter', '—')}",
+        ]
+        for backend, x in rl.items()
+    ]
+    return (
+        "9b. Flow control: achieved ÷ allowed at a rate limit",
+        [
+            "backend",
+            "jobs",
+            "first to last start s",
+            "achieved/s",
+            "allowed/s",
+            "share",
+            f"most starts in 1 s / {1 - r['flow']['jitter_s']:g} s",
+        ],
+        rows,
+        [
+            "No-op jobs all queued at once on one key limited to rate R per 1 s (sliding window); "
+            "achieved = (jobs − R) ÷ (last start − first start). Starts as the handler stamps "
+            "them, after the claim's reply: a handler scheduled late makes a 1 s window look "
+            "fuller than the limiter's own count (arrival jitter, as at the witness)."
+        ],
+    )
+
+
+def _flow_two_hosts(r: dict[str, Any]) -> Table:
+    rows = []
+    for row in r["flow"]["two_hosts"]:
+        a, b = row["a"], row["b"]
+        rows.append(
+            [
+                f"{row['backend']} ({row['processes']})",
+                f"A (p {a['parallelism']}, {a['rate']}/1 s)",
+                str(a["max_concurrency"]),
+                f"{a['max_in_1s']} / {a['max_in_window_minus_jitter']}",
+                f"{a['per_s']:g}/s of {a['allowed_per_s']}/s ({a['share']:.0%})",
+                f"last job waited {a['last_wait_s']:g} s",
+            ]
+        )
+        rows.append(
+            [
+                "",
+                f"B (p {b['parallelism']})",
+                str(b["max_concurrency"]),
+                f"{b['max_in_1s']} / {b['max_in_window_minus_jitter']}",
+                f"{b['per_s']:g}/s (its pace: 40/s)",
+                f"wait median {b['wait_ms_beside_a_median']:g} ms, p90 {b['wait_ms_beside_a_p90']:g} "
+                f"ms (alone: {b['wait_ms_alone_median']:g}, {b['wait_ms_alone_p90']:g})",
+            ]
+        )
+    return (
+        "9c. Flow control: two hosts at the witness",
+        [
+            "run",
+            "host",
+            "max concurrency",
+            f"max arrivals 1 s / {1 - r['flow']['jitter_s']:g} s",
+            "throughput",
+            "waits",
+        ],
+        rows,
+        [
+            "One upstream on two ports (100 ms); B alone, then A at 30/s beside B at 40/s; "
+            "measured by the upstream per port. Throughput: distinct jobs ÷ first to last arrival "
+            "(A always had a backlog). The proof with worker SIGKILLs: tests/test_flow_proof.py."
+        ],
     )

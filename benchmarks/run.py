@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from benchmarks import durability, flood, io_efficiency, overhead, recovery, report
+from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -201,6 +202,7 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
+SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
 
 
 async def run_all(
@@ -240,6 +242,7 @@ async def run_all(
                 base, s.recovery_jobs, s.recovery_job_ms, s.stock_job_timeout, step
             ),
             "outage": lambda: section_outage(s, step),
+            "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

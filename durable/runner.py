@@ -99,6 +99,7 @@ T = TypeVar("T")
 BACKSTOP_S = 5.0  # past its timeout, the runner itself stops an attempt the fetcher did not
 EXTRA_CANDIDATES = 1  # job ids passed beyond the free slots: some may have been taken meanwhile
 CLAIM_TRIES = 3  # immediate claims in a row while the queue has work but each came back empty
+SOONER_SLACK_MS = 5  # a reply's due time this much before the idle wait's end wakes the wait
 CLAIM_KEYS = [
     keys.QUEUE,
     keys.RUNNING,
@@ -220,6 +221,8 @@ class DurableWorker(WorkerPool):
         self._asking: set[str] = set()  # candidates passed to claims not answered yet
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._due_sooner = asyncio.Event()  # a finish learnt of a due time the idle wait passes
+        self._idle_until_ms: float | None = None  # when the claim loop's idle wait ends (unix ms)
         self._suspects: dict[str, str] = {}  # unlisted leases of ours seen by the last heartbeat
         self._others_deadline_ms: float | None = None
         self._renewed = asyncio.Event()  # set by every answered heartbeat
@@ -431,18 +434,23 @@ class DurableWorker(WorkerPool):
 
     async def _wait_for_hint(self, due_ms: float | None, backoff: Backoff) -> None:
         """Idle slots: block until an enqueue (or a retry, release, un-parking) hints a job, the
-        next scheduled job is due, or POLL_DELAY passes."""
+        next scheduled job is due, or POLL_DELAY passes; or until a finish of ours learns of a
+        due time sooner than that (see :meth:`_note_due`)."""
         assert self.redis is not None
         timeout = self.settings.poll_delay
         if due_ms is not None:
             timeout = min(timeout, max((due_ms - time.time() * 1000) / 1000, 0.001))
+        self._due_sooner.clear()
+        self._idle_until_ms = time.time() * 1000 + timeout * 1000
         try:
-            hint = await self.redis.bzpopmin(keys.HINTS, timeout=max(timeout, 0.001))
+            hint = await self._hint_or_sooner(max(timeout, 0.001))
         except (RedisError, OSError) as exc:
             if not is_transient(exc):
                 raise
             await backoff.wait("waiting for jobs", exc)
             return
+        finally:
+            self._idle_until_ms = None
         if not hint:
             return
         _, job_id, score = hint
@@ -451,6 +459,32 @@ class DurableWorker(WorkerPool):
         else:  # the slots filled meanwhile: let another worker have it
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.zadd(keys.HINTS, {job_id: score})
+
+    async def _hint_or_sooner(self, timeout: float) -> Any:
+        """``BZPOPMIN`` on the hints for up to ``timeout`` s; None if it timed out or was given up
+        because something is due sooner (redis-py drops the connection of a cancelled command;
+        a hint it popped meanwhile is lost, which the next claim round's candidates make good)."""
+        assert self.redis is not None
+        pop = asyncio.ensure_future(self.redis.bzpopmin(keys.HINTS, timeout=timeout))
+        sooner = asyncio.ensure_future(self._due_sooner.wait())
+        try:
+            await asyncio.wait({pop, sooner}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sooner.cancel()
+            if not pop.done():
+                pop.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await pop
+        return None if pop.cancelled() else pop.result()
+
+    def _note_due(self, due_ms: float | None) -> None:
+        """A reply says something waiting (a flow key's parked jobs, a retry, a scheduled job) is
+        due at ``due_ms``. If the claim loop's idle wait began before that was known and lasts
+        past it, end the wait now: the loop's next round then waits exactly until it. (Without,
+        a flow key whose window freed while every worker idled waited up to POLL_DELAY.)"""
+        until = self._idle_until_ms
+        if due_ms is not None and until is not None and due_ms < until - SOONER_SLACK_MS:
+            self._due_sooner.set()
 
     def _start(self, claimed: Claimed) -> None:
         attempt = Attempt(claimed, f"{self.worker_id}|{claimed.attempt}|")
@@ -601,6 +635,7 @@ class DurableWorker(WorkerPool):
             break
         written, round_ = int(reply[0]), Round.parse(*reply[1:])
         self._remember(round_.candidates)
+        self._note_due(round_.due_ms)
         self.counters.finished += 1
         if written == 0:
             self.counters.fenced += 1

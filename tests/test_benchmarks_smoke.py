@@ -151,3 +151,48 @@ def test_outage_section(results: dict) -> None:
         assert r["unique_fetched"] == r["jobs"]
         assert all(k in r for k in ("to_50_s", "to_90_s", "first_fetch_s", "serve_back_s"))
     assert sum(c["target"].startswith("outage ") for c in results["checks"]) == 2 * len(o["rows"])
+
+
+@pytest.fixture(scope="module")
+def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``python -m benchmarks --quick --section flow`` on its own (so it adds nothing to the
+    whole run's time limit above), its results.json loaded."""
+    out = tmp_path_factory.mktemp("bench-flow")
+    env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
+    args = ["--quick", "--quiet", "--section", "flow", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "9a. Flow control" in proc.stdout
+    assert "9c. Flow control: two hosts" in (out / "RESULTS.md").read_text()
+    return json.loads((out / "results.json").read_text())
+
+
+def test_flow_section(flow_results: dict) -> None:
+    """Section 9 ran: (a) every variant on both backends completed its no-op jobs, (b) both
+    backends started every job under the rate limit, (c) both two-host runs ended every job
+    done, with the witness's numbers for both hosts; its checks are listed (timings are not
+    asserted here: tests/test_flow_proof.py proves the limits)."""
+    f = flow_results["flow"]
+    assert "error" not in f, f
+    for backend in ("durable", "inmemory"):
+        variants = f["cost"][backend]
+        assert set(variants) == {"none", "parallelism", "parallelism+rate"}
+        assert all(v["completed"] == v["jobs"] and v["rate"] > 0 for v in variants.values())
+        assert variants["none"]["vs_none"] == 1
+        closeness = f["rate_limit"][backend]
+        assert closeness["jobs"] == f["sizes"]["rate"] * (f["sizes"]["rate_seconds"] + 1)
+        assert closeness["share"] > 0
+    assert [row["backend"] for row in f["two_hosts"]] == ["durable", "inmemory"]
+    for row in f["two_hosts"]:
+        assert row["done"] == row["jobs"]
+        assert row["a"]["jobs"] > 0 and row["b"]["jobs"] > 0
+    checks = [c["target"] for c in flow_results["checks"]]
+    assert any("with flow limits" in c for c in checks)
+    assert sum("two hosts" in c for c in checks) == 6

@@ -36,3 +36,32 @@ async def test_a_bug_in_the_runner_stops_the_worker_instead_of_leaving_it_idle(
     finally:
         h.pool = None  # already stopped
         await h.close()
+
+
+async def test_an_idle_worker_wakes_when_a_finish_learns_a_key_may_start_sooner(
+    upstream: str, redis_url: str
+) -> None:
+    """Regression: parallelism 1 and 2 starts per 1 s on a key, fetches of 400 ms, POLL_DELAY 5 s.
+    j1 starts at 0; j2, parked behind it, starts when j1 ends (0.4 s), claimed by the idle claim
+    loop, whose round says the key is looked at again at 1.4 s (a parallelism recheck). When j2
+    ends (0.8 s) its finish learns that j3 may start at 1.0 s (j1's start leaves the window), and
+    the claim loop, idle with a wait to 1.4 s, is woken to wait until 1.0 s instead: j3 starts
+    1 s after j1, not 1.4 s."""
+    h = await Harness.create(
+        "durable",
+        upstream,
+        redis_url,
+        workers=3,
+        poll_delay=5.0,
+        flow_limits='{"*": {"parallelism": 1, "rate": 2, "period_s": 1}}',
+    )
+    try:
+        jobs = [await h.submit(f"/soon/{i}?latency_ms=400") for i in range(3)]
+        await h.start_workers()
+        records = await h.wait_all_final(30)
+        assert [r.status for r in records] == [Status.DONE] * 3
+        seen = (await h.witness())["jobs"]
+        j1, _, j3 = (seen[j.id]["first"] for j in jobs)
+        assert 1.0 - 0.05 <= j3 - j1 < 1.25, j3 - j1
+    finally:
+        await h.close()

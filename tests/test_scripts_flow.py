@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from durable import keys
+from durable import flow_store, keys
 from durable.runner import DurableWorker
-from pipeline.jobs import Job
+from pipeline.jobs import FlowLimit, Job
 from tests.scripts_kit import Lua, between, contract, pad
 
 RECHECK_MS = 1000  # lib/flow.lua's FLOW_RECHECK_MS
@@ -274,3 +274,45 @@ async def test_a_job_past_its_tries_takes_no_start_of_the_rate(lua: Lua) -> None
     assert await lua.redis.zcard(keys.FLOW_STARTS) == 0
     job = await lua.submit_new(flow_key="k")
     assert await claim_ids(lua, w, [job]) == [job.id]
+
+
+@contract("flow_admin", "claim")
+async def test_a_review_that_frees_part_of_the_window_looks_again_when_the_next_start_may_go(
+    lua: Lua,
+) -> None:
+    """Regression: rate 2 raised to 3 per 60 s with 2 starts in the window (the oldest 59.5 s ago)
+    and 3 jobs parked. The review un-parks one (the window's one free start); the next may start
+    when the oldest start leaves the window, 0.5 s from now, and that is when the key is looked at
+    again: not in FLOW_RECHECK_MS (1 s), as when the un-parked job, not started yet, was not
+    counted and the window looked free. (In a two-host run with nothing else finishing, that cost
+    up to a second per window: A ran at 82 % of its rate.)"""
+    await lua.limit("k", rate=2, period_s=PERIOD_S)
+    now = await lua.now_ms()
+    oldest = now - PERIOD_S * 1000 + 500
+    await seed_start(lua, "k", oldest, "a")
+    await seed_start(lua, "k", now - 40_000, "b")
+    jobs = [await lua.submit_new(flow_key="k") for _ in range(3)]
+    assert await claim_ids(lua, lua.worker(), jobs) == []
+    await lua.admin("set", "k", flow_store.encode(FlowLimit(None, 3, PERIOD_S)))
+    assert await lua.parked_ids("k") == [jobs[1].id, jobs[2].id]
+    assert await lua.redis.zscore(keys.HINTS, jobs[0].id) is not None
+    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == oldest + PERIOD_S * 1000
+
+
+@contract("flow_admin", "claim")
+async def test_a_review_whose_unparked_jobs_fill_the_window_looks_again_a_period_later(
+    lua: Lua,
+) -> None:
+    """Rate 2 per 60 s, nothing in the window, 3 jobs parked behind a pause: resumed, two go back
+    to the queue and fill the window themselves; the third is looked at a period later (when
+    those two starts, made from now on, leave it), not in FLOW_RECHECK_MS."""
+    await lua.limit("k", rate=2, period_s=PERIOD_S)
+    await lua.redis.hset(keys.FLOW_PAUSED, "k", "1")
+    jobs = [await lua.submit_new(flow_key="k") for _ in range(3)]
+    assert await claim_ids(lua, lua.worker(), jobs) == []
+    t0 = await lua.now_ms()
+    await lua.admin("resume", "k")
+    t1 = await lua.now_ms()
+    assert await lua.parked_ids("k") == [jobs[2].id]
+    period = PERIOD_S * 1000
+    assert between(t0 + period, await lua.redis.zscore(keys.FLOW_WAITING, "k"), t1 + period)

@@ -105,21 +105,45 @@ local function unpark(fk, n)
   return #members
 end
 
+-- When to look again at fk's parked jobs, `pending` of its jobs having just gone back to the
+-- queue (they start in a moment, uncounted so far). A full parallelism is looked at again when a
+-- slot frees (flow_ended) or in FLOW_RECHECK_MS; a full window when the start that makes room
+-- leaves it, the pending starts counted as made now. Counting them matters: without, a window
+-- that had room for only some of the parked jobs looked free, and the rest waited for the next
+-- slot to free or FLOW_RECHECK_MS instead of the moment the window allowed their start.
+local function flow_next(fk, now, pending)
+  local again = flow_wait(fk, now)
+  if again > 0 then return again end
+  local p, r, period = flow_limit(fk)
+  if p and active(fk) + pending >= p then return now + FLOW_RECHECK_MS end
+  if r then
+    local n = starts_in_window(fk, now, period)
+    if n + pending >= r then
+      local frees = n + pending - r  -- the oldest starts in the window, 0-based: this one frees
+      if frees >= n then return now + period end  -- the pending starts alone fill it
+      local m = redis.call('ZRANGEBYLEX', K.flow_starts, '[' .. fk .. '|', '[' .. fk .. '|~',
+                           'LIMIT', frees, 1)[1]
+      return tonumber(string.match(m, '^[^|]*|([^|]+)|')) + period
+    end
+  end
+  return now + FLOW_RECHECK_MS
+end
+
 -- Move as many of fk's parked jobs back to the queue as its limit allows now; say when to look
 -- again at the rest. Called when a slot of fk frees, when its time in K.flow_waiting comes, and
 -- when its limit or pause changes.
 local function flow_review(fk, now)
   local left = redis.call('ZLEXCOUNT', K.flow_parked, '[' .. fk .. '|', '[' .. fk .. '|~')
+  local moved = 0
   if left > 0 then
-    left = left - unpark(fk, flow_allowance(fk, now, 100))
+    moved = unpark(fk, flow_allowance(fk, now, 100))
+    left = left - moved
   end
   if left <= 0 then
     redis.call('ZREM', K.flow_waiting, fk)
     return
   end
-  local again = flow_wait(fk, now)
-  if again == 0 then again = now + FLOW_RECHECK_MS end
-  redis.call('ZADD', K.flow_waiting, again, fk)
+  redis.call('ZADD', K.flow_waiting, flow_next(fk, now, moved), fk)
 end
 
 -- A fetch of fk ended (or its lease was released): free its slot, let a waiting job take it.

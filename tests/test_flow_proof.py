@@ -1,0 +1,450 @@
+"""Flow control proven at the witness (issue 15, item 7): real worker processes, random SIGKILLs,
+and the upstream stand-in as the only judge.
+
+One upstream process listens on two ports, standing for two third-party hosts: host A (flow key
+``127.0.0.1:PORT_A``) limited to parallelism 3 and 20 starts per 1 s, host B to parallelism 10.
+A producer thread submits a steady stream for both over the run (B alone first: B's baseline).
+The witness stamps every arrival per port; from that alone the tests check, per host:
+
+* concurrency: the witness's ``max_concurrency`` never above the key's parallelism;
+* rate: no sliding window holds more than 20 of A's arrivals. The limiter counts a start on Redis's
+  clock (in-memory: the event loop's) just before the fetch; the witness stamps the arrival when
+  its event loop reads the request, later by an amount that varies per request: a few ms on a
+  kept-alive connection, tens more on a new one (a restarted worker opens new connections) or when
+  a burst of starts leaves one request after another on a contended CPU. Two starts exactly 1 s
+  apart can thus arrive up to that variation closer together. On this project's loaded 2-core
+  machine we saw 21 arrivals within 0.95 s in a durable run with kills (none of which held A's
+  slots) and bursts spread by up to 150 ms (tests/test_contract_flows.py), so the windows measured
+  are 1 s minus ``JITTER_S`` (150 ms) long. A limiter that lets a 21st start into a window still
+  shows it: A's 20 starts of a window leave within 0.7 s (3 at a time, 100 ms each), so a 21st
+  lands inside 0.85 s of them (checked: rate 21 in the service fails this test);
+* throughput: A keeps within 90 % of what its limits allow (see ``check_throughput``);
+* isolation: B's jobs wait no longer with A saturated than in B's own baseline;
+* nothing lost: every accepted job ends ``done``.
+
+The durable run kills random workers (seeded: ``FLOW_SEED=<seed>`` replays one); the in-memory
+run is the same without kills (one ``serve``). A 429 storm from A pauses A only, across workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from durable import keys
+from pipeline.harness.redis_launcher import RedisProcess
+from pipeline.harness.upstream import max_arrivals_in_window
+from pipeline.jobs import url_flow_key
+from tests.helpers import Proc, Processes, allow, get_json, wait_until
+
+pytestmark = pytest.mark.slow  # real processes and signals: tens of seconds each
+
+LATENCY_MS = 100  # every fetch: 3 in flight allow 30/s, so A's rate (20/s) is what binds
+A_PARALLELISM, A_RATE, A_PERIOD_S = 3, 20, 1.0
+B_PARALLELISM = 10
+JITTER_S = 0.15  # arrival jitter allowed for in the rate check (see the module docstring)
+THROUGHPUT_SHARE = 0.9
+FAST_BEAT = {"HEARTBEAT_INTERVAL": 0.5, "HEARTBEAT_TTL": 1.5}
+SETTLE_S = 120  # the longest any test waits for its jobs to end
+STOP_S = 30  # the longest any test waits for its producer
+
+
+@pytest.fixture
+def two_hosts(processes: Processes) -> list[str]:
+    """One witness on two ports (the module's own: its counts are this test's alone)."""
+    _, urls = processes.upstream_hosts(latency_ms=LATENCY_MS, ports=2)
+    return urls
+
+
+def flow_limits(a: str, b: str) -> str:
+    return json.dumps(
+        {
+            url_flow_key(a): {"parallelism": A_PARALLELISM, "rate": A_RATE, "period_s": A_PERIOD_S},
+            url_flow_key(b): {"parallelism": B_PARALLELISM},
+        }
+    )
+
+
+def settings(a: str, b: str, **extra: object) -> dict[str, object]:
+    return {
+        "ALLOWED_HOSTS": allow(a, b),
+        "FLOW_LIMITS": flow_limits(a, b),
+        "QUEUE_MAXSIZE": 5000,
+        "JOB_TIMEOUT": 30,
+        "MAX_TRIES": 20,
+        "RETRY_BASE_DELAY": 0.05,
+        "RETRY_MAX_DELAY": 5,
+        **extra,
+    }
+
+
+# -- the producer: a steady stream, each job's send time kept -------------------------------------
+@dataclass
+class Planned:
+    at: float  # seconds after the producer starts
+    job_id: str
+    url: str
+
+
+@dataclass
+class Producer:
+    """Submits ``plan`` from a thread, each job at its time; ``sent`` is when each POST left (unix
+    time, the witness's clock) and every POST must be accepted (202)."""
+
+    api: str
+    plan: list[Planned]
+    sent: dict[str, float] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def start(self) -> Producer:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._go())
+        except BaseException as exc:  # reported by join()
+            self.errors.append(exc)
+
+    async def _go(self) -> None:
+        t0 = time.monotonic()
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(
+            base_url=self.api, timeout=30, trust_env=False, limits=limits
+        ) as client:
+
+            async def one(job: Planned) -> None:
+                await asyncio.sleep(max(0.0, t0 + job.at - time.monotonic()))
+                self.sent[job.job_id] = time.time()
+                r = await client.post("/jobs", json={"url": job.url, "id": job.job_id})
+                assert r.status_code == 202, f"{job.job_id}: {r.status_code} {r.text}"
+
+            await asyncio.gather(*(one(j) for j in self.plan))
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def join(self) -> None:
+        assert self.thread is not None
+        self.thread.join(timeout=STOP_S + max(j.at for j in self.plan))
+        assert not self.thread.is_alive(), "the producer did not finish"
+        if self.errors:
+            raise self.errors[0]
+
+
+def stream(base: str, tag: str, per_s: float, start: float, seconds: float) -> list[Planned]:
+    """``per_s`` jobs a second for ``seconds``, from ``start``, to ``base``."""
+    n = round(per_s * seconds)
+    return [
+        Planned(start + i / per_s, f"{tag}-{i}", f"{base}/{tag}/{i}?latency_ms={LATENCY_MS}")
+        for i in range(n)
+    ]
+
+
+# -- reading the witness and the service ----------------------------------------------------------
+def arrivals(base: str, key: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = get_json(f"{base}/arrivals?host={key}")["arrivals"]
+    return found
+
+
+def first_arrivals(seen: list[dict[str, Any]]) -> dict[str, float]:
+    """Each job id's first arrival (unix time)."""
+    first: dict[str, float] = {}
+    for a in seen:
+        first.setdefault(a["job"], a["t"])
+    return first
+
+
+def statuses(api: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def go() -> dict[str, dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
+            gate = asyncio.Semaphore(16)
+
+            async def one(job_id: str) -> tuple[str, dict[str, Any]]:
+                async with gate:
+                    r = await client.get(f"/jobs/{job_id}")
+                assert r.status_code == 200, f"{job_id}: {r.status_code} {r.text}"
+                return job_id, r.json()
+
+            return dict(await asyncio.gather(*(one(i) for i in ids)))
+
+    return asyncio.run(go())
+
+
+def settle(api: str, n: int) -> None:
+    """Wait (bounded) until ``n`` jobs have ended and nothing is queued or running."""
+
+    def ended() -> bool:
+        s = get_json(api + "/stats")
+        return bool(s["done"] + s["failed"] >= n and s["queued"] == 0 and s["running"] == 0)
+
+    wait_until(ended, SETTLE_S, f"all {n} jobs to end", every=0.2)
+
+
+def all_done(api: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    recs = statuses(api, ids)
+    counts = collections.Counter(r["status"] for r in recs.values())
+    assert counts == {"done": len(ids)}, f"final statuses {dict(counts)}"
+    return recs
+
+
+# -- the verdict ----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    a: str
+    b: str
+    api: str
+    producer: Producer
+    b_only_until: float  # unix time: B's baseline jobs were sent before it
+    # (killed, released, how many of A's slots the dead worker held): A's slots held by the dead
+    dead: list[tuple[float, float, int]] = field(default_factory=list)
+
+
+def check_limits(run: Run) -> tuple[list[float], dict[str, Any]]:
+    """Per host: concurrency and sliding-window arrivals within the limits, and the limits used.
+    Returns A's arrival times and the witness's per-host summary."""
+    key_a, key_b = url_flow_key(run.a), url_flow_key(run.b)
+    hosts = get_json(run.a + "/stats")["hosts"]
+    a_times = [x["t"] for x in arrivals(run.a, key_a)]
+    window = A_PERIOD_S - JITTER_S
+    most = max_arrivals_in_window(a_times, window)
+    print(
+        f"A: max concurrency {hosts[key_a]['max_concurrency']}, max arrivals in {window} s "
+        f"{most} (in 1 s: {max_arrivals_in_window(a_times, 1.0)}); "
+        f"B: max concurrency {hosts[key_b]['max_concurrency']}"
+    )
+    assert hosts[key_a]["max_concurrency"] <= A_PARALLELISM, hosts
+    assert hosts[key_b]["max_concurrency"] <= B_PARALLELISM, hosts
+    assert most <= A_RATE, f"{most} arrivals of A within {window} s"
+    assert hosts[key_a]["max_concurrency"] == A_PARALLELISM, "A's parallelism never used"
+    assert max_arrivals_in_window(a_times, 1.0) >= A_RATE, "A's rate never used"
+    return a_times, hosts
+
+
+def check_throughput(run: Run, a_times: list[float]) -> float:
+    """A's throughput within ``THROUGHPUT_SHARE`` of what its limits allow.
+
+    A is submitted at 30/s, faster than it may run, so from its first arrival to its last it always
+    has jobs waiting: over that stretch its limits allow 20 starts per second (3 in flight at
+    100 ms each would allow 30/s: the rate binds). A worker killed while it holds h of A's slots
+    keeps them until its lease lapses (HEARTBEAT_TTL 1.5 s, found by the next heartbeat of another
+    worker, 0.5 s apart), and its jobs then start again. For each such stretch (from the kill to
+    the moment no lease of the dead worker is left, measured) the allowance is what 3 - h slots of
+    100 ms fetches can carry, min(20, (3 - h) / 0.1 s) per second: nothing lost for h = 1, half for
+    h = 2, all for h = 3 (the real fetch takes longer than the witness's 100 ms, so this allows the
+    backend less, not more). Counted: jobs' first arrivals only (a re-delivery is a start the
+    limits count but no progress); required: 90 % of the allowance."""
+    span = a_times[-1] - a_times[0]
+    rate_s = A_RATE / A_PERIOD_S
+    allowed = rate_s * span
+    for start, end, held in run.dead:
+        stretch = max(0.0, min(end, a_times[-1]) - max(start, a_times[0]))
+        allowed -= (rate_s - min(rate_s, (A_PARALLELISM - held) / (LATENCY_MS / 1000))) * stretch
+    jobs_started = len(first_arrivals(arrivals(run.a, url_flow_key(run.a))))
+    dead_s = sum(end - start for start, end, _ in run.dead)
+    print(
+        f"A: {jobs_started} jobs ({len(a_times)} arrivals) over {span:.2f} s ({dead_s:.2f} s with "
+        f"slots held by killed workers): {jobs_started / span:.1f}/s; allowed {allowed:.0f} "
+        f"starts, achieved {jobs_started / allowed:.0%}"
+    )
+    assert jobs_started >= THROUGHPUT_SHARE * allowed, (jobs_started, allowed)
+    return jobs_started / span
+
+
+def check_isolation(run: Run) -> None:
+    """B is not slowed by A: B's jobs wait (send to first arrival) no longer, in the median and at
+    the 90th percentile, while A is saturated than in B's baseline before any A job was sent (plus
+    100 ms, for the load A's own traffic adds on this machine), and B's stream is over long before
+    A's backlog is."""
+    sent = run.producer.sent
+    b_first = first_arrivals(arrivals(run.a, url_flow_key(run.b)))
+    a_first = first_arrivals(arrivals(run.a, url_flow_key(run.a)))
+    base = [b_first[i] - sent[i] for i in b_first if sent[i] < run.b_only_until]
+    mixed = [b_first[i] - sent[i] for i in b_first if sent[i] >= run.b_only_until]
+
+    def q(values: list[float], p: int) -> float:
+        return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
+
+    print(
+        f"B waits: baseline median {statistics.median(base) * 1000:.0f} ms p90 "
+        f"{q(base, 90) * 1000:.0f} ms ({len(base)} jobs); beside A median "
+        f"{statistics.median(mixed) * 1000:.0f} ms p90 {q(mixed, 90) * 1000:.0f} ms "
+        f"({len(mixed)} jobs); A's last job waited {max(a_first[i] - sent[i] for i in a_first):.1f} s"
+    )
+    assert statistics.median(mixed) <= statistics.median(base) + 0.1, (base, mixed)
+    assert q(mixed, 90) <= q(base, 90) + 0.1, (base, mixed)
+    assert max(b_first.values()) < max(a_first.values()) - 2, "B finished no sooner than A"
+
+
+def two_host_plan(a: str, b: str) -> tuple[list[Planned], float]:
+    """B alone for 2 s (its baseline), then A at 30/s and B at 40/s for 8 s."""
+    plan = [
+        *stream(b, "base", 40, 0.0, 2.0),
+        *stream(a, "a", 30, 2.0, 8.0),
+        *stream(b, "b", 40, 2.0, 8.0),
+    ]
+    return sorted(plan, key=lambda p: p.at), 2.0
+
+
+def leases_of(r: redis.Redis, pid: int) -> dict[str, str]:
+    """The leases in ``qc:running`` (job id -> "worker|attempt|score|flow") held by ``pid``."""
+    running: dict[str, str] = r.hgetall(keys.RUNNING)
+    return {i: v for i, v in running.items() if int(v.split("|", 1)[0].rsplit(":", 2)[1]) == pid}
+
+
+def test_two_hosts_durable_with_worker_kills(
+    processes: Processes, own_redis: RedisProcess, two_hosts: list[str]
+) -> None:
+    """3 durable workers x 10 slots, random SIGKILLs (each killed worker restarted): A within its
+    limits and near them, B unhindered, nothing lost."""
+    seed = int(os.environ.get("FLOW_SEED", random.randrange(1_000_000)))
+    print(f"\nFLOW_SEED={seed}")
+    rng = random.Random(seed)
+    a, b = two_hosts
+    env = settings(a, b, QUEUE_BACKEND="durable", REDIS_URL=own_redis.url, WORKERS=10, **FAST_BEAT)
+    _, api = processes.serve(**env)
+    workers: list[Proc] = [processes.worker(**env) for _ in range(3)]
+    plan, b_only_s = two_host_plan(a, b)
+    t0 = time.time()
+    producer = Producer(api, plan).start()
+    run = Run(a, b, api, producer, t0 + b_only_s)
+    key_a = url_flow_key(a)
+    kills = 0
+    with redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=10) as r:
+        time.sleep(b_only_s + 1.0)  # into the mixed stream
+        while producer.running and kills < 4:
+            time.sleep(rng.uniform(0.3, 1.5))  # let them work for a random while
+            victim = rng.choice([w for w in workers if w.alive])
+            victim.signal(signal.SIGKILL)
+            killed_at = time.time()
+            victim.wait(timeout=10)
+            kills += 1
+            held = leases_of(r, victim.pid)
+            wait_until(lambda pid=victim.pid: not leases_of(r, pid), 15, "the dead worker's leases")
+            released = time.time()
+            workers.append(processes.worker(**env))  # restarted
+            holds_a = sum(v.endswith("|" + key_a) for v in held.values())
+            print(
+                f"kill {kills}: pid {victim.pid} held {len(held)} ({holds_a} of A), "
+                f"released after {released - killed_at:.2f} s"
+            )
+            if holds_a:
+                run.dead.append((killed_at, released, holds_a))
+        producer.join()
+        settle(api, len(plan))
+    assert kills >= 2, f"only {kills} kills during the run (FLOW_SEED={seed})"
+    all_done(api, [p.job_id for p in plan])
+    wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
+    try:
+        a_times, _ = check_limits(run)
+        check_throughput(run, a_times)
+        check_isolation(run)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (FLOW_SEED={seed})") from None
+
+
+def test_two_hosts_inmemory(processes: Processes, two_hosts: list[str]) -> None:
+    """The same on the in-memory backend: one ``serve`` with 30 slots, no kills."""
+    a, b = two_hosts
+    _, api = processes.serve(**settings(a, b, QUEUE_BACKEND="inmemory", WORKERS=30))
+    plan, b_only_s = two_host_plan(a, b)
+    t0 = time.time()
+    producer = Producer(api, plan).start()
+    run = Run(a, b, api, producer, t0 + b_only_s)
+    producer.join()
+    settle(api, len(plan))
+    all_done(api, [p.job_id for p in plan])
+    wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
+    a_times, _ = check_limits(run)
+    check_throughput(run, a_times)
+    check_isolation(run)
+
+
+STORM_RETRY_AFTER_S = 2.0
+STORM_JOBS = 5
+STORM_GRACE_S = 0.25  # A's fetches started before the first 429's end was recorded may arrive
+
+
+def test_429_storm_pauses_only_that_host_across_workers(
+    processes: Processes, own_redis: RedisProcess, two_hosts: list[str]
+) -> None:
+    """Streams to A and B (20/s each) on 3 durable workers; 2 s in, 5 of A's jobs answer 429 with
+    Retry-After: 2 (once each). From the first 429's answer (plus ``STORM_GRACE_S`` for fetches
+    already on their way) to 2 s after it, no worker sends A anything, while B's jobs keep
+    arriving at their pace; then A resumes, each storm job retried once and every other A job run
+    on its first attempt (waiting costs no attempts)."""
+    a, b = two_hosts
+    env = settings(a, b, QUEUE_BACKEND="durable", REDIS_URL=own_redis.url, WORKERS=10, **FAST_BEAT)
+    env["FLOW_LIMITS"] = json.dumps({url_flow_key(a): {"parallelism": 5}})
+    _, api = processes.serve(**env)
+    for _ in range(3):
+        processes.worker(**env)
+    storm = [
+        Planned(
+            2.0,
+            f"storm-{i}",
+            f"{a}/storm/{i}?latency_ms={LATENCY_MS}&status=429"
+            f"&retry_after={STORM_RETRY_AFTER_S:.0f}&fail_times=1",
+        )
+        for i in range(STORM_JOBS)
+    ]
+    plan = sorted(
+        [*stream(a, "a", 20, 0.0, 6.0), *stream(b, "b", 20, 0.0, 6.0), *storm],
+        key=lambda p: p.at,
+    )
+    producer = Producer(api, plan).start()
+    producer.join()
+    settle(api, len(plan))
+    recs = all_done(api, [p.job_id for p in plan])
+    wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
+
+    a_seen = arrivals(a, url_flow_key(a))
+    b_times = [x["t"] for x in arrivals(a, url_flow_key(b))]
+    storm_hits: dict[str, list[float]] = collections.defaultdict(list)
+    for x in a_seen:
+        if x["job"] in recs and x["job"].startswith("storm-"):
+            storm_hits[x["job"]].append(x["t"])
+    assert sorted(storm_hits) == sorted(p.job_id for p in storm)
+    # each storm job's 429 pauses A: from its answer (+ grace) until Retry-After later, nothing of A
+    pauses = sorted(
+        (
+            hits[0] + LATENCY_MS / 1000 + STORM_GRACE_S,
+            hits[0] + LATENCY_MS / 1000 + STORM_RETRY_AFTER_S,
+        )
+        for hits in storm_hits.values()
+    )
+    in_pause = [
+        (round(x["t"] - lo, 3), x["job"]) for lo, hi in pauses for x in a_seen if lo < x["t"] < hi
+    ]
+    quiet_from, quiet_to = pauses[0]
+    b_in_pause = [t for t in b_times if quiet_from < t < quiet_to]
+    expected_b = 20 * (quiet_to - quiet_from)
+    print(
+        f"{len(pauses)} pauses; A arrivals in them {in_pause}; B arrivals in the first "
+        f"{len(b_in_pause)} (its pace: {expected_b:.0f})"
+    )
+    assert not in_pause, (
+        f"A was fetched during its pause (s after the pause began, job): {in_pause[:10]}"
+    )
+    assert len(b_in_pause) >= 0.8 * expected_b, (len(b_in_pause), expected_b)
+    assert {i: recs[i]["attempts"] for i in storm_hits} == dict.fromkeys(storm_hits, 2)
+    others = {p.job_id for p in plan} - set(storm_hits)
+    assert {recs[i]["attempts"] for i in others} == {1}
+    for job_id, hits in storm_hits.items():  # retried once the Retry-After had passed
+        assert len(hits) == 2 and hits[1] >= hits[0] + STORM_RETRY_AFTER_S - 0.05, (job_id, hits)
