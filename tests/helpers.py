@@ -53,6 +53,7 @@ __all__ = [
     "child_env",
     "get_json",
     "need_redis_server",
+    "records",
     "start_private_redis",
     "statuses",
     "wait_until",
@@ -83,6 +84,24 @@ def statuses(api: str, ids: list[str]) -> dict[str, Any]:
             r = client.get(f"/jobs/{i}")
             out[i] = r.json()["status"] if r.status_code == 200 else r.status_code
         return out
+
+
+def records(api: str, ids: list[str], concurrency: int = 16) -> dict[str, dict[str, Any]]:
+    """Every job's record from the service."""
+
+    async def go() -> dict[str, dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(job_id: str) -> tuple[str, dict[str, Any]]:
+                async with gate:
+                    r = await client.get(f"/jobs/{job_id}")
+                assert r.status_code == 200, f"{job_id}: {r.status_code} {r.text}"
+                return job_id, r.json()
+
+            return dict(await asyncio.gather(*(one(i) for i in ids)))
+
+    return asyncio.run(go())
 
 
 def witness_jobs(upstream: str, ids: list[str]) -> dict[str, dict[str, Any]]:

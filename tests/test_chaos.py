@@ -48,6 +48,7 @@ from tests.helpers import (
     child_env,
     get_json,
     need_redis_server,
+    records,
     statuses,
     wait_until,
     witness_jobs,
@@ -158,24 +159,6 @@ def submit(api: str, jobs: dict[str, str], concurrency: int = 16) -> None:
             await asyncio.gather(*(one(i, u) for i, u in jobs.items()))
 
     asyncio.run(go())
-
-
-def records(api: str, ids: list[str], concurrency: int = 16) -> dict[str, dict[str, Any]]:
-    """Every job's record from the service."""
-
-    async def go() -> dict[str, dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
-            gate = asyncio.Semaphore(concurrency)
-
-            async def one(job_id: str) -> tuple[str, dict[str, Any]]:
-                async with gate:
-                    r = await client.get(f"/jobs/{job_id}")
-                assert r.status_code == 200, f"{job_id}: {r.status_code} {r.text}"
-                return job_id, r.json()
-
-            return dict(await asyncio.gather(*(one(i) for i in ids)))
-
-    return asyncio.run(go())
 
 
 def pid_of(lease: str) -> int:

@@ -48,7 +48,7 @@ from durable import keys
 from pipeline.harness.redis_launcher import RedisProcess
 from pipeline.harness.upstream import max_arrivals_in_window
 from pipeline.jobs import url_flow_key
-from tests.helpers import Proc, Processes, allow, get_json, wait_until
+from tests.helpers import Proc, Processes, allow, get_json, records, wait_until
 
 pytestmark = pytest.mark.slow  # real processes and signals: tens of seconds each
 
@@ -171,22 +171,6 @@ def first_arrivals(seen: list[dict[str, Any]]) -> dict[str, float]:
     return first
 
 
-def statuses(api: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    async def go() -> dict[str, dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
-            gate = asyncio.Semaphore(16)
-
-            async def one(job_id: str) -> tuple[str, dict[str, Any]]:
-                async with gate:
-                    r = await client.get(f"/jobs/{job_id}")
-                assert r.status_code == 200, f"{job_id}: {r.status_code} {r.text}"
-                return job_id, r.json()
-
-            return dict(await asyncio.gather(*(one(i) for i in ids)))
-
-    return asyncio.run(go())
-
-
 def settle(api: str, n: int) -> None:
     """Wait (bounded) until ``n`` jobs have ended and nothing is queued or running."""
 
@@ -198,7 +182,7 @@ def settle(api: str, n: int) -> None:
 
 
 def all_done(api: str, ids: list[str]) -> dict[str, dict[str, Any]]:
-    recs = statuses(api, ids)
+    recs = records(api, ids)
     counts = collections.Counter(r["status"] for r in recs.values())
     assert counts == {"done": len(ids)}, f"final statuses {dict(counts)}"
     return recs
