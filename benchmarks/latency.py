@@ -92,15 +92,18 @@ class Upstream:
 Submit = Callable[[str, str], Awaitable[None]]  # (job id, url)
 
 
-async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) -> list[float]:
-    """``n`` jobs one at a time; ms from just before each send to its arrival upstream."""
+async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) -> dict[str, Any]:
+    """``n`` jobs one at a time: the summary of ms from just before each send to its arrival
+    upstream, and ``answer_p50_ms``: from the send until the submission was answered (202)."""
     sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
     warmup = min(WARMUP, max(1, n // 4))
     for i in range(warmup + n):
         job_id = f"{tag}-{i}"
         url = f"{up.probe}/probe/{job_id}"
         sent[job_id] = time.time()
         await submit(job_id, url)
+        answered[job_id] = time.time()
 
         async def seen(job_id: str = job_id) -> bool:
             return job_id in await up.arrivals(up.probe_host)
@@ -109,7 +112,11 @@ async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) 
         await asyncio.sleep(random.uniform(0, gap_s))
     arrived = await up.arrivals(up.probe_host)
     ids = [f"{tag}-{i}" for i in range(warmup, warmup + n)]
-    return [(arrived[i] - sent[i]) * 1000 for i in ids]
+    answers = [(answered[i] - sent[i]) * 1000 for i in ids]
+    return {
+        **summary([(arrived[i] - sent[i]) * 1000 for i in ids]),
+        "answer_p50_ms": round(percentile(answers, 50), 2),
+    }
 
 
 def _load_child(kind: str, target: str, rate: float, count: int, prefix: str, url: str) -> Proc:
@@ -190,7 +197,7 @@ async def _system(
             kind, target = "http", base
         gap = ARQ_POLL_S if system == "stock_arq" else 0.02
         step(f"latency: {system}, {probes} jobs one at a time, idle")
-        idle = summary(await _probes(up, submit, probes, f"{system}-idle", gap))
+        idle = await _probes(up, submit, probes, f"{system}-idle", gap)
         n = capacity_jobs if system != "stock_arq" else max(capacity_jobs // 5, 10)
         step(f"latency: {system}, capacity (a burst of {n} jobs)")
         capacity = await _capacity(up, kind, target, n, system)
@@ -200,7 +207,7 @@ async def _system(
         try:
             await asyncio.sleep(1.0)  # the load settles
             hits0, t0 = await up.hits(up.load_host), time.monotonic()
-            loaded = summary(await _probes(up, submit, probes, f"{system}-half", gap))
+            loaded = await _probes(up, submit, probes, f"{system}-half", gap)
             achieved = (await up.hits(up.load_host) - hits0) / (time.monotonic() - t0)
         finally:
             load.stop()

@@ -125,6 +125,7 @@ def test_latency_section(results: dict) -> None:
         for phase in ("idle", "half_load"):
             assert s[phase]["n"] == lat["probes"], (name, phase)
             assert 0 < s[phase]["p50_ms"] <= s[phase]["p90_ms"] <= s[phase]["p99_ms"], (name, phase)
+            assert s[phase]["answer_p50_ms"] > 0, (name, phase)
         assert s["capacity_jobs_s"] > 0 and s["half_load"]["load_rate"] > 0, name
 
 
