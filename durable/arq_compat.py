@@ -103,17 +103,7 @@ async def record(
     k = keys.job_keys(job.id)
     dead = ""
     if kind == "failed" and outcome is not None:
-        letter = DeadLetter(
-            job.id,
-            job.url,
-            job.priority,
-            attempt,
-            outcome.error,
-            outcome.http_status,
-            time.time(),
-            job,
-        )
-        dead = safe_json(letter.to_storage())
+        dead = safe_json(DeadLetter.of(job, outcome, time.time(), attempts=attempt).to_storage())
     await scripts["outcome"](
         [
             k["record"],

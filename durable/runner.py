@@ -674,17 +674,7 @@ class DurableWorker(WorkerPool):
         ]
         dead = ""
         if decision.end == "failed":
-            letter = DeadLetter(
-                claimed.job_id,
-                job.url,
-                job.priority,
-                outcome.attempts,
-                outcome.error,
-                outcome.http_status,
-                time.time(),
-                job if job.url else None,
-            )
-            dead = safe_json(letter.to_storage())
+            dead = safe_json(DeadLetter.of(job, outcome, time.time()).to_storage())
         args: list[Any] = [
             self.worker_id,
             claimed.job_id,

@@ -456,18 +456,7 @@ class InMemoryPipeline(Producer, WorkerPool):
             self.counters.done += 1
         else:
             self.counters.failed += 1
-            self.dead.add(
-                DeadLetter(
-                    job.id,
-                    job.url,
-                    job.priority,
-                    outcome.attempts,
-                    outcome.error,
-                    outcome.http_status,
-                    time.time(),
-                    job,
-                )
-            )
+            self.dead.add(DeadLetter.of(job, outcome, time.time()))
         entry.where = Where.GONE
         self.live.pop(job.id, None)
         self._quiet_check()

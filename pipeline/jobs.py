@@ -349,6 +349,24 @@ class DeadLetter:
             "headers": mask_headers(job.headers) if job else {},
         }
 
+    @classmethod
+    def of(
+        cls, job: Job, outcome: Outcome, failed_at: float, attempts: int | None = None
+    ) -> DeadLetter:
+        """The dead letter of ``job`` after its last ``outcome`` (``attempts``: the outcome's own
+        unless the caller counted them); a job whose request could not be read (no URL) keeps
+        none to re-queue."""
+        return cls(
+            job.id,
+            job.url,
+            job.priority,
+            outcome.attempts if attempts is None else attempts,
+            outcome.error,
+            outcome.http_status,
+            failed_at,
+            job if job.url else None,
+        )
+
     def to_storage(self) -> dict[str, Any]:
         """As stored (durable: ``qc:dead``), with the whole job so it can be re-queued."""
         d = self.to_dict()
