@@ -37,14 +37,13 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import NOOP_OUTCOME, noop_handler, rate, wait_until
-from benchmarks.overhead import NOOP_ALLOWED, flush, make_jobs
-from inmemory.pipeline import InMemoryPipeline
+from benchmarks import overhead
+from benchmarks.common import NOOP_OUTCOME, wait_until
+from benchmarks.overhead import NOOP_ALLOWED, make_jobs
 from pipeline.handler import Handler
 from pipeline.harness.processes import Processes
 from pipeline.harness.upstream import max_arrivals_in_window
 from pipeline.jobs import Job, Outcome, url_flow_key
-from pipeline.settings import Settings
 
 NOOP_KEY = NOOP_ALLOWED  # every no-op job's flow key: its URL's host:port
 VARIANTS = {
@@ -52,7 +51,6 @@ VARIANTS = {
     "parallelism": json.dumps({"*": {"parallelism": 10_000}}),
     "parallelism+rate": json.dumps({"*": {"parallelism": 10_000, "rate": 100_000, "period_s": 1}}),
 }
-ENQUEUE_BATCH = 100
 A_PARALLELISM, A_RATE, B_PARALLELISM = 3, 20, 10
 TWO_HOST_LATENCY_MS = 100
 JITTER_S = 0.15  # as tests/test_flow_proof.py allows for
@@ -74,71 +72,6 @@ QUICK = FlowSizes(noop_jobs=200, rounds=1, rate=20, rate_seconds=1, b_only_s=0.5
 
 
 # -- (a) cost per job -----------------------------------------------------------------------------
-def _settings(**kw: Any) -> Settings:
-    return Settings.from_env({}, allowed_hosts=NOOP_ALLOWED, **kw)
-
-
-async def durable_noop(
-    jobs: list[Job], workers: int, redis_url: str, flow_limits: str, handler: Handler = noop_handler
-) -> dict[str, Any]:
-    """Enqueue ``jobs`` with a DurableProducer, then drain them with one DurableWorker."""
-    from durable.producer import DurableProducer
-    from durable.runner import DurableWorker
-
-    await flush(redis_url)
-    n = len(jobs)
-    settings = _settings(
-        queue_backend="durable",
-        redis_url=redis_url,
-        workers=workers,
-        queue_maxsize=n,
-        flow_limits=flow_limits,
-    )
-    producer = DurableProducer(settings)
-    await producer.start()
-    start = time.perf_counter()
-    for i in range(0, n, ENQUEUE_BATCH):
-        await asyncio.gather(*(producer.submit(j) for j in jobs[i : i + ENQUEUE_BATCH]))
-    enqueued = time.perf_counter()
-    worker = DurableWorker(settings, handler)
-    task = asyncio.create_task(worker.run())
-
-    async def done() -> bool:
-        return worker.counters.finished >= n or task.done()
-
-    await wait_until(done, timeout=max(60, n / 50), what=f"durable to run {n} jobs")
-    end = time.perf_counter()
-    worker.request_stop()
-    await asyncio.wait_for(task, 30)
-    completed = (await producer.stats()).done
-    await producer.close()
-    return {
-        "jobs": n,
-        "completed": completed,
-        "enqueue_rate": rate(n, enqueued - start),
-        "drain_rate": rate(n, end - enqueued),
-        "rate": rate(n, end - start),
-    }
-
-
-async def inmemory_noop(
-    jobs: list[Job], workers: int, flow_limits: str, handler: Handler = noop_handler
-) -> dict[str, Any]:
-    """Submit ``jobs`` to an InMemoryPipeline (queue as big as the batch) and join."""
-    n = len(jobs)
-    settings = _settings(workers=workers, queue_maxsize=n, flow_limits=flow_limits)
-    pipe = InMemoryPipeline(settings, handler)
-    await pipe.start()
-    start = time.perf_counter()
-    for job in jobs:
-        await pipe.submit(job)
-    await pipe.join()
-    elapsed = time.perf_counter() - start
-    completed = (await pipe.stats()).done
-    await pipe.close()
-    return {"jobs": n, "completed": completed, "rate": rate(n, elapsed)}
-
-
 async def cost(s: FlowSizes, redis_url: str, step: Callable[[str], None]) -> dict[str, Any]:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         b: {v: [] for v in VARIANTS} for b in ("durable", "inmemory")
@@ -147,8 +80,16 @@ async def cost(s: FlowSizes, redis_url: str, step: Callable[[str], None]) -> dic
         for variant, limits in VARIANTS.items():
             step(f"flow cost round {i + 1}/{s.rounds}: {variant}, {s.noop_jobs} no-op jobs")
             jobs = make_jobs(s.noop_jobs)
-            runs["durable"][variant].append(await durable_noop(jobs, s.workers, redis_url, limits))
-            runs["inmemory"][variant].append(await inmemory_noop(jobs, s.workers, limits))
+            runs["durable"][variant].append(
+                await overhead.durable(
+                    len(jobs), s.workers, redis_url, jobs=jobs, flow_limits=limits
+                )
+            )
+            runs["inmemory"][variant].append(
+                await overhead.inmemory(
+                    len(jobs), s.workers, len(jobs), jobs=jobs, flow_limits=limits
+                )
+            )
     out: dict[str, Any] = {}
     for backend, by_variant in runs.items():
         best = {v: max(rows, key=lambda r: r["rate"]) for v, rows in by_variant.items()}
@@ -195,11 +136,11 @@ async def closeness(s: FlowSizes, redis_url: str, step: Callable[[str], None]) -
     out: dict[str, Any] = {}
     step(f"flow rate limit: durable, {n} no-op jobs at {s.rate} per 1 s")
     starts, handler = _stamping()
-    await durable_noop(make_jobs(n), s.workers, redis_url, limits, handler)
+    await overhead.durable(n, s.workers, redis_url, handler, flow_limits=limits)
     out["durable"] = _closeness(starts, s.rate)
     step(f"flow rate limit: in-memory, {n} no-op jobs at {s.rate} per 1 s")
     starts, handler = _stamping()
-    await inmemory_noop(make_jobs(n), s.workers, limits, handler)
+    await overhead.inmemory(n, s.workers, n, handler, flow_limits=limits)
     out["inmemory"] = _closeness(starts, s.rate)
     return out
 
@@ -281,7 +222,7 @@ async def two_host_once(
         "QUEUE_BACKEND": backend,
     }
     if backend == "durable":
-        await flush(redis_url)
+        await overhead.flush(redis_url)
         env.update(REDIS_URL=redis_url, WORKERS=10)
         _, api = await asyncio.to_thread(processes.serve, **env)
         for _ in range(3):

@@ -66,12 +66,23 @@ async def raw_queue(
 
 
 async def inmemory(
-    n: int, workers: int, maxsize: int, handler: Handler = noop_handler
+    n: int,
+    workers: int,
+    maxsize: int,
+    handler: Handler = noop_handler,
+    *,
+    jobs: list[Job] | None = None,
+    flow_limits: str = "",
 ) -> dict[str, Any]:
-    """InMemoryPipeline: the same pattern plus validation, priorities, records, counters."""
-    jobs = make_jobs(n)
+    """InMemoryPipeline: the same pattern plus validation, priorities, records, counters (``jobs``:
+    these instead of ``n`` fresh ones; ``flow_limits``: as ``FLOW_LIMITS``, for section 9)."""
+    jobs = make_jobs(n) if jobs is None else jobs
     settings = Settings.from_env(
-        {}, workers=workers, queue_maxsize=maxsize, allowed_hosts=NOOP_ALLOWED
+        {},
+        workers=workers,
+        queue_maxsize=maxsize,
+        allowed_hosts=NOOP_ALLOWED,
+        flow_limits=flow_limits,
     )
     pipe = InMemoryPipeline(settings, handler)
     await pipe.start()
@@ -217,9 +228,17 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
     return _phases(n, completed, enqueue, drain)
 
 
-async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
+async def durable(
+    n: int,
+    workers: int,
+    redis_url: str,
+    handler: Handler = noop_handler,
+    *,
+    jobs: list[Job] | None = None,
+    flow_limits: str = "",
+) -> dict[str, Any]:
     """Ours: DurableProducer (one Lua script per job, batched) then a DurableWorker (our runner),
-    no-op handler."""
+    no-op handler (``jobs`` and ``flow_limits`` as for :func:`inmemory`)."""
     from durable.producer import DurableProducer
     from durable.runner import DurableWorker
 
@@ -231,12 +250,15 @@ async def durable(n: int, workers: int, redis_url: str) -> dict[str, Any]:
         workers=workers,
         queue_maxsize=n,
         allowed_hosts=NOOP_ALLOWED,
+        flow_limits=flow_limits,
     )
     producer = DurableProducer(settings)
     await producer.start()
-    enqueue = await _enqueue_all(make_jobs(n), producer.submit, ENQUEUE_BATCH)
+    enqueue = await _enqueue_all(
+        make_jobs(n) if jobs is None else jobs, producer.submit, ENQUEUE_BATCH
+    )
 
-    worker = DurableWorker(settings, noop_handler)
+    worker = DurableWorker(settings, handler)
     clock = Clock()
     task = asyncio.create_task(worker.run())
 
