@@ -372,15 +372,7 @@ class DurableWorker(WorkerPool):
         assert self.scripts is not None
         reply = await self.scripts["claim"](
             [*CLAIM_KEYS, keys.WORKERS, *candidate_keys(candidates)],
-            [
-                self.worker_id,
-                most,
-                self._in_progress_ttl_ms,
-                self.settings.max_tries,
-                keys.ROOM,
-                self._wanted,
-                *candidates,
-            ],
+            [self.worker_id, most, *self._claim_args(), *candidates],
         )
         return Round.parse(*reply)
 
@@ -622,7 +614,7 @@ class DurableWorker(WorkerPool):
             try:
                 reply = await self.scripts["finish"](
                     job_keys + candidate_keys(candidates),
-                    [*args, 0 if stopping else 1, *self._claim_args(1), *candidates],
+                    [*args, 0 if stopping else 1, *self._claim_args(), *candidates],
                 )
             except (RedisError, OSError) as exc:
                 if not is_transient(exc):
@@ -650,7 +642,8 @@ class DurableWorker(WorkerPool):
             self._log_end(job, claimed, outcome, decision)
         return round_
 
-    def _claim_args(self, most: int) -> list[Any]:
+    def _claim_args(self) -> list[Any]:
+        """What claim.lua and finish.lua's claim of the next job both take after the count."""
         return [
             self._in_progress_ttl_ms,
             self.settings.max_tries,

@@ -241,7 +241,7 @@ class Lua:
         cands = list(candidates)
         reply = await self.scripts["finish"](
             job_keys + candidate_keys(cands),
-            [*args, 1 if claim_next else 0, *worker._claim_args(1), *cands],
+            [*args, 1 if claim_next else 0, *worker._claim_args(), *cands],
         )
         return Finished(int(reply[0]), Round.parse(*reply[1:]))
 
