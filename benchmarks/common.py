@@ -18,6 +18,19 @@ from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from pipeline.jobs import Job, Outcome, Status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_command(module: str) -> list[str]:
+    """Run a ``benchmarks`` module as a child: ``python -P`` with the checkout at the END of
+    ``sys.path``, so the benchmark's own code comes from here and ``pipeline``, ``inmemory`` and
+    ``durable`` from what is installed (the distribution users get, under CI)."""
+    code = (
+        f"import runpy, sys; sys.path.append({ROOT!r}); "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-P", "-c", code]
+
+
 LOCAL = "127.0.0.1"
 
 NOOP_OUTCOME = Outcome(Status.DONE, http_status=200)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, bench_command
 
 PIPELINE_RESULT_TTL_S = 30  # records of finished jobs kept this long (the service default is a day)
 RSS_CAP_MB = 8192  # at most; never more than a third of this machine's memory (rss_cap_mb)
@@ -183,7 +183,7 @@ def run_child(
     variant: str, n: int, upstream: str, workers: int, timeout_s: float, rss_cap_mb: int
 ) -> dict[str, Any]:
     """Run one variant in a fresh interpreter; kill it past ``rss_cap_mb`` or ``timeout_s``."""
-    args = [sys.executable, "-m", "benchmarks.flood", variant, str(n), upstream, str(workers)]
+    args = [*bench_command("benchmarks.flood"), variant, str(n), upstream, str(workers)]
     proc = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

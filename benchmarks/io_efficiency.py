@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from benchmarks import transports
-from benchmarks.common import LOCAL, ROOT, proc_cpu_s, rate, wait_until
+from benchmarks.common import LOCAL, ROOT, bench_command, proc_cpu_s, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job
@@ -258,7 +258,7 @@ def _durable_child(
 ) -> dict[str, Any]:
     """The durable row at ``workers`` in a fresh interpreter running ``loop``: what the event loop
     under a ``queue-contrast worker`` process changes."""
-    args = [sys.executable, "-m", "benchmarks.io_efficiency", "durable", upstream]
+    args = [*bench_command("benchmarks.io_efficiency"), "durable", upstream]
     args += [str(upstream_pid), redis_url, str(n), str(workers), str(latency_ms), loop]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import LOCAL, wait_until
+from benchmarks.common import LOCAL, bench_command, wait_until
 from benchmarks.rawclient import Pool, RawClient
 from pipeline.harness.processes import Proc, Processes, child_env
 
@@ -120,7 +120,7 @@ async def _probes(up: Upstream, submit: Submit, n: int, tag: str, gap_s: float) 
 
 
 def _load_child(kind: str, target: str, rate: float, count: int, prefix: str, url: str) -> Proc:
-    args = [sys.executable, "-m", "benchmarks.latency", "load", kind, target, str(rate)]
+    args = [*bench_command("benchmarks.latency"), "load", kind, target, str(rate)]
     args += [str(count), prefix, url]
     proc = Proc(args, child_env())
     proc.start(r"load ready")
@@ -165,7 +165,7 @@ async def _system(
         stack.callback(procs.stop_all)
         if system == "saq":
             procs.spawn(
-                [sys.executable, "-m", "benchmarks.latency", "saq-worker", redis_url],
+                [*bench_command("benchmarks.latency"), "saq-worker", redis_url],
                 r"saq worker ready",
                 child_env(**env),
             )

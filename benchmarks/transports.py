@@ -31,7 +31,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from benchmarks.common import LOCAL, ROOT
+from benchmarks.common import LOCAL, ROOT, bench_command
 from pipeline.handler import Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
@@ -47,7 +47,7 @@ def loops() -> list[str]:
 
 def run_child(upstream: str, n: int, concurrency: int, loop: str, rounds: int) -> dict[str, Any]:
     """One loop's comparison in a fresh interpreter."""
-    args = [sys.executable, "-m", "benchmarks.transports", upstream, str(n), str(concurrency)]
+    args = [*bench_command("benchmarks.transports"), upstream, str(n), str(concurrency)]
     proc = subprocess.run(
         [*args, loop, str(rounds)], cwd=ROOT, capture_output=True, text=True, timeout=600
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks.common import bench_command
 from benchmarks.transports import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--quiet", "--out", str(out)],
+        [*bench_command("benchmarks"), "--quick", "--quiet", "--out", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -162,7 +162,7 @@ def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
     args = ["--quick", "--quiet", "--section", "flow", "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args],
+        [*bench_command("benchmarks"), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

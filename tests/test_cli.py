@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from importlib.metadata import version
 
 import click
 import httpx
@@ -151,14 +150,6 @@ def test_every_option_of_every_command_has_help() -> None:
         "dead-letters list",
         "dead-letters purge",
     }
-
-
-@pytest.mark.slow  # starts the real CLI as a process
-def test_version_comes_from_the_installed_distribution() -> None:
-    """`queue-contrast --version` prints the version the package metadata holds."""
-    done = run("--version")
-    assert done.returncode == 0
-    assert done.stdout.strip() == f"queue-contrast {version('queue-contrast')}"
 
 
 def test_serve_help_lists_every_route_of_the_service() -> None:

@@ -66,7 +66,7 @@ def test_refused_addresses_through_the_api_in_a_loopback_only_namespace(tmp_path
     hosts.write_text(HOSTS)
     inner = (
         f"ip link set lo up && mount --bind {hosts} /etc/hosts && "
-        f"exec {sys.executable} -m pytest -q -p no:cacheprovider {CHECKS}"
+        f"exec {sys.executable} -P -m pytest -q -p no:cacheprovider {CHECKS}"
     )
     result = subprocess.run(
         ["unshare", "--net", "--mount", "--", "sh", "-c", inner],

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -72,7 +73,11 @@ def _logging(verbose: bool = False) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(
-    _version(), "--version", prog_name="queue-contrast", message="%(prog)s %(version)s"
+    _version(),
+    "--version",
+    prog_name="queue-contrast",
+    # where the code runs from: site-packages for an installed copy, the checkout for an editable one
+    message=f"%(prog)s %(version)s ({Path(__file__).resolve().parent.parent})",
 )
 def main() -> None:
     """One URL-fetching job pipeline on two backends: QUEUE_BACKEND=inmemory (asyncio.Queue in the

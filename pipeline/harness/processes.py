@@ -17,8 +17,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+
+def module_command(module: str) -> list[str]:
+    """``python -P -m module``: ``-P`` keeps the current directory off ``sys.path``, so a child
+    started from inside a checkout imports what is installed, never the source tree beside it."""
+    return [sys.executable, "-P", "-m", module]
+
+
+def cli_command() -> list[str]:
+    """The installed ``queue-contrast`` console script beside this interpreter (what users run);
+    ``python -P -m pipeline.cli`` where the script is not there."""
+    script = Path(sys.executable).with_name("queue-contrast")
+    return [str(script)] if script.is_file() else module_command("pipeline.cli")
+
+
+CLI = cli_command()
 STOP_TIMEOUT_S = 15.0
 
 
@@ -28,6 +43,9 @@ class Proc:
 
     args: list[str]
     env: dict[str, str]
+    cwd: str | None = None
+    #: run as this uid (and gid, with no supplementary groups): a service as an image's USER
+    user: int | None = None
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _q: queue.Queue[str] = field(default_factory=queue.Queue)
@@ -35,8 +53,17 @@ class Proc:
     def start(self, ready: str, timeout: float = 30) -> re.Match[str]:
         """Start and wait for a line matching ``ready``; fail with the child's output if it
         exits first or stays silent past ``timeout``."""
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        as_user: dict[str, object] = (
+            {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
+        )
+        self.proc = subprocess.Popen(  # type: ignore[call-overload]
+            self.args,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            **as_user,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         pattern = re.compile(ready)
@@ -127,8 +154,17 @@ class Processes:
     def __init__(self) -> None:
         self.started: list[Proc] = []
 
-    def spawn(self, args: list[str], ready: str, env: dict[str, str], timeout: float = 30) -> Proc:
-        proc = Proc(args, env)
+    def spawn(
+        self,
+        args: list[str],
+        ready: str,
+        env: dict[str, str],
+        timeout: float = 30,
+        *,
+        cwd: str | None = None,
+        user: int | None = None,
+    ) -> Proc:
+        proc = Proc(args, env, cwd=cwd, user=user)
         self.started.append(proc)
         proc.start(ready, timeout)
         return proc
@@ -168,9 +204,7 @@ class Processes:
         """Start a ``pipeline.harness.tcp_proxy`` to ``target_host:target_port`` on a free port;
         returns its control (freeze/thaw on command, connections kept open)."""
         args = [
-            sys.executable,
-            "-m",
-            "pipeline.harness.tcp_proxy",
+            *module_command("pipeline.harness.tcp_proxy"),
             "--target",
             f"{target_host}:{target_port}",
         ]

@@ -13,12 +13,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
 import redis
+
+from pipeline.harness.processes import module_command
 
 START_TIMEOUT_S = 20.0
 
@@ -140,5 +141,5 @@ def start_redis(
             info: dict[str, object] = client.info("server")
         proc.version = str(info.get("redis_version", "?"))
         return proc
-    args = [sys.executable, "-m", "pipeline.harness.embedded_redis", "--port", str(port)]
+    args = [*module_command("pipeline.harness.embedded_redis"), "--port", str(port)]
     return RedisProcess("embedded", port, data_dir, args, _owns_dir=owns).start()
