@@ -6,14 +6,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+LABEL org.opencontainers.image.title="queue-contrast" \
+      org.opencontainers.image.version="0.2.0"
+
 WORKDIR /app
 
 # 1. Dependencies, from pyproject.toml alone: this layer is rebuilt only when pyproject.toml changes.
+#    (tests/test_compose.py follows this recipe step by step, without a Docker engine.)
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+        > requirements.txt \
+    && pip install -r requirements.txt \
+    && rm requirements.txt
 
 # 2. The project itself (code changes rebuild only this small layer).
 COPY README.md ./

@@ -5,13 +5,15 @@ promises: Redis with AOF on every write, on a named volume, health-checked and n
 api published and bound to all interfaces inside its container; scalable workers; the backend taken
 from ``QUEUE_BACKEND`` with ``durable`` as the default; every variable a real setting.
 
-The end-to-end test runs every service's own command, with that service's own environment, as a
-local process: a local ``redis-server`` with the compose redis service's arguments (on a free port,
-in a temp dir) stands in for the image, the service host names (redis, upstream, api) are rewritten
-to 127.0.0.1 and their ports to the ports the local processes got. It runs each service's health
-check, drives the api end to end, and (durable) SIGKILLs a worker mid-job and starts another:
-every job done, each counted at the upstream. CI also validates the file with ``docker-compose
-config -q`` (see .ci/run).
+The end-to-end tests run every service's own command, with that service's own environment, as a
+local process started from what the Dockerfile builds (``tests/image_recipe.py`` follows its
+recipe into a fresh venv, copying only what the Dockerfile copies, and the services run under the
+image's unprivileged uid where this machine allows it). A local ``redis-server`` with the compose
+redis service's arguments (on a free port, in a temp dir) stands in for the redis image; the
+service host names (redis, upstream, api) are rewritten to 127.0.0.1 and their ports to the ports
+the local processes got. It runs each service's health check, drives the api end to end, and
+(durable) SIGKILLs a worker mid-job and starts another: every job done, each counted at the
+upstream. CI also validates the file with ``docker-compose config -q`` (see .ci/run).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,10 +33,11 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.harness.processes import CLI, Proc
+from pipeline.harness.processes import Proc
 from pipeline.harness.redis_launcher import free_port
 from pipeline.settings import Settings
 from tests.helpers import Processes, get_json, wait_until
+from tests.image_recipe import Image, build
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("api", "worker", "upstream")
@@ -185,7 +188,8 @@ def test_dockerfile_layers_user_and_healthcheck(tmp_path: Path) -> None:
 class LocalCompose:
     """The compose services as local processes; host names and ports rewritten to local ones."""
 
-    def __init__(self, host_env: dict[str, str], tmp: Path, procs: Processes) -> None:
+    def __init__(self, host_env: dict[str, str], tmp: Path, procs: Processes, image: Image) -> None:
+        self.image = image
         self.compose = load_compose()
         self.services: dict[str, dict[str, Any]] = self.compose["services"]
         self.host_env = host_env
@@ -202,16 +206,28 @@ class LocalCompose:
         return re.sub(rf"(?<![\w.-])({hosts})(?![\w.-]|://)", "127.0.0.1", value)
 
     def env(self, name: str) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+        """The image's environment (its ENV lines and PATH) with the service's own on top."""
         own = {
             k: self.rewrite(v) for k, v in service_env(self.services[name], self.host_env).items()
         }
-        return {**base, "PYTHONUNBUFFERED": "1", **own}
+        return {**self.image.env, **own}
 
     def argv(self, name: str) -> list[str]:
         command = [str(a) for a in self.services[name]["command"]]
         assert command[0] == "queue-contrast", command
-        return [*CLI, *command[1:]]
+        return [self.image.which(command[0]), *command[1:]]
+
+    def spawn(
+        self, name: str, ready: str, env: dict[str, str], argv: list[str] | None = None
+    ) -> Proc:
+        """Start a service from the image: its work dir, its user."""
+        return self.procs.spawn(
+            argv or self.argv(name),
+            ready,
+            env,
+            cwd=str(self.image.workdir),
+            user=self.image.uid,
+        )
 
     def check_dependencies(self, name: str) -> None:
         for dep, spec in (self.services[name].get("depends_on") or {}).items():
@@ -244,13 +260,17 @@ class LocalCompose:
         port = int(argv[argv.index("--port") + 1])
         argv[argv.index("--port") + 1] = "0"
         argv[argv.index("--host") + 1] = "127.0.0.1"
-        proc = self.procs.spawn(argv, r"upstream ready: (http://\S+)", self.env("upstream"))
+        proc = self.spawn("upstream", r"upstream ready: (http://\S+)", self.env("upstream"), argv)
         url = _ready_url(proc, "upstream")
         self.ports[("upstream", port)] = int(url.rsplit(":", 1)[1])
         test = [str(t) for t in self.services["upstream"]["healthcheck"]["test"]]
         assert test[:2] == ["CMD", "python"]
-        check = [sys.executable, *(self._local_self(a, "upstream", port) for a in test[2:])]
-        wait_until(lambda: _succeeds(check), 30, "the upstream healthcheck")
+        check = [
+            self.image.which("python"),
+            *(self._local_self(a, "upstream", port) for a in test[2:]),
+        ]
+        env = self.env("upstream")
+        wait_until(lambda: self.image.run(check, env) == 0, 30, "the upstream healthcheck")
         self.healthy.add("upstream")
         return url
 
@@ -259,9 +279,7 @@ class LocalCompose:
         env = self.env("api")
         assert env.pop("HOST") == "0.0.0.0"  # inside its container; here, loopback only
         port = int(env.pop("PORT", "8000"))
-        proc = self.procs.spawn(
-            self.argv("api"), r"serve ready: (http://\S+)", {**env, "PORT": "0"}
-        )
+        proc = self.spawn("api", r"serve ready: (http://\S+)", {**env, "PORT": "0"})
         url = _ready_url(proc, "serve")
         self.ports[("api", port)] = int(url.rsplit(":", 1)[1])
         self._dockerfile_healthcheck(url)
@@ -270,7 +288,7 @@ class LocalCompose:
 
     def start_worker(self) -> Proc:
         self.check_dependencies("worker")
-        return self.procs.spawn(self.argv("worker"), r"worker ready", self.env("worker"))
+        return self.spawn("worker", r"worker ready", self.env("worker"))
 
     def _local_self(self, arg: str, name: str, port: int) -> str:
         return arg.replace(f"127.0.0.1:{port}", f"127.0.0.1:{self.ports[(name, port)]}")
@@ -280,12 +298,10 @@ class LocalCompose:
         text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
         match = re.search(r"^HEALTHCHECK .*?CMD (.+)$", text, re.MULTILINE)
         assert match
-        env = {**os.environ, "PORT": api.rsplit(":", 1)[1]}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env = {**self.image.env, "PORT": api.rsplit(":", 1)[1]}
+        check = ["/bin/sh", "-c", match.group(1)]  # the shell form, as Docker runs it
         wait_until(
-            lambda: subprocess.run(match.group(1), shell=True, env=env, timeout=10).returncode == 0,
-            30,
-            "the image's healthcheck against the api",
+            lambda: self.image.run(check, env) == 0, 30, "the image's healthcheck against the api"
         )
 
 
@@ -300,13 +316,29 @@ def _ready_url(proc: Proc, name: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture(scope="module")
+def image() -> Iterator[Image]:
+    """What the Dockerfile builds, followed step by step into a temp folder (removed after)."""
+    folder = Path(tempfile.mkdtemp(prefix="qc-image-"))
+    try:
+        built = build(ROOT, folder)
+        if built.uid is None:
+            print(f"NOTICE: the services run as this user, not the image's: {built.why_not_uid}")
+        yield built
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
-def local_compose(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCompose]:
-    """LocalCompose for the parametrized QUEUE_BACKEND; every process stopped by PID after."""
+def local_compose(
+    tmp_path: Path, request: pytest.FixtureRequest, image: Image
+) -> Iterator[LocalCompose]:
+    """LocalCompose for the parametrized QUEUE_BACKEND, on the image; every process stopped by
+    PID after."""
     procs = Processes()
     host_env = {"QUEUE_BACKEND": request.param} if request.param != "durable" else {}
     try:
-        yield LocalCompose(host_env, tmp_path, procs)
+        yield LocalCompose(host_env, tmp_path, procs, image)
     finally:
         procs.stop_all()
 
@@ -364,7 +396,12 @@ def test_compose_with_inmemory_runs_jobs_in_the_api(local_compose: LocalCompose)
     api = c.start_api()
     assert get_json(api + "/healthz") == {"status": "ok", "backend": "inmemory"}
     worker = subprocess.run(
-        c.argv("worker"), env=c.env("worker"), capture_output=True, text=True, timeout=60
+        c.argv("worker"),
+        env=c.env("worker"),
+        cwd=c.image.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert worker.returncode == 2
     assert "QUEUE_BACKEND=inmemory has no separate workers" in worker.stderr
