@@ -134,11 +134,9 @@ class DurableProducer(Producer):
             await self.redis.ping()
 
     async def check_backend(self) -> list[str]:
-        from durable.redis_check import persistence_warnings, refuse_eviction
+        from durable.redis_check import check_redis
 
-        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
-            warnings = await persistence_warnings(self.redis)
-        return refuse_eviction(warnings, self.settings)
+        return await check_redis(self.settings, self.redis)
 
     # -- submit ---------------------------------------------------------------------------------
     async def _submit(self, job: Job) -> Submitted:

@@ -4,9 +4,16 @@ A Redis that may evict keys (any ``maxmemory-policy`` but ``noeviction``) can si
 queued job, its record or its lease: ``serve`` and ``worker`` refuse to start on one, with one line
 naming the setting, unless ``ALLOW_EVICTION=true`` (then it is a warning). A Redis that keeps
 nothing on disk only gets a warning: jobs then survive a worker crash, not a Redis restart.
+
+Each process also says which Redis it uses (address, database, version, persistence) and what
+else that database holds: keys that are not this service's (``arq:*``, ``qc:*``) are a warning, so
+pointing ``serve`` or ``worker`` at a database someone else uses is visible at once.
 """
 
 from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
@@ -17,6 +24,11 @@ from pipeline.errors import SettingsError
 from pipeline.settings import Settings
 
 EVICTION = "maxmemory-policy"
+OURS = (b"arq:", b"qc:")  # the key prefixes of arq's job format and of our own structures
+SCAN_LIMIT = 10_000  # keys looked at for other data: enough to tell, bounded on a big database
+EXAMPLES = 3
+
+log = logging.getLogger("queue_contrast")
 
 
 async def _config(redis: Redis) -> dict[str, str]:
@@ -70,12 +82,74 @@ def refuse_eviction(warnings: list[str], settings: Settings) -> list[str]:
     return warnings
 
 
-async def check_redis(settings: Settings) -> list[str]:
-    """The start-up check behind ``Producer.check_backend`` and ``WorkerPool.check_backend``."""
-    redis = redis_client(settings)  # the same connection settings as the producer's
+def safe_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (it goes to the logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+async def foreign_keys(redis: Redis) -> tuple[int, list[str], bool]:
+    """(keys seen that are not this service's, up to three of their names, whether the scan
+    stopped at ``SCAN_LIMIT`` before the end of the database)."""
+    seen = others = 0
+    examples: list[str] = []
+    async for key in redis.scan_iter(count=1000):
+        seen += 1
+        if not key.startswith(OURS):
+            others += 1
+            if len(examples) < EXAMPLES:
+                examples.append(key.decode(errors="replace"))
+        if seen >= SCAN_LIMIT:
+            return others, examples, True
+    return others, examples, False
+
+
+async def describe(redis: Redis, url: str) -> tuple[str, list[str]]:
+    """One line saying which Redis this is and what it holds, and a warning when the database
+    holds keys that are not this service's."""
     try:
-        with map_redis_errors(f"connecting to {settings.redis_url}"):
-            warnings = await persistence_warnings(redis)
+        info = await redis.info("server")
+    except rexc.ResponseError:  # a stand-in without INFO
+        info = {}
+    total = await redis.dbsize()
+    try:
+        conf = await _config(redis)
+        kept = (
+            f"appendonly {conf.get('appendonly', '?')}, appendfsync {conf.get('appendfsync', '?')}"
+            f", save {conf.get('save') or 'none'!r}"
+        )
+    except rexc.ResponseError:
+        kept = "persistence unknown (CONFIG GET refused)"
+    others, examples, partial = await foreign_keys(redis)
+    line = (
+        f"Redis {safe_url(url)} (version {info.get('redis_version', '?')}, {kept}): "
+        f"{total} key(s) in this database"
+    )
+    if not others:
+        return line + (", all this service's" if total else ""), []
+    some = "at least " if partial else ""
+    warning = (
+        f"this Redis database holds {some}{others} key(s) that are not this service's "
+        f"(e.g. {', '.join(repr(e) for e in examples)}): is it shared with other data? "
+        "Give the queue a database of its own (REDIS_URL=redis://host:port/N)"
+    )
+    return line, [warning]
+
+
+async def check_redis(settings: Settings, redis: Redis | None = None) -> list[str]:
+    """The start-up check behind ``Producer.check_backend`` and ``WorkerPool.check_backend``:
+    logs which Redis this is; returns the warnings (raises for an evicting one). Uses ``redis``
+    when given, else a connection of its own with the producer's settings."""
+    client = redis or redis_client(settings)
+    try:
+        with map_redis_errors(f"connecting to {safe_url(settings.redis_url)}"):
+            warnings = await persistence_warnings(client)
+            line, shared = await describe(client, settings.redis_url)
     finally:
-        await redis.aclose()
-    return refuse_eviction(warnings, settings)
+        if redis is None:
+            await client.aclose()
+    log.info("%s", line)
+    return refuse_eviction([*warnings, *shared], settings)

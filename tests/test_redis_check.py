@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from durable.redis_check import persistence_warnings
+from durable.redis_check import persistence_warnings, safe_url
 from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from tests.helpers import Processes, need_redis_server
 
@@ -62,3 +62,36 @@ def test_worker_and_serve_print_the_warning(
     worker = processes.worker(**env)
     for proc in (serve, worker):
         assert "keeps nothing on disk" in proc.output
+
+
+def test_serve_and_worker_say_which_redis_and_name_data_that_is_not_theirs(
+    processes: Processes, volatile_redis: RedisProcess
+) -> None:
+    """Both durable processes log the Redis they use (address, database, version, persistence)
+    and warn, naming a key, when its database holds data that is not this service's."""
+    with redis.Redis.from_url(volatile_redis.url) as client:
+        client.set("someone:else", "1")
+        client.set("arq:queue:health-check", "ours")
+    env = {"QUEUE_BACKEND": "durable", "REDIS_URL": volatile_redis.url}
+    serve, _ = processes.serve(**env)
+    worker = processes.worker(**env)
+    for proc in (serve, worker):
+        assert f"Redis {volatile_redis.url} (version " in proc.output
+        assert "appendonly no" in proc.output and "2 key(s) in this database" in proc.output
+        assert "holds 1 key(s) that are not this service's (e.g. 'someone:else')" in proc.output
+
+
+def test_a_redis_of_its_own_gets_no_shared_data_warning(
+    processes: Processes, redis_url: str
+) -> None:
+    """An empty database: the start-up line, and no warning about other data."""
+    serve, _ = processes.serve(QUEUE_BACKEND="durable", REDIS_URL=redis_url)
+    assert f"Redis {redis_url} (version " in serve.output
+    assert "not this service's" not in serve.output
+
+
+def test_a_password_in_the_url_is_never_logged() -> None:
+    """The start-up line shows the Redis URL with its password masked."""
+    assert safe_url("redis://:s3cret@db:6379/2") == "redis://:***@db:6379/2"
+    assert safe_url("rediss://user:s3cret@db/0") == "rediss://user:***@db/0"
+    assert safe_url("redis://db:6379/0") == "redis://db:6379/0"
