@@ -117,10 +117,9 @@ async def describe(redis: Redis, url: str) -> tuple[str, list[str]]:
     total = await redis.dbsize()
     try:
         conf = await _config(redis)
-        kept = (
-            f"appendonly {conf.get('appendonly', '?')}, appendfsync {conf.get('appendfsync', '?')}"
-            f", save {conf.get('save') or 'none'!r}"
-        )
+        save = f"save {conf['save']!r}" if conf.get("save") else "no RDB snapshots"
+        kept = f"appendonly {conf.get('appendonly', '?')}, "
+        kept += f"appendfsync {conf.get('appendfsync', '?')}, {save}"
     except rexc.ResponseError:
         kept = "persistence unknown (CONFIG GET refused)"
     others, examples, partial = await foreign_keys(redis)
