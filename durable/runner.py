@@ -37,10 +37,11 @@ with this worker's own bookkeeping. Every write for a job checks the lease token
 a GC pause, a cut link) changes nothing — not the record, not the counters, not the queue — and
 abandons the job when its next heartbeat says so.
 
-**One place decides a job's end** (``pipeline.retry.decide``), and ``JOB_TIMEOUT`` (or the job's
-``timeout_s``) is enforced here: the fetcher stops the attempt, and a backstop here turns an
-attempt that overran anyway into a timeout outcome. An attempt that times out is retried or, after
-its tries, dead-lettered with its reason — never dropped.
+**One place decides a job's end** (``pipeline.retry.decide``), and one runs an attempt
+(``pipeline.attempt``, shared with the in-memory backend): the fetcher stops at ``JOB_TIMEOUT`` (or
+the job's ``timeout_s``), the attempt's backstop turns one that overran anyway into a timeout
+outcome and a handler that raised into a transient failure. An attempt that times out or raises is
+retried or, after its tries, dead-lettered with its reason — never dropped.
 
 **Redis trouble** (refused, reset, a stall, OOM, LOADING, READONLY, BUSY, NOSCRIPT, ...) never ends
 the process: each call backs off from 50 ms, doubling to at most 1 s, and any answered call resets
@@ -84,6 +85,7 @@ from durable.connection import redis_client
 from durable.pubsub import Backoff
 from durable.redis_errors import is_transient
 from durable.scripts import Scripts
+from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import WorkerPool
 from pipeline.durations import bucket_label
 from pipeline.handler import Handler
@@ -96,7 +98,6 @@ from pipeline.validate import validate
 log = logging.getLogger("queue_contrast.durable")
 
 T = TypeVar("T")
-BACKSTOP_S = 5.0  # past its timeout, the runner itself stops an attempt the fetcher did not
 EXTRA_CANDIDATES = 1  # job ids passed beyond the free slots: some may have been taken meanwhile
 CLAIM_TRIES = 3  # immediate claims in a row while the queue has work but each came back empty
 SOONER_SLACK_MS = 5  # a reply's due time this much before the idle wait's end wakes the wait
@@ -188,12 +189,11 @@ class Round:
 
 @dataclass
 class Attempt:
-    """One job this worker runs now."""
+    """One job this worker runs now; ``run.cancel(why)`` abandons it ("cancelled", "lease lost")."""
 
     claim: Claimed
     token: str
-    fetch: asyncio.Future[Outcome] | None = None
-    abandoned: str = ""  # why its lease is gone: "cancelled" or "lease lost"
+    run: AttemptRun = field(default_factory=AttemptRun)
 
 
 @dataclass
@@ -209,7 +209,7 @@ class DurableWorker(WorkerPool):
 
     def __init__(self, settings: Settings, handler: Handler, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.handler = handler
+        self.attempt_runner = AttemptRunner(handler, settings)
         self.worker_id = new_worker_id()
         self.guard = URLGuard.from_settings(settings)
         self._given_redis = redis
@@ -297,7 +297,6 @@ class DurableWorker(WorkerPool):
         await self._beat()  # a lease deadline before the first claim
 
     async def _finish_in_flight(self) -> None:
-        tasks = {a.fetch for a in self.attempts.values() if a.fetch is not None}
         runners = set(self._runners)
         if runners:
             log.info(
@@ -307,9 +306,7 @@ class DurableWorker(WorkerPool):
             )
             _, late = await asyncio.wait(runners, timeout=self.settings.shutdown_grace)
             for task in late:
-                task.cancel()
-            for fetch in tasks:
-                fetch.cancel()
+                task.cancel()  # its fetch runs in it: cancelled too
             await asyncio.gather(*runners, return_exceptions=True)
             if late:
                 log.warning("grace period over: gave back %d jobs; they run again", len(late))
@@ -506,16 +503,11 @@ class DurableWorker(WorkerPool):
                 await self._describe_foreign(job)
             self.counters.started += 1
             outcome = early or await self._fetch(job, attempt)
-            if attempt.abandoned:
-                log.info(
-                    "%s try=%d: fetch abandoned (%s)", job.id, claimed.attempt, attempt.abandoned
-                )
+            decision = decide(outcome, claimed.attempt, self.settings, job)
+            why = attempt.run.cancelled  # also set when cancelled before an early outcome
+            if decision.end == "cancelled" or why:
+                log.info("%s try=%d: fetch abandoned (%s)", job.id, claimed.attempt, why)
                 return None
-            decision = (
-                Decision("failed")
-                if early
-                else decide(outcome, claimed.attempt, self.settings, job)
-            )
             round_ = await self._finish(attempt, job, outcome, decision, timed=early is None)
         finally:
             self.attempts.pop(claimed.job_id, None)
@@ -566,39 +558,10 @@ class DurableWorker(WorkerPool):
         return job, None
 
     async def _fetch(self, job: Job, attempt: Attempt) -> Outcome:
-        """Run the handler; cancel it if the job is cancelled or its lease is lost; turn an
-        attempt that overruns its timeout (a backstop: the fetcher stops it first) or a handler
-        bug into an outcome, so nothing ends the job silently."""
-        timeout = (job.timeout_s or self.settings.job_timeout) + BACKSTOP_S
+        """Run the handler as ``pipeline.attempt`` does for both backends (a cancel, a raise, an
+        overrun: each an outcome), so nothing ends the job silently."""
         log.debug("→ %s try=%d %s %s", job.id, attempt.claim.attempt, job.method, job.url)
-        fetch = attempt.fetch = asyncio.ensure_future(self.handler(job, attempt.claim.attempt))
-        try:
-            done, _ = await asyncio.wait({fetch}, timeout=timeout)
-        finally:
-            if not fetch.done():
-                fetch.cancel()
-        if not done:
-            await asyncio.gather(fetch, return_exceptions=True)
-            return Outcome(
-                Status.FAILED,
-                attempts=attempt.claim.attempt,
-                elapsed_s=timeout,
-                error=f"timeout: the runner stopped an attempt still running after {timeout:g}s",
-                retryable=True,
-            )
-        if fetch.cancelled():
-            attempt.abandoned = attempt.abandoned or "cancelled"
-            return Outcome(Status.CANCELLED, attempts=attempt.claim.attempt)
-        exc = fetch.exception()
-        if exc is not None:
-            log.error("%s: the handler raised %r", job.id, exc)
-            return Outcome(
-                Status.FAILED,
-                attempts=attempt.claim.attempt,
-                error=f"handler error: {type(exc).__name__}: {exc}",
-                retryable=True,
-            )
-        return fetch.result()
+        return await self.attempt_runner.run(job, attempt.claim.attempt, attempt.run)
 
     async def _finish(
         self, attempt: Attempt, job: Job, outcome: Outcome, decision: Decision, timed: bool
@@ -732,11 +695,8 @@ class DurableWorker(WorkerPool):
     # -- cancels --------------------------------------------------------------------------------
     def _abandon(self, job_id: str, why: str) -> None:
         attempt = self.attempts.get(job_id)
-        if attempt is None or attempt.abandoned:
-            return
-        attempt.abandoned = why
-        if attempt.fetch is not None:
-            attempt.fetch.cancel()
+        if attempt is not None:
+            attempt.run.cancel(why)
 
     async def _listen_for_cancels(self) -> None:
         """Cancelled jobs are announced on ``keys.CANCEL``; the next heartbeat is the safety net."""

@@ -6,23 +6,24 @@ mutable object the pipeline's parts share while the job is alive, and is dropped
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
 
 from inmemory.timers import Timer
+from pipeline.attempt import AttemptRun
 from pipeline.jobs import Job
 
 
 class Where(enum.Enum):
-    """Where a live job is. Every place but RUNNING holds one of the bound's places."""
+    """Where a live job is, by the durable runner's names for its states (``durable/runner.py``).
+    Every place but RUNNING holds one of the bound's places."""
 
     SCHEDULED = "scheduled"  # in the timer heap until its run_at
-    BACKOFF = "backoff"  # in the timer heap until its retry is due (status queued)
-    READY = "ready"  # in the PriorityQueue (status queued)
+    QUEUED = "queued"  # in the PriorityQueue
     WAITING = "waiting"  # parked by its flow key, outside the queue (status queued)
+    RETRYING = "retrying"  # in the timer heap until its retry is due (status queued)
     RUNNING = "running"  # a worker is fetching it
-    GONE = "gone"  # ended (done, failed, cancelled) or dropped at shutdown
+    ENDED = "ended"  # done, failed or cancelled (its record says which), or dropped at shutdown
 
 
 @dataclass(slots=True, eq=False)
@@ -35,11 +36,11 @@ class Entry:
     seq: int  # submission sequence: the listing's order and cursor
     order: int = 0
     attempt: int = 1  # the attempt the next fetch will be
-    where: Where = Where.READY
+    where: Where = Where.QUEUED
     reserved: bool = False  # released by its flow key; its start is already counted there
     cancelled: bool = False
-    timer: Timer | None = None  # while SCHEDULED or BACKOFF
-    task: asyncio.Task[None] | None = None  # the worker fetching it, while RUNNING
+    timer: Timer | None = None  # while SCHEDULED or RETRYING
+    run: AttemptRun | None = None  # the attempt a worker runs, while RUNNING
 
     @property
     def rank(self) -> tuple[int, int]:

@@ -242,7 +242,7 @@ class FlowGate:
             flow.waiting -= 1
             flow.reserved += 1
             entry.reserved = True
-            entry.where = Where.READY
+            entry.where = Where.QUEUED
             self.release(entry)
         when = flow.wake_at(now) if flow.waiting else None
         if when is None:

@@ -21,10 +21,12 @@ in a task each; when due, a job enters the queue by priority like any other.
 and takes the next job: no slot held, no head-of-line blocking. The key releases its best parked
 job back into the queue the moment it may start.
 
+**One attempt path**, the durable runner's: ``pipeline.attempt`` runs the handler under the
+timeout backstop (a raise or an overrun: a retryable failure), ``pipeline.retry.decide`` ends it.
+
 **Cancel.** A queued or scheduled job is marked and gives its place back at once (a worker that
-later takes its stale queue item skips it); a running job's worker task gets a CancelledError
-inside the handler's fetch, which the worker absorbs (``Task.uncancel``) before taking the next
-job: the slot is free at once, and there is no retry and no dead letter.
+later takes its stale queue item skips it); a running job's fetch gets a CancelledError inside
+the handler, and its worker takes the next job: the slot is free at once, no retry, no dead letter.
 
 Delivery is at most once. Every record lives in this process's memory: if the process dies,
 queued, scheduled and in-flight jobs are gone. So do the dead letters (jobs that ended ``failed``):
@@ -46,10 +48,10 @@ from inmemory.flowgate import FlowGate
 from inmemory.records import DeadLetters, Records
 from inmemory.room import Room
 from inmemory.timers import Timers
+from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
 from pipeline.durations import Durations
 from pipeline.errors import Conflict, InvalidJob, QueueFull
-from pipeline.flows import throttle_s
 from pipeline.handler import Handler
 from pipeline.jobs import (
     DeadLetter,
@@ -64,13 +66,13 @@ from pipeline.jobs import (
     Status,
     Submitted,
 )
-from pipeline.retry import retry_delay
+from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
 
 log = logging.getLogger("queue_contrast.inmemory")
 
 QueueItem = tuple[int, int, Entry]
-HELD = (Where.READY, Where.WAITING)  # in the queue, or parked by the flow gate
+HELD = (Where.QUEUED, Where.WAITING)  # in the queue, or parked by the flow gate
 
 
 @dataclass
@@ -123,7 +125,7 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     def __init__(self, settings: Settings, handler: Handler) -> None:
         super().__init__(settings)
-        self.handler = handler
+        self.attempt_runner = AttemptRunner(handler, settings)
         self.queue: asyncio.PriorityQueue[QueueItem] = asyncio.PriorityQueue()  # see Room
         self.room = Room(settings.queue_maxsize)
         self.timers = Timers()
@@ -134,7 +136,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.counters = _Counters()
         self.durations = Durations()  # every attempt's fetch time, for /metrics
         self._order = itertools.count()
-        self._queued = 0  # READY + WAITING + BACKOFF
+        self._queued = 0  # QUEUED + WAITING + RETRYING
         self._scheduled = 0
         self._requeueing: set[str] = set()  # dead letters being re-queued right now
         self._workers: list[asyncio.Task[None]] = []
@@ -207,7 +209,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self._enqueue(entry)
 
     def _enqueue(self, entry: Entry) -> None:
-        entry.where = Where.READY
+        entry.where = Where.QUEUED
         entry.order = next(self._order)
         self._queued += 1
         self.queue.put_nowait((entry.job.priority, entry.order, entry))
@@ -258,20 +260,20 @@ class InMemoryPipeline(Producer, WorkerPool):
         entry.cancelled = True
         where = entry.where
         if where is Where.RUNNING:
-            if entry.task is not None:  # None: its worker was cancelled at shutdown
-                entry.task.cancel()  # CancelledError inside the handler; the worker absorbs it
+            if entry.run is not None:  # None: its worker was cancelled at shutdown
+                entry.run.cancel()  # CancelledError inside the handler; the worker goes on
         elif where in HELD:
             self.gate.withdraw(entry)  # a stale queue item is skipped when a worker takes it
             self._queued -= 1
             self.room.give()
-        elif where in (Where.SCHEDULED, Where.BACKOFF):
+        elif where in (Where.SCHEDULED, Where.RETRYING):
             self.timers.cancel(entry.timer)
             if where is Where.SCHEDULED:
                 self._scheduled -= 1
             else:
                 self._queued -= 1
             self.room.give()
-        entry.where = Where.GONE
+        entry.where = Where.ENDED
 
     async def ping(self) -> None:
         """The queue is in this process: it is available while the process runs."""
@@ -386,67 +388,63 @@ class InMemoryPipeline(Producer, WorkerPool):
                 if self._stopping.is_set():
                     self.queue.put_nowait(item)  # not ours to start any more: counted as dropped
                     return
-                if entry.where is Where.READY and self.gate.admit(entry):
+                if entry.where is Where.QUEUED and self.gate.admit(entry):
                     await self._run(entry, task)
             finally:
                 self.queue.task_done()
 
     async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
         job, attempt = entry.job, entry.attempt
-        entry.where, entry.task = Where.RUNNING, task
+        entry.where, entry.run = Where.RUNNING, AttemptRun()
         self._queued -= 1
         self.room.give()
         self._running.add(task)
         self._set(job.id, Status.RUNNING, attempts=attempt)
         log.info("→ %s try=%d %s", job.id, attempt, job.url)
         try:
-            outcome = await self.handler(job, attempt)
-        except asyncio.CancelledError:
+            outcome = await self.attempt_runner.run(job, attempt, entry.run)
+        except asyncio.CancelledError:  # shutdown
             self._fetch_ended(entry, task)
-            if entry.cancelled and task.uncancel() == 0:
-                log.info("✕ %s fetch abandoned (try=%d)", job.id, attempt)
-                return  # cancel() recorded it; this worker takes the next job
-            raise  # shutdown
-        except Exception as exc:  # the handler never raises; a custom one might
-            log.exception("handler failed on %s", job.id)
-            outcome = Outcome(Status.FAILED, attempts=attempt, error=f"handler: {exc!r}")
-        if entry.cancelled:  # cancelled as the fetch ended: the handler swallowed the cancel
-            if task.cancelling():
-                task.uncancel()
+            raise
+        decision = decide(outcome, attempt, self.settings, job)
+        if decision.end == "cancelled":  # cancel() recorded it; this worker takes the next job
+            log.info("✕ %s fetch abandoned (try=%d)", job.id, attempt)
             self._fetch_ended(entry, task)
             return
-        self._after(entry, task, outcome)
+        if decision.end == "retry" and self._stopping.is_set():  # no timer runs any more
+            decision = Decision("failed", throttle_s=decision.throttle_s)
+        self._after(entry, task, outcome, decision)
 
     def _fetch_ended(
         self, entry: Entry, task: asyncio.Task[None], throttle: float | None = None
     ) -> None:
-        entry.task = None
+        entry.run = None
         self._running.discard(task)
         self.gate.finish(entry, throttle)
 
-    def _after(self, entry: Entry, task: asyncio.Task[None], outcome: Outcome) -> None:
+    def _after(
+        self, entry: Entry, task: asyncio.Task[None], outcome: Outcome, decision: Decision
+    ) -> None:
         """Record the attempt: retry after a back-off, or end the job."""
         job = entry.job
         self.durations.observe(outcome.elapsed_s)
-        delay = None
-        if not self._stopping.is_set():
-            delay = retry_delay(outcome, entry.attempt, self.settings, job.max_tries)
-        self._fetch_ended(entry, task, throttle_s(outcome, delay))
+        self._fetch_ended(entry, task, decision.throttle_s)
         outcome = self.records.keep_body(job.id, outcome)
-        if delay is None:
+        if decision.end != "retry":
             self._finish(entry, outcome)
             return
         self.counters.retried += 1
         self._set(job.id, Status.QUEUED, result=outcome)
+        delay = decision.delay_s
         log.info("↻ %s try=%d %s; retrying in %.2fs", job.id, entry.attempt, outcome.error, delay)
         entry.attempt += 1
-        entry.where = Where.BACKOFF
+        entry.where = Where.RETRYING
         self._queued += 1
         self.room.force()  # a retry never waits on the bound
         entry.timer = self.timers.call_later(delay, functools.partial(self._backoff_over, entry))
 
     def _backoff_over(self, entry: Entry) -> None:
-        if entry.where is Where.BACKOFF:
+        if entry.where is Where.RETRYING:
             self._queued -= 1
             self._enqueue(entry)
 
@@ -457,7 +455,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         else:
             self.counters.failed += 1
             self.dead.add(DeadLetter.of(job, outcome, time.time()))
-        entry.where = Where.GONE
+        entry.where = Where.ENDED
         self.live.pop(job.id, None)
         self._quiet_check()
         record = self._set(job.id, outcome.status, result=outcome, finished_at=time.time())

@@ -2,7 +2,8 @@
 
 This package's top level is the contract every backend implements and everything above it relies
 on: the job and its outcome (``jobs``), our errors (``errors``), the producer/worker interface
-(``backend``), settings, the retry policy, the fetch handler, the URL guard and the duration
+(``backend``), settings, one attempt's run (``attempt``: a raise, an overrun, a cancel, each an
+outcome), the retry policy (``retry``), the fetch handler, the URL guard and the duration
 histogram's storage format. ``inmemory`` and ``durable`` implement it. Above it, in sub-packages:
 
     pipeline.service   the HTTP service (FastAPI app, dashboard, Prometheus metrics, serving)

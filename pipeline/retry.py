@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pipeline.flows import throttle_s
-from pipeline.jobs import Job, Outcome
+from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
 
 
@@ -44,18 +44,28 @@ def retry_delay(
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """How an attempt ends the job's turn: ``done``, ``failed`` (dead letter) or ``retry`` after
-    ``delay_s``; ``throttle_s``: hold the job's whole flow key that long (429/503 Retry-After)."""
+    """How an attempt ends the job's turn: ``done``, ``failed`` (dead letter), ``retry`` after
+    ``delay_s``, or ``cancelled`` (stopped from outside: the cancel, or the lease's new holder,
+    records the job's state; the attempt records nothing); ``throttle_s``: hold the job's whole
+    flow key that long (429/503 Retry-After)."""
 
-    end: Literal["done", "failed", "retry"]
+    end: Literal["done", "failed", "retry", "cancelled"]
     delay_s: float = 0.0
     throttle_s: float | None = None
 
 
+DONE, FAILED, CANCELLED = Decision("done"), Decision("failed"), Decision("cancelled")
+
+
 def decide(outcome: Outcome, attempt: int, settings: Settings, job: Job) -> Decision:
-    """The one place that decides what an attempt's outcome means for its job (both backends)."""
+    """The one place that decides what an attempt's outcome means for its job (both backends;
+    ``pipeline.attempt`` turns whatever the handler did into ``outcome``)."""
+    if outcome.status is Status.CANCELLED:
+        return CANCELLED
     delay = retry_delay(outcome, attempt, settings, job.max_tries)
     throttle = throttle_s(outcome, delay)
     if delay is not None:
         return Decision("retry", delay, throttle)
+    if throttle is None:  # the common end: one of two constants (this runs once per attempt)
+        return DONE if outcome.ok else FAILED
     return Decision("done" if outcome.ok else "failed", 0.0, throttle)

@@ -11,7 +11,7 @@ import httpx
 
 from pipeline.backend import Producer, WorkerPool
 from pipeline.cli.chooser import make_producer, make_worker
-from pipeline.handler import Fetcher
+from pipeline.handler import Fetcher, Handler
 from pipeline.jobs import FINAL, Job, JobRecord, Submitted
 from pipeline.service.app import create_app
 from pipeline.settings import Settings
@@ -57,7 +57,16 @@ class Harness:
     jobs: list[Job] = field(default_factory=list)
 
     @classmethod
-    async def create(cls, backend: str, upstream: str, redis_url: str, **overrides: Any) -> Harness:
+    async def create(
+        cls,
+        backend: str,
+        upstream: str,
+        redis_url: str,
+        handler: Handler | None = None,
+        **overrides: Any,
+    ) -> Harness:
+        """``handler`` runs the jobs instead of the fetcher (a test's stand-in); ``overrides``
+        are settings."""
         defaults: dict[str, Any] = {
             "allowed_hosts": allow(upstream),  # the guard refuses loopback unless it is listed
             "retry_base_delay": 0.01,
@@ -72,11 +81,12 @@ class Harness:
             **{**defaults, **overrides},
         )
         fetcher = Fetcher(settings)
-        producer = make_producer(settings, fetcher)
+        runs = handler or fetcher
+        producer = make_producer(settings, runs)
         if backend == "inmemory":
             return cls(settings, upstream, fetcher, producer)
         await producer.start()
-        return cls(settings, upstream, fetcher, producer, make_worker(settings, fetcher))
+        return cls(settings, upstream, fetcher, producer, make_worker(settings, runs))
 
     async def start_workers(self) -> None:
         if self.producer.runs_workers:
