@@ -24,6 +24,7 @@ COPY README.md ./
 COPY pipeline/ pipeline/
 COPY inmemory/ inmemory/
 COPY durable/ durable/
+COPY apps/ apps/
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 # 3. Run as an unprivileged user that owns nothing in the image.

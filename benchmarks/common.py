@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.harness.processes import CLI, Proc, child_env
-from pipeline.harness.redis_launcher import RedisProcess, start_redis
+from apps.harness.processes import CLI, Proc, child_env
+from apps.harness.redis_launcher import RedisProcess, start_redis
 from pipeline.jobs import Job, Outcome, Status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

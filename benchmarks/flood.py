@@ -108,7 +108,7 @@ def _summary(seen: collections.Counter[str], wall: float, partial: bool = False)
 
 async def pipeline(urls: list[str], workers: int) -> collections.Counter[str]:
     from inmemory.pipeline import InMemoryPipeline
-    from pipeline.handler import Fetcher
+    from pipeline.fetch.handler import Fetcher
     from pipeline.jobs import Job
     from pipeline.settings import Settings
 

@@ -37,12 +37,12 @@ from typing import Any
 
 import httpx
 
+from apps.harness.processes import Processes
+from apps.harness.upstream import max_arrivals_in_window
 from benchmarks import overhead
 from benchmarks.common import NOOP_OUTCOME, wait_until
 from benchmarks.overhead import NOOP_ALLOWED, make_jobs
-from pipeline.handler import Handler
-from pipeline.harness.processes import Processes
-from pipeline.harness.upstream import max_arrivals_in_window
+from pipeline.fetch.handler import Handler
 from pipeline.jobs import Job, Outcome, url_flow_key
 
 NOOP_KEY = NOOP_ALLOWED  # every no-op job's flow key: its URL's host:port

@@ -1,7 +1,7 @@
 """Section 2: I/O efficiency — how close each backend gets to ``workers ÷ latency``.
 
 Jobs fetch the local upstream (a ``queue-contrast upstream`` child at ``LATENCY_MS``) with the real
-handler (``pipeline.handler.Fetcher``). In-memory: submit every job, ``join()``. Durable: enqueue
+handler (``pipeline.fetch.handler.Fetcher``). In-memory: submit every job, ``join()``. Durable: enqueue
 every job first, then time one ``DurableWorker`` from its start until all are complete. Efficiency
 = achieved jobs/s ÷ ideal jobs/s, where ideal = workers ÷ latency.
 
@@ -26,7 +26,7 @@ import httpx
 from benchmarks import transports
 from benchmarks.common import LOCAL, ROOT, bench_command, proc_cpu_s, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
-from pipeline.handler import Fetcher
+from pipeline.fetch.handler import Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 

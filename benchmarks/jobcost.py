@@ -33,9 +33,9 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from apps.harness.processes import Processes
 from benchmarks.common import LOCAL, proc_cpu_s, wait_until
 from benchmarks.rawclient import Pool
-from pipeline.harness.processes import Processes
 
 WORKERS = 10
 CONNECTIONS = 8
@@ -211,7 +211,7 @@ async def redis_body_cost(upstream: str, redis_url: str, n: int, step: Any) -> l
 async def inprocess_body_cost(upstream: str, n: int, step: Any) -> list[dict[str, Any]]:
     """Traced bytes per kept job (record + body) in an InMemoryPipeline in this process."""
     from inmemory.pipeline import InMemoryPipeline
-    from pipeline.handler import Fetcher
+    from pipeline.fetch.handler import Fetcher
     from pipeline.jobs import Job
     from pipeline.settings import Settings
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import httpx
 
+from apps.harness.processes import Proc, Processes, child_env
 from benchmarks.common import LOCAL, bench_command, wait_until
 from benchmarks.rawclient import Pool, RawClient
-from pipeline.harness.processes import Proc, Processes, child_env
 
 SYSTEMS = ("inmemory", "durable", "stock_arq", "saq")
 WORKERS = 10
@@ -290,7 +290,7 @@ async def _saq_worker_main(redis_url: str) -> None:
     """A SAQ Worker, concurrency WORKERS, whose one function fetches with our Fetcher."""
     from saq import Queue, Worker
 
-    from pipeline.handler import Fetcher
+    from pipeline.fetch.handler import Fetcher
     from pipeline.jobs import Job
     from pipeline.settings import Settings
 

@@ -12,7 +12,7 @@ large enough that no slot is ever idle for want of a job. After a warm-up and a 
 Redis connection of serve and workers is cut, one of two ways:
 
 * ``restart``: redis-server SIGKILLed, and after the outage restarted on its port from its AOF;
-* ``freeze``: serve and workers reach Redis through ``pipeline.harness.tcp_proxy``, which stops
+* ``freeze``: serve and workers reach Redis through ``apps.harness.tcp_proxy``, which stops
   forwarding for the outage (connections kept open: a stall, not a refusal) and then thaws.
 
 "Redis answers again" (``t_up``) is the first PONG after the fault to a PING sent every 5 ms over
@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 import redis
 
+from apps.harness.processes import Processes, ProxyControl
 from benchmarks.common import allow, private_redis
-from pipeline.harness.processes import Processes, ProxyControl
 
 KINDS = ("restart", "freeze")
 LATENCY_MS = 200

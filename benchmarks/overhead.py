@@ -23,11 +23,11 @@ import redis.asyncio as aioredis
 
 from benchmarks.common import noop_handler, rate, wait_until
 from inmemory.pipeline import InMemoryPipeline
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
+from pipeline.fetch.urlguard import URLGuard
+from pipeline.fetch.validate import validate
 from pipeline.jobs import Job
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard
-from pipeline.validate import validate
 
 ENQUEUE_BATCH = 100
 NOOP_URL = "http://127.0.0.1:9/noop/"  # never fetched: the handler is a no-op

@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
+from apps.harness.processes import CLI, Proc, child_env
 from benchmarks.common import allow, private_redis, wait_until
-from pipeline.harness.processes import CLI, Proc, child_env
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 

@@ -32,7 +32,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from benchmarks.common import LOCAL, ROOT, bench_command
-from pipeline.handler import Fetcher
+from pipeline.fetch.handler import Fetcher
 from pipeline.jobs import Job
 from pipeline.settings import Settings
 

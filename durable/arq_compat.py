@@ -27,7 +27,7 @@ from durable.runner import safe_json
 from durable.scripts import Scripts
 from pipeline.backend import WorkerPool
 from pipeline.durations import bucket_label
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
 from pipeline.jobs import DeadLetter, Job
 from pipeline.retry import decide
 from pipeline.settings import Settings

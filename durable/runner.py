@@ -88,12 +88,12 @@ from durable.scripts import Scripts
 from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import WorkerPool
 from pipeline.durations import bucket_label
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
+from pipeline.fetch.urlguard import URLGuard
+from pipeline.fetch.validate import validate
 from pipeline.jobs import DeadLetter, Job, Outcome, Status
 from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard
-from pipeline.validate import validate
 
 log = logging.getLogger("queue_contrast.durable")
 

@@ -52,7 +52,7 @@ from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
 from pipeline.durations import Durations
 from pipeline.errors import Conflict, InvalidJob, QueueFull
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
 from pipeline.jobs import (
     DeadLetter,
     FlowLimit,

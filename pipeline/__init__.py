@@ -3,14 +3,10 @@
 This package's top level is the contract every backend implements and everything above it relies
 on: the job and its outcome (``jobs``), our errors (``errors``), the producer/worker interface
 (``backend``), settings, one attempt's run (``attempt``: a raise, an overrun, a cancel, each an
-outcome), the retry policy (``retry``), the fetch handler, the URL guard and the duration
-histogram's storage format. ``inmemory`` and ``durable`` implement it. Above it, in sub-packages:
-
-    pipeline.service   the HTTP service (FastAPI app, dashboard, Prometheus metrics, serving)
-    pipeline.cli       the command line, and ``chooser``: the one module that names both backends
-    pipeline.demo      the crash demo (run, state, terminal view, web page, SVG chart)
-    pipeline.harness   witness and harness pieces the demo, tests and benchmarks share: the
-                       upstream stand-in, process supervision, the Redis launcher
+outcome), the retry policy (``retry``), the duration histogram's storage format, and the
+fetch side (``pipeline.fetch``: the job's validation, the URL guard and its allow-list, the fetch
+handler). ``inmemory`` and ``durable`` implement it; the applications (service, CLI, crash demo,
+harness) live in ``apps`` and import it. Nothing here imports a backend or an application.
 """
 
 from pipeline.backend import Producer, WorkerPool

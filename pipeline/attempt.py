@@ -1,6 +1,6 @@
 """One attempt of a job, run the same way by both backends: whatever the handler does, an Outcome.
 
-The handler (``pipeline.handler``) never raises and stops itself at the job's ``timeout_s`` (else
+The handler (``pipeline.fetch.handler``) never raises and stops itself at the job's ``timeout_s`` (else
 ``JOB_TIMEOUT``); a custom one might do neither. So a backend runs every attempt through
 :meth:`AttemptRunner.run`, which turns each way an attempt can end into an ``Outcome`` for
 ``pipeline.retry.decide``:
@@ -33,7 +33,7 @@ import logging
 import time
 from typing import Any
 
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
 

@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 from pipeline.errors import QueueFull
+from pipeline.fetch.urlguard import URLGuard
+from pipeline.fetch.validate import validate
 from pipeline.flows import check_key
 from pipeline.jobs import (
     DeadLetter,
@@ -33,8 +35,6 @@ from pipeline.jobs import (
     Submitted,
 )
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard
-from pipeline.validate import validate
 
 Order = Literal["oldest", "newest"]
 MAX_PAGE = 1000

@@ -3,7 +3,7 @@
 Backend-neutral on purpose: the in-memory pipeline keeps a :class:`Durations` in its process, the
 durable workers keep the same flat layout in one Redis hash (one field per bucket label, plus
 ``count`` and ``sum``), and the service's ``/metrics`` renders either as a Prometheus histogram
-(``pipeline.service.metrics``). Only that module knows Prometheus.
+(``apps.service.metrics``). Only that module knows Prometheus.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.allowlist import AllowList, parse_allowed_hosts
 from pipeline.errors import SettingsError
+from pipeline.fetch.allowlist import AllowList, parse_allowed_hosts
 from pipeline.flows import parse_limits
 from pipeline.jobs import FlowLimit
 
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
 
     @property
     def allow_list(self) -> AllowList:
-        """``ALLOWED_HOSTS`` parsed (see ``pipeline.allowlist``)."""
+        """``ALLOWED_HOSTS`` parsed (see ``pipeline.fetch.allowlist``)."""
         return parse_allowed_hosts(self.allowed_hosts)
 
     @classmethod

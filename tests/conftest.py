@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis
 
-from pipeline.harness.redis_launcher import RedisProcess
+from apps.harness.redis_launcher import RedisProcess
 from tests.harness import Harness
 from tests.helpers import Processes, start_private_redis
 

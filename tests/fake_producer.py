@@ -18,8 +18,8 @@ from typing import Any
 
 from pipeline.backend import Order, Producer
 from pipeline.errors import Conflict, InvalidJob
+from pipeline.fetch.handler import Handler
 from pipeline.flows import DEFAULT_KEY, effective
-from pipeline.handler import Handler
 from pipeline.jobs import (
     FINAL,
     DeadLetter,

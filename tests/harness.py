@@ -9,11 +9,11 @@ from typing import Any
 
 import httpx
 
+from apps.cli.chooser import make_producer, make_worker
+from apps.service.app import create_app
 from pipeline.backend import Producer, WorkerPool
-from pipeline.cli.chooser import make_producer, make_worker
-from pipeline.handler import Fetcher, Handler
+from pipeline.fetch.handler import Fetcher, Handler
 from pipeline.jobs import FINAL, Job, JobRecord, Submitted
-from pipeline.service.app import create_app
 from pipeline.settings import Settings
 from tests.helpers import allow, async_wait_until
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.harness.processes import CLI, Proc, Processes, child_env
-from pipeline.harness.redis_launcher import RedisProcess, start_redis
+from apps.harness.processes import CLI, Proc, Processes, child_env
+from apps.harness.redis_launcher import RedisProcess, start_redis
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.harness.redis_launcher import RedisProcess
+from apps.harness.redis_launcher import RedisProcess
 from tests.helpers import Processes, allow, wait_until
 
 if os.environ.get("QC_IN_NETNS") != "1" or [n for _, n in socket.if_nameindex()] != ["lo"]:

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from apps.service.app import create_app
 from pipeline.backend import Producer
-from pipeline.handler import Fetcher
-from pipeline.service.app import create_app
+from pipeline.fetch.handler import Fetcher
 from pipeline.settings import Settings
 from tests.fake_producer import FakeProducer
 from tests.harness import Harness

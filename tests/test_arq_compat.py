@@ -15,7 +15,7 @@ from arq.jobs import JobStatus
 from durable import keys
 from durable.arq_compat import StockArqWorker
 from durable.producer import DurableProducer
-from pipeline.handler import Fetcher
+from pipeline.fetch.handler import Fetcher
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
 from tests.harness import Harness

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from pipeline.cli.chooser import make_producer
+from apps.cli.chooser import make_producer
+from apps.service.app import create_app
 from pipeline.jobs import Job, Outcome, Status
-from pipeline.service.app import create_app
 from pipeline.settings import Settings
 
 TOKEN = "s3cr3t-t0ken"

@@ -38,9 +38,9 @@ import httpx
 import pytest
 import redis
 
+from apps.harness.processes import ProxyControl
+from apps.harness.redis_launcher import RedisProcess, start_redis
 from durable import keys
-from pipeline.harness.processes import ProxyControl
-from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from tests.helpers import (
     CLI,
     Proc,

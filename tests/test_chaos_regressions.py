@@ -7,13 +7,13 @@ import pytest
 import redis
 from redis import exceptions as rexc
 
+from apps.harness.redis_launcher import RedisProcess
 from durable import keys
 from durable.producer import DurableProducer
 from durable.redis_errors import is_transient, map_redis_errors
 from durable.runner import Attempt, DurableWorker
 from durable.scripts import Scripts
 from pipeline.errors import BackendUnavailable
-from pipeline.harness.redis_launcher import RedisProcess
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.retry import Decision
 from pipeline.settings import Settings

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.main import EXIT_UNAVAILABLE, main, service_routes
+from apps.cli.main import EXIT_UNAVAILABLE, main, service_routes
+from apps.harness.redis_launcher import free_port
 from pipeline.errors import SettingsError
-from pipeline.harness.redis_launcher import free_port
 from pipeline.settings import Settings
 from tests.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 

@@ -21,13 +21,13 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.main import EXIT_FAILED, EXIT_USAGE, main
-from pipeline.harness.redis_launcher import free_port
+from apps.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from apps.harness.redis_launcher import free_port
 from tests.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 
 SECRET = "s3cr3t"
-CLIENT = importlib.import_module("pipeline.cli.client")
-COMMANDS = importlib.import_module("pipeline.cli.main")  # the package's `main` is the group
+CLIENT = importlib.import_module("apps.cli.client")
+COMMANDS = importlib.import_module("apps.cli.main")  # the package's `main` is the group
 
 
 def cli(*args: str, stdin: str | None = None, **env: object) -> subprocess.CompletedProcess[str]:

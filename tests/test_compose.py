@@ -33,8 +33,8 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.harness.processes import Proc
-from pipeline.harness.redis_launcher import free_port
+from apps.harness.processes import Proc
+from apps.harness.redis_launcher import free_port
 from pipeline.settings import Settings
 from tests.helpers import Processes, get_json, wait_until
 from tests.image_recipe import Image, build

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from apps.harness.upstream import max_arrivals_in_window
 from pipeline.errors import QueueFull
-from pipeline.harness.upstream import max_arrivals_in_window
 from pipeline.jobs import FlowLimit, Status, url_flow_key
 from tests.harness import Harness, make_job
 from tests.helpers import Processes, allow, async_wait_until

@@ -21,7 +21,7 @@ import time
 import httpx
 import pytest
 
-from pipeline.harness.redis_launcher import RedisProcess
+from apps.harness.redis_launcher import RedisProcess
 from tests.helpers import (
     Proc,
     Processes,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline.harness.redis_launcher import RedisProcess
+from apps.harness.redis_launcher import RedisProcess
 from tests.helpers import CLI, child_env, start_private_redis
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each

@@ -1,7 +1,7 @@
 """The crash-demo page: served beside the demo, and, in headless Chromium, showing both backends
 side by side through the kill, the restart and the final table, from the snapshot it is fed.
 
-One test scripts the snapshot (shape: ``pipeline.demo.page``'s docstring), so each phase can be
+One test scripts the snapshot (shape: ``apps.demo.page``'s docstring), so each phase can be
 asserted on; the last runs the real ``queue-contrast crash-demo --serve`` and reads its page.
 """
 
@@ -21,8 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
-from pipeline.demo.page import create_demo_app, run_with_page
-from pipeline.service.serving import bind
+from apps.demo.page import create_demo_app, run_with_page
+from apps.service.serving import bind
 from tests.browser import chromium, require_chromium, screenshot
 from tests.helpers import CLI, Processes, child_env, get_json, wait_until
 

@@ -13,8 +13,8 @@ import signal
 
 import pytest
 
+from apps.harness.redis_launcher import RedisProcess
 from durable.producer import DurableProducer
-from pipeline.harness.redis_launcher import RedisProcess
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
 from tests.helpers import Processes, async_wait_until, get_json, wait_until

@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 import pytest
 
-from pipeline.handler import (
+from pipeline.fetch.handler import (
     DEFAULT_HEADERS,
     FETCHES_PER_CLIENT,
     Fetcher,

@@ -44,9 +44,9 @@ import httpx
 import pytest
 import redis
 
+from apps.harness.redis_launcher import RedisProcess
+from apps.harness.upstream import max_arrivals_in_window
 from durable import keys
-from pipeline.harness.redis_launcher import RedisProcess
-from pipeline.harness.upstream import max_arrivals_in_window
 from pipeline.jobs import url_flow_key
 from tests.helpers import Proc, Processes, allow, get_json, records, wait_until
 

@@ -22,10 +22,10 @@ import trustme
 import yarl
 
 from pipeline.errors import InvalidJob, SettingsError, URLRefused
-from pipeline.handler import Fetcher, _same_host
+from pipeline.fetch.handler import Fetcher, _same_host
+from pipeline.fetch.urlguard import URLGuard, check_address, literal_ip
 from pipeline.jobs import MAX_URL_LENGTH, Job, Status
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard, check_address, literal_ip
 from tests.local_servers import Dials, Lookups, ok, redirect, serve
 
 GUARD = URLGuard()
@@ -529,7 +529,9 @@ def test_same_host_accepts_one_host_in_both_parsers() -> None:
 def test_same_host_refuses_a_parser_differential(monkeypatch: pytest.MonkeyPatch) -> None:
     """If aiohttp would read another host than the guard checked, the request is refused."""
     real = yarl.URL
-    monkeypatch.setattr("pipeline.handler.yarl.URL", lambda s: real(s).with_host("169.254.169.254"))
+    monkeypatch.setattr(
+        "pipeline.fetch.handler.yarl.URL", lambda s: real(s).with_host("169.254.169.254")
+    )
     with pytest.raises(URLRefused, match="parses as"):
         _same_host(httpx.URL("http://example.com/"))
 

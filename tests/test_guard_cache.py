@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.allowlist import parse_allowed_hosts
 from pipeline.errors import InvalidJob, URLRefused
+from pipeline.fetch.allowlist import parse_allowed_hosts
+from pipeline.fetch.urlguard import ORIGIN_CACHE_SIZE, URLGuard, origin_of
 from pipeline.jobs import _url_flow_key, url_flow_key
-from pipeline.urlguard import ORIGIN_CACHE_SIZE, URLGuard, origin_of
 from tests.test_guard_fuzz import URLS
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

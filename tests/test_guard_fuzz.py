@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InvalidJob
-from pipeline.urlguard import URLGuard
+from pipeline.fetch.urlguard import URLGuard
 
 GUARDS = [
     URLGuard(),

@@ -1,5 +1,8 @@
-"""The boundaries the README promises, read from the source: only the chooser names a backend, no
-import cycles (type-only imports included), no module imports another's private names."""
+"""The boundaries the README promises, read from the source: every import arrow points down —
+applications (``apps``) → the contract (``pipeline``) ← backends (``inmemory``, ``durable``); the
+contract imports neither; a backend imports no application and no other backend; only the chooser
+names a backend. No import cycles (type-only imports included), no module imports another's
+private names."""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "inmemory", "durable")
+PACKAGES = ("pipeline", "inmemory", "durable", "apps")
 BACKENDS = ("inmemory", "durable")
-CHOOSER = "pipeline.cli.chooser"
+APPS = "apps"
+CONTRACT = "pipeline"
+CHOOSER = "apps.cli.chooser"
 
 
 def modules() -> dict[str, Path]:
@@ -45,16 +50,40 @@ def edges() -> dict[str, set[str]]:
     return graph
 
 
-def test_only_the_chooser_imports_a_backend() -> None:
-    """Nothing in pipeline/ but the chooser imports inmemory or durable."""
-    offenders = [
+def arrows(source: str, targets: tuple[str, ...]) -> list[str]:
+    """Every import from a module of package ``source`` into one of the ``targets`` packages."""
+    return [
         f"{name} imports {module}"
         for name, path in modules().items()
-        if name.startswith("pipeline") and name != CHOOSER
+        if name.split(".")[0] == source
         for module, _ in imports(path)
-        if module.split(".")[0] in BACKENDS
+        if module.split(".")[0] in targets
     ]
+
+
+def test_only_the_chooser_imports_a_backend() -> None:
+    """Nothing in apps/ but the chooser imports inmemory or durable."""
+    offenders = [a for a in arrows(APPS, BACKENDS) if not a.startswith(f"{CHOOSER} ")]
     assert offenders == []
+    assert arrows(APPS, BACKENDS), "the chooser names the backends"
+
+
+def test_the_contract_imports_no_application_and_no_backend() -> None:
+    """pipeline/ (the contract, with its fetch side) never imports apps, inmemory or durable."""
+    assert arrows(CONTRACT, (APPS, *BACKENDS)) == []
+
+
+def test_a_backend_imports_no_application_and_no_other_backend() -> None:
+    """inmemory and durable import the contract only: never apps, never each other."""
+    assert arrows("inmemory", (APPS, "durable")) == []
+    assert arrows("durable", (APPS, "inmemory")) == []
+
+
+def test_the_contract_package_holds_no_application() -> None:
+    """The service, the CLI, the demo and the harness live in apps/, not in pipeline/."""
+    for app in ("service", "cli", "demo", "harness"):
+        assert not (ROOT / CONTRACT / app).exists(), f"{CONTRACT}/{app} is an application"
+        assert (ROOT / APPS / app / "__init__.py").exists()
 
 
 def test_no_module_imports_a_private_name_of_another() -> None:
@@ -108,4 +137,4 @@ def test_only_the_service_metrics_module_imports_prometheus() -> None:
         for module, _ in imports(path)
         if module.startswith("prometheus_client")
     )
-    assert set(users) == {"pipeline.service.metrics"}
+    assert set(users) == {"apps.service.metrics"}

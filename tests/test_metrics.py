@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.service.app import create_app
 from pipeline.durations import BUCKET_LABELS, Durations, bucket_label
 from pipeline.jobs import Job
-from pipeline.service.app import create_app
 from tests.harness import Harness
 
 BACKENDS = ["inmemory", "durable"]

@@ -65,9 +65,9 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
 )
 
-from pipeline.cli.chooser import make_producer
+from apps.cli.chooser import make_producer
+from apps.service.app import create_app
 from pipeline.jobs import Job, Outcome, Status
-from pipeline.service.app import create_app
 from pipeline.settings import Settings
 from tests.helpers import Processes, wait_until
 

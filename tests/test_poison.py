@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from pipeline.handler import TEST_CRASH_EXIT
+from pipeline.fetch.handler import TEST_CRASH_EXIT
 from tests.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow

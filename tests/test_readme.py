@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness.redis_launcher import free_port
+from apps.harness.redis_launcher import free_port
 from tests.helpers import child_env, need_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent

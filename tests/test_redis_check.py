@@ -8,8 +8,8 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
+from apps.harness.redis_launcher import RedisProcess, start_redis
 from durable.redis_check import persistence_warnings, safe_url
-from pipeline.harness.redis_launcher import RedisProcess, start_redis
 from tests.helpers import Processes, need_redis_server
 
 

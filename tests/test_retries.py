@@ -8,7 +8,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pipeline.handler import MAX_RETRY_AFTER_S, parse_retry_after
+from pipeline.fetch.handler import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.jobs import Status
 from tests.harness import Harness
 from tests.helpers import async_wait_until

@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from apps.cli.chooser import make_producer, make_worker
+from apps.service import metrics
+from apps.service.app import MAX_BODY_BYTES, create_app
 from pipeline.backend import Producer, WorkerPool
-from pipeline.cli.chooser import make_producer, make_worker
 from pipeline.jobs import MAX_URL_LENGTH, Job, Outcome, Status
-from pipeline.service import metrics
-from pipeline.service.app import MAX_BODY_BYTES, create_app
 from pipeline.settings import Settings
 from tests.helpers import Processes, allow, async_wait_until, get_json, wait_until
 

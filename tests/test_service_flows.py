@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.service.metrics import FLOW_SERIES, OTHER, flow_rows
 from pipeline.jobs import FlowLimit, FlowState
-from pipeline.service.metrics import FLOW_SERIES, OTHER, flow_rows
 from tests.helpers import async_wait_until
 from tests.service_api import BACKENDS, Api, open_api
 from tests.test_metrics import samples

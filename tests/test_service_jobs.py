@@ -13,10 +13,10 @@ from typing import Any, get_args
 
 import pytest
 
+from apps.service.app import body_cap
+from apps.service.jobs_api import JobIn, Method, build_job
 from pipeline.errors import InvalidJob
 from pipeline.jobs import METHODS
-from pipeline.service.app import body_cap
-from pipeline.service.jobs_api import JobIn, Method, build_job
 from tests.fake_producer import FakeProducer
 from tests.service_api import BACKENDS, Api, open_api
 

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from pipeline.cli.chooser import make_producer
+from apps.cli.chooser import make_producer
+from apps.service.app import create_app
+from apps.service.serving import bind, config_for
 from pipeline.jobs import Job, Outcome
-from pipeline.service.app import create_app
-from pipeline.service.serving import bind, config_for
 from pipeline.settings import Settings
 from tests.helpers import Processes, wait_until
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness.processes import CLI, module_command
+from apps.harness.processes import CLI, module_command
 from tests.helpers import IN_CI, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "inmemory", "durable")
+PACKAGES = ("pipeline", "inmemory", "durable", "apps")
 
 
 def tree_files() -> list[str]:
@@ -123,7 +123,7 @@ def test_child_processes_run_the_code_the_tests_import() -> None:
     """The console script and ``python -P -m`` children, started inside the checkout, run the
     same copy of the code the tests import (under CI: the installed one, never the source tree)."""
     here = Path(importlib.import_module("pipeline").__file__ or "").resolve().parent
-    for argv in (CLI, module_command("pipeline.cli")):
+    for argv in (CLI, module_command("apps.cli")):
         _, where = _version_line(argv)
         assert where == here, (argv, where, here)
         if IN_CI:

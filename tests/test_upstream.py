@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.cli.main import upstream as upstream_command
-from pipeline.harness import upstream as upstream_module
-from pipeline.harness.upstream import create_upstream
+from apps.cli.main import upstream as upstream_command
+from apps.harness import upstream as upstream_module
+from apps.harness.upstream import create_upstream
 from tests.helpers import Processes, async_wait_until
 
 HOST_A = "http://127.0.0.1:9001"

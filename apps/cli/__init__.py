@@ -1,6 +1,6 @@
 """The command line (``queue-contrast``) and the one module that names both backends
-(``pipeline.cli.chooser``)."""
+(``apps.cli.chooser``)."""
 
-from pipeline.cli.main import main
+from apps.cli.main import main
 
 __all__ = ["main"]

@@ -1,5 +1,5 @@
-"""``python -m pipeline.cli``: the same as the ``queue-contrast`` console script."""
+"""``python -m apps.cli``: the same as the ``queue-contrast`` console script."""
 
-from pipeline.cli.main import main
+from apps.cli.main import main
 
 main()

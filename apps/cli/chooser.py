@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pipeline.backend import Producer, WorkerPool
 from pipeline.errors import SettingsError
-from pipeline.handler import Handler
+from pipeline.fetch.handler import Handler
 from pipeline.settings import Settings
 
 BACKENDS = ("inmemory", "durable")

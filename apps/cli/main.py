@@ -44,7 +44,7 @@ def load_settings(**overrides: object) -> Settings:
 def _service_errors() -> Iterator[None]:
     """The client commands' errors as one line each: exit 3 when no service answers, 1 when it
     answered with an error."""
-    from pipeline.cli.client import ServiceError, Unreachable
+    from apps.cli.client import ServiceError, Unreachable
 
     try:
         yield
@@ -102,8 +102,8 @@ class _ServeCommand(click.Command):
 
 def service_routes() -> list[tuple[str, str]]:
     """(methods, path) of every route of the service app, in the app's order."""
-    from pipeline.cli.chooser import make_producer
-    from pipeline.service.app import create_app
+    from apps.cli.chooser import make_producer
+    from apps.service.app import create_app
 
     async def no_handler(*_: object) -> Any:  # never called: the app is built, not served
         raise AssertionError("unreachable")
@@ -142,10 +142,10 @@ def serve(host: str | None, port: int | None) -> None:
 
 
 async def _serve(settings: Settings) -> None:
-    from pipeline.cli.chooser import make_producer, serve_runs_workers
-    from pipeline.handler import Fetcher
-    from pipeline.service.app import create_app
-    from pipeline.service.serving import serve as run_server
+    from apps.cli.chooser import make_producer, serve_runs_workers
+    from apps.service.app import create_app
+    from apps.service.serving import serve as run_server
+    from pipeline.fetch.handler import Fetcher
 
     fetcher = Fetcher(settings) if serve_runs_workers(settings) else None
     producer = make_producer(settings, fetcher)
@@ -206,8 +206,8 @@ def worker(engine: str) -> None:
 
 
 async def _worker(settings: Settings, engine: str = "ours") -> None:
-    from pipeline.cli.chooser import make_worker
-    from pipeline.handler import Fetcher
+    from apps.cli.chooser import make_worker
+    from pipeline.fetch.handler import Fetcher
 
     async with Fetcher(settings) as fetcher:
         pool = make_worker(settings, fetcher, engine)
@@ -279,8 +279,8 @@ def upstream(
     and answers 200 after that. Response shape: ?content_type= ?etag= ?last_modified=
     ?location= ?header=Name:Value (repeatable) ?text=... ?echo=1 (the request body back).
     """
-    from pipeline.harness.upstream import create_upstream
-    from pipeline.service.serving import serve as run_server
+    from apps.harness.upstream import create_upstream
+    from apps.service.serving import serve as run_server
 
     taken = [p for p in ports if p]
     if len(set(taken)) != len(taken):
@@ -309,7 +309,7 @@ HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _command_name(ctx: click.Context | None) -> str:
-    """``queue-contrast submit``, however the program was started (``python -m pipeline.cli``)."""
+    """``queue-contrast submit``, however the program was started (``python -m apps.cli``)."""
     names = []
     while ctx is not None and ctx.parent is not None:
         names.append(ctx.info_name or "")
@@ -549,7 +549,7 @@ def submit(
     failed, was cancelled or had not ended by --timeout; 2 a bad option; 3 no service answers at
     --api. Sends API_TOKEN as a bearer token when it is set.
     """
-    from pipeline.cli.client import submit_all
+    from apps.cli.client import submit_all
 
     targets = _targets(urls, file_)
     if job_id is not None and len(targets) > 1:
@@ -590,7 +590,7 @@ _id_argument = click.argument("job_id", metavar="ID")
 def status_command(job_id: str, api: str | None, as_json: bool) -> None:
     """Show job ID's record: status, request (credential header values as the service masks
     them: ***), attempts, times and its last response. Exit 1 if the service has no such job."""
-    from pipeline.cli.client import describe_job, get_job
+    from apps.cli.client import describe_job, get_job
 
     with _service_errors():
         record = get_job(*_api_and(api, job_id))
@@ -616,7 +616,7 @@ def result_command(job_id: str, api: str | None) -> None:
     Exit 1 with one line saying the job's status when there is no stored body (not run yet, no
     response, nothing kept), or the service has no such job.
     """
-    from pipeline.cli.client import get_result
+    from apps.cli.client import get_result
 
     with _service_errors():
         body, truncated = get_result(*_api_and(api, job_id))
@@ -636,7 +636,7 @@ def cancel_command(job_id: str, api: str | None) -> None:
     Exit 1 with the service's one-line message if it has no such job (404) or the job already
     ended done or failed (409).
     """
-    from pipeline.cli.client import cancel_job
+    from apps.cli.client import cancel_job
 
     with _service_errors():
         record = cancel_job(*_api_and(api, job_id))
@@ -668,7 +668,7 @@ def jobs_command(
 ) -> None:
     """List jobs, one line each: `<id> <status> <method> <url> attempts=<n> [error='...']` (the
     last error). Follows the service's pages (next_cursor) up to --limit."""
-    from pipeline.cli.client import format_job, list_jobs
+    from apps.cli.client import format_job, list_jobs
 
     base, token = _api(api)
     with _service_errors():
@@ -695,7 +695,7 @@ def dead_letters() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def dead_letters_list(api: str | None, as_json: bool) -> None:
     """Print one line per dead letter, oldest first: id, attempts, last error, url (every page)."""
-    from pipeline.cli.client import format_dead_letter, list_dead_letters
+    from apps.cli.client import format_dead_letter, list_dead_letters
 
     with _service_errors():
         letters = list_dead_letters(*_api(api))
@@ -719,7 +719,7 @@ def dead_letters_retry(job_id: str | None, all_: bool, api: str | None, timeout:
     Goes through the same backpressure as submit: on 503 it waits as Retry-After asks. Prints one
     line per re-queued id. Exit code 1 if JOB_ID is not a dead letter.
     """
-    from pipeline.cli.client import retry_dead_letters
+    from apps.cli.client import retry_dead_letters
 
     if bool(job_id) == all_:
         _usage("give one dead letter's JOB_ID, or --all")
@@ -754,7 +754,7 @@ def dead_letters_purge(older_than: float | None, yes: bool, api: str | None) -> 
     Asks first on a terminal; elsewhere it refuses (exit 2) unless --yes is given. Exit 1 if
     you answer no.
     """
-    from pipeline.cli.client import purge_dead_letters
+    from apps.cli.client import purge_dead_letters
 
     which = "every dead letter" if older_than is None else f"dead letters older than {older_than} s"
     if not yes:
@@ -859,8 +859,8 @@ def crash_demo(
     """
     from pathlib import Path
 
-    from pipeline.demo.run import main as run
-    from pipeline.demo.state import SCENARIOS, Options
+    from apps.demo.run import main as run
+    from apps.demo.state import SCENARIOS, Options
 
     chosen = tuple(SCENARIOS) if "all" in backends else tuple(dict.fromkeys(backends))
     opts = Options(

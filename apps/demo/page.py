@@ -5,7 +5,7 @@ the dashboard's) and ``GET /snapshot`` (``get_snapshot()`` as JSON, which the pa
 second). ``run_with_page(work, get_snapshot, host, port)`` runs the demo coroutine ``work`` with the
 page served beside it, and keeps serving the final state until Ctrl-C when ``linger`` is set.
 
-The snapshot is ``pipeline.demo.run.DemoState.snapshot()``; the page reads these keys::
+The snapshot is ``apps.demo.run.DemoState.snapshot()``; the page reads these keys::
 
     {
       "elapsed_s": 12.3,        # seconds since the demo started: the chart's x axis ends here
@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from pipeline.service.dashboard import html_response
-from pipeline.service.serving import (
+from apps.service.dashboard import html_response
+from apps.service.serving import (
     DEFAULT_REQUEST_TIMEOUT_S,
     Server,
     bind,
@@ -63,7 +63,7 @@ def create_demo_app(get_snapshot: Snapshot) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return html_response(DEMO_PAGE, __package__ or "pipeline.demo")
+        return html_response(DEMO_PAGE, __package__ or "apps.demo")
 
     @app.get("/snapshot")
     async def snapshot() -> JSONResponse:

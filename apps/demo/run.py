@@ -36,10 +36,10 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import redis
 
-from pipeline.demo import chart as demo_chart
-from pipeline.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
-from pipeline.harness.processes import Proc, Processes, child_env
-from pipeline.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
+from apps.demo import chart as demo_chart
+from apps.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
+from apps.harness.processes import Proc, Processes, child_env
+from apps.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
 
 STOCK_POLL_S = 0.05
 DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
@@ -350,8 +350,8 @@ def write_outputs(state: DemoState, as_json: bool) -> str:
 
 def main(opts: Options, as_json: bool, page_port: int | None = None) -> int:
     """Run the demo and print its results; with ``page_port``, also serve the live page there
-    (``pipeline.demo.page``), which stays up with the final state until Ctrl-C."""
-    from pipeline.demo import terminal as demo_view
+    (``apps.demo.page``), which stays up with the final state until Ctrl-C."""
+    from apps.demo import terminal as demo_view
 
     view = demo_view.ProgressView(sys.stderr)
     state = DemoState(opts)
@@ -371,7 +371,7 @@ def main(opts: Options, as_json: bool, page_port: int | None = None) -> int:
         if page_port is None:
             asyncio.run(demo())
         else:
-            from pipeline.demo.page import run_with_page
+            from apps.demo.page import run_with_page
 
             asyncio.run(run_with_page(demo(), state.snapshot, "127.0.0.1", page_port))
     except NotEmpty as exc:

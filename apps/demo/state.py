@@ -1,6 +1,6 @@
 """The crash demo's state: its options, its scenarios, and each scenario's live counts.
 
-Plain data, shared by the run (``pipeline.demo.run``), the terminal view and the web page.
+Plain data, shared by the run (``apps.demo.run``), the terminal view and the web page.
 """
 
 from __future__ import annotations

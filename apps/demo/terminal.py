@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from pipeline.demo.state import DemoState, Run
+from apps.demo.state import DemoState, Run
 
 
 def _progress_table(state: DemoState) -> Table:

@@ -28,9 +28,9 @@ def module_command(module: str) -> list[str]:
 
 def cli_command() -> list[str]:
     """The installed ``queue-contrast`` console script beside this interpreter (what users run);
-    ``python -P -m pipeline.cli`` where the script is not there."""
+    ``python -P -m apps.cli`` where the script is not there."""
     script = Path(sys.executable).with_name("queue-contrast")
-    return [str(script)] if script.is_file() else module_command("pipeline.cli")
+    return [str(script)] if script.is_file() else module_command("apps.cli")
 
 
 CLI = cli_command()
@@ -201,10 +201,10 @@ class Processes:
         return self.spawn([*CLI, "worker", "--engine", engine], r"worker ready", child_env(**env))
 
     def tcp_proxy(self, target_port: int, target_host: str = "127.0.0.1") -> ProxyControl:
-        """Start a ``pipeline.harness.tcp_proxy`` to ``target_host:target_port`` on a free port;
+        """Start a ``apps.harness.tcp_proxy`` to ``target_host:target_port`` on a free port;
         returns its control (freeze/thaw on command, connections kept open)."""
         args = [
-            *module_command("pipeline.harness.tcp_proxy"),
+            *module_command("apps.harness.tcp_proxy"),
             "--target",
             f"{target_host}:{target_port}",
         ]
@@ -222,7 +222,7 @@ PROXY_ACK_TIMEOUT_S = 10.0
 
 
 class ProxyControl:
-    """A started ``pipeline.harness.tcp_proxy`` process and its address: freeze and thaw it on
+    """A started ``apps.harness.tcp_proxy`` process and its address: freeze and thaw it on
     command (it acknowledges each with a line)."""
 
     def __init__(self, proc: Proc, port: int) -> None:

@@ -2,7 +2,7 @@
 
 Prefers a real ``redis-server`` (free port, temp ``--dir``, AOF with ``appendfsync always`` unless
 asked otherwise). Where none is installed, it starts the embedded stand-in instead: fakeredis's TCP
-server in its own process (``python -m pipeline.harness.embedded_redis``), so it outlives a killed worker.
+server in its own process (``python -m apps.harness.embedded_redis``), so it outlives a killed worker.
 Either way the child prints or answers readiness before this returns; every wait is bounded.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from pipeline.harness.processes import module_command
+from apps.harness.processes import module_command
 
 START_TIMEOUT_S = 20.0
 
@@ -141,5 +141,5 @@ def start_redis(
             info: dict[str, object] = client.info("server")
         proc.version = str(info.get("redis_version", "?"))
         return proc
-    args = [*module_command("pipeline.harness.embedded_redis"), "--port", str(port)]
+    args = [*module_command("apps.harness.embedded_redis"), "--port", str(port)]
     return RedisProcess("embedded", port, data_dir, args, _owns_dir=owns).start()

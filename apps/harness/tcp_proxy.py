@@ -1,6 +1,6 @@
 """A TCP proxy a test puts between processes and a server, to freeze the link on command.
 
-``python -m pipeline.harness.tcp_proxy --target HOST:PORT [--port P]`` listens on ``127.0.0.1:P``
+``python -m apps.harness.tcp_proxy --target HOST:PORT [--port P]`` listens on ``127.0.0.1:P``
 (0 = a free port), forwards every connection to the target, and prints
 ``tcp-proxy ready: 127.0.0.1:P -> HOST:PORT``. The link is a real stall, not a cut:
 

@@ -27,22 +27,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from apps.service import metrics
+from apps.service.auth import BearerAuth
+from apps.service.dashboard import add_dashboard
+from apps.service.dead_letters import add_dead_letter_routes
+from apps.service.flows_api import add_flow_routes
+from apps.service.jobs_api import add_job_routes
+from apps.service.methods import HeadAsGet, allowed_methods
+from apps.service.openapi import answers, install
+from apps.service.responses import error
+from apps.service.schemas import Health, Stats
+from apps.service.serving import MAX_HEADER_BYTES
 from pipeline.backend import Producer
 from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, QueueFull
+from pipeline.fetch.validate import MAX_HEADERS_TOTAL
 from pipeline.jobs import MAX_URL_LENGTH
-from pipeline.service import metrics
-from pipeline.service.auth import BearerAuth
-from pipeline.service.dashboard import add_dashboard
-from pipeline.service.dead_letters import add_dead_letter_routes
-from pipeline.service.flows_api import add_flow_routes
-from pipeline.service.jobs_api import add_job_routes
-from pipeline.service.methods import HeadAsGet, allowed_methods
-from pipeline.service.openapi import answers, install
-from pipeline.service.responses import error
-from pipeline.service.schemas import Health, Stats
-from pipeline.service.serving import MAX_HEADER_BYTES
 from pipeline.settings import Settings
-from pipeline.validate import MAX_HEADERS_TOTAL
 
 JSON_ESCAPE = 6  # the most bytes one character takes in JSON: \u0001
 REQUEST_SLACK = 16 * 1024  # field names, quotes, the other fields' values

@@ -10,7 +10,7 @@ queued, scheduled or running job, a retry button for a failed one) and ``GET /fl
 until; a pause or resume button). Each cell of those rows is ``data-field="<name>"`` with the API's
 value in ``data-value``, so a test compares the page to the API without parsing what a person
 reads. No front-end build step: the HTML, its CSS and its JS are package data in
-``pipeline/service/static/``, read with :mod:`importlib.resources`.
+``apps/service/static/``, read with :mod:`importlib.resources`.
 
 Why polling, not server-sent events: an event stream is a response that never ends, and uvicorn's
 graceful shutdown waits for open responses (we run it with no graceful-shutdown timeout, so in-flight
@@ -32,11 +32,11 @@ SHARED_SCRIPTS = ("chart.js",)
 
 
 @cache
-def load_page(name: str, package: str = "pipeline.service") -> str:
+def load_page(name: str, package: str = "apps.service") -> str:
     """The HTML page ``<package>/static/<name>``, with the shared scripts it includes (from this
     package's ``static/``) inlined."""
     html = resources.files(package).joinpath("static", name).read_text(encoding="utf-8")
-    shared = resources.files(__package__ or "pipeline.service").joinpath("static")
+    shared = resources.files(__package__ or "apps.service").joinpath("static")
     for script in SHARED_SCRIPTS:
         marker = INCLUDE.format(name=script)
         if marker in html:
@@ -44,7 +44,7 @@ def load_page(name: str, package: str = "pipeline.service") -> str:
     return html
 
 
-def html_response(name: str, package: str = "pipeline.service") -> HTMLResponse:
+def html_response(name: str, package: str = "apps.service") -> HTMLResponse:
     """``load_page(name, package)`` as a response the browser revalidates (pages change across
     versions)."""
     return HTMLResponse(load_page(name, package), headers={"Cache-Control": "no-cache"})

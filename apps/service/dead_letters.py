@@ -20,11 +20,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse
 
-from pipeline.backend import MAX_PAGE, Producer
-from pipeline.jobs import DeadLetter
-from pipeline.service.openapi import RETRY_AFTER, answers
-from pipeline.service.responses import error
-from pipeline.service.schemas import (
+from apps.service.openapi import RETRY_AFTER, answers
+from apps.service.responses import error
+from apps.service.schemas import (
     ID_PATTERN,
     DeadLetterPage,
     Error,
@@ -32,6 +30,8 @@ from pipeline.service.schemas import (
     Requeued,
     RequeuedAll,
 )
+from pipeline.backend import MAX_PAGE, Producer
+from pipeline.jobs import DeadLetter
 
 DEFAULT_PAGE = 100
 MAX_AGE_S = 100 * 365 * 86_400.0

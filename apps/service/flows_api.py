@@ -21,12 +21,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path
 from fastapi.responses import JSONResponse
 
-from pipeline.backend import Producer
-from pipeline.errors import InvalidJob
-from pipeline.flows import DEFAULT_KEY, check_key, check_limit
-from pipeline.service.openapi import answers
-from pipeline.service.responses import error
-from pipeline.service.schemas import (
+from apps.service.openapi import answers
+from apps.service.responses import error
+from apps.service.schemas import (
     DOT_SEGMENTS,
     FLOW_KEY_OR_DEFAULT_PATTERN,
     FLOW_KEY_PATTERN,
@@ -35,6 +32,9 @@ from pipeline.service.schemas import (
     FlowList,
     FlowState,
 )
+from pipeline.backend import Producer
+from pipeline.errors import InvalidJob
+from pipeline.flows import DEFAULT_KEY, check_key, check_limit
 
 LIMIT = "limit"
 KEY_RULE = "1-136 of A-Z a-z 0-9 . _ : - [ ] (host:port, or a job's flow_key)"

@@ -28,22 +28,9 @@ from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from pipeline.backend import MAX_PAGE, Order, Producer
-from pipeline.errors import InvalidJob
-from pipeline.jobs import (
-    DEFAULT_PRIORITY,
-    MAX_ID_LENGTH,
-    MAX_PRIORITY,
-    MAX_URL_LENGTH,
-    MIN_PRIORITY,
-    Job,
-    JobRecord,
-    Status,
-    new_job_id,
-)
-from pipeline.service.openapi import answers
-from pipeline.service.responses import error
-from pipeline.service.schemas import (
+from apps.service.openapi import answers
+from apps.service.responses import error
+from apps.service.schemas import (
     DOT_SEGMENTS,
     FLOW_KEY_PATTERN,
     HEADERS_SCHEMA,
@@ -59,8 +46,21 @@ from pipeline.service.schemas import (
     JobPage,
     Record,
 )
-from pipeline.urlguard import parse_url
-from pipeline.validate import MAX_DELAY_S
+from pipeline.backend import MAX_PAGE, Order, Producer
+from pipeline.errors import InvalidJob
+from pipeline.fetch.urlguard import parse_url
+from pipeline.fetch.validate import MAX_DELAY_S
+from pipeline.jobs import (
+    DEFAULT_PRIORITY,
+    MAX_ID_LENGTH,
+    MAX_PRIORITY,
+    MAX_URL_LENGTH,
+    MIN_PRIORITY,
+    Job,
+    JobRecord,
+    Status,
+    new_job_id,
+)
 
 DEFAULT_PAGE = 100
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]

@@ -13,7 +13,7 @@ knows, once, when ``/openapi.json`` is first asked for:
   ``MAX_TRIES``, a ``body`` of at most ``MAX_REQUEST_BODY_BYTES``.
 
 ``405`` is not listed per operation (it is the answer to a method the document does not list for
-a path); it carries ``Allow`` (:mod:`pipeline.service.methods`). ``HEAD`` is answered wherever
+a path); it carries ``Allow`` (:mod:`apps.service.methods`). ``HEAD`` is answered wherever
 ``GET`` is and is not listed either.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from pipeline.service.schemas import Error
+from apps.service.schemas import Error
 from pipeline.settings import Settings
 
 RETRY_AFTER = {

@@ -20,15 +20,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.config import JsonDict
 
-from pipeline.flows import DEFAULT_KEY, MAX_PARALLELISM, MAX_PERIOD_S, MAX_RATE
-from pipeline.jobs import MAX_ID_LENGTH, Status
-from pipeline.validate import (
+from pipeline.fetch.validate import (
     FORBIDDEN_HEADERS,
     MAX_HEADER_NAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
     SERVICE_HEADERS,
 )
+from pipeline.flows import DEFAULT_KEY, MAX_PARALLELISM, MAX_PERIOD_S, MAX_RATE
+from pipeline.jobs import MAX_ID_LENGTH, Status
 
 
 def _integral(value: Any) -> Any:

@@ -14,7 +14,7 @@ any spelling (``127.0.0.1`` also matches ``127.1`` or ``0x7f000001``).
 What must be true: an empty list means "any public host"; a non-empty list without ``*`` means
 "only the hosts listed"; a host listed is permitted even when its address is internal (loopback,
 private, ...): naming it is how an operator lets the service reach its own upstream. Cloud
-metadata addresses are the exception, handled by the guard (``pipeline.urlguard``).
+metadata addresses are the exception, handled by the guard (``pipeline.fetch.urlguard``).
 """
 
 from __future__ import annotations

@@ -42,9 +42,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from httpx_aiohttp import AiohttpTransport
 
 from pipeline.errors import InvalidJob, URLRefused
+from pipeline.fetch.urlguard import URLGuard, literal_ip
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard, literal_ip
 
 log = logging.getLogger("queue_contrast.handler")
 

@@ -6,7 +6,7 @@ even an empty ``@``, is refused: they would be logged, shown and sent on); a por
 ``_`` (253 characters at most); anything that does not parse is ``InvalidJob`` naming ``url``,
 never another exception.
 
-Host rules (``ALLOWED_HOSTS``, parsed by ``pipeline.allowlist``): a host the list names (bare
+Host rules (``ALLOWED_HOSTS``, parsed by ``pipeline.fetch.allowlist``): a host the list names (bare
 ``host``: its scheme's default port; ``host:port``; ``host:*``) is fetched even if its address is
 internal. A non-empty list without ``*`` refuses every host it does not name. Otherwise (empty
 list, or ``*``), any host whose every address is public is fetched.
@@ -63,8 +63,14 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from pipeline.allowlist import DEFAULT_PORTS, AllowList, IPAddress, literal_ip, parse_allowed_hosts
 from pipeline.errors import InvalidJob, URLRefused
+from pipeline.fetch.allowlist import (
+    DEFAULT_PORTS,
+    AllowList,
+    IPAddress,
+    literal_ip,
+    parse_allowed_hosts,
+)
 from pipeline.jobs import MAX_URL_LENGTH
 
 if TYPE_CHECKING:

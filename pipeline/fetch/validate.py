@@ -14,6 +14,7 @@ import re
 import time
 
 from pipeline.errors import InvalidJob
+from pipeline.fetch.urlguard import URLGuard
 from pipeline.flows import check_key
 from pipeline.jobs import (
     BODYLESS_METHODS,
@@ -24,7 +25,6 @@ from pipeline.jobs import (
     Job,
 )
 from pipeline.settings import Settings
-from pipeline.urlguard import URLGuard
 
 ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}")
 MAX_HEADERS = 64
