@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from apps.harness.redis_launcher import RedisProcess
-from tests.harness import Harness
-from tests.helpers import Processes, start_private_redis
+from tests.support.harness import Harness
+from tests.support.helpers import Processes, start_private_redis
 
 
 @pytest.fixture(scope="session")

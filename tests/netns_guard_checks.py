@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from apps.harness.redis_launcher import RedisProcess
-from tests.helpers import Processes, allow, wait_until
+from tests.support.helpers import Processes, allow, wait_until
 
 if os.environ.get("QC_IN_NETNS") != "1" or [n for _, n in socket.if_nameindex()] != ["lo"]:
     pytest.skip(

@@ -18,8 +18,8 @@ from durable.producer import DurableProducer
 from pipeline.fetch.handler import Fetcher
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
-from tests.harness import Harness
-from tests.helpers import allow, async_wait_until
+from tests.support.harness import Harness
+from tests.support.helpers import allow, async_wait_until
 
 
 @pytest.fixture

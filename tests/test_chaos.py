@@ -41,7 +41,7 @@ import redis
 from apps.harness.processes import ProxyControl
 from apps.harness.redis_launcher import RedisProcess, start_redis
 from durable import keys
-from tests.helpers import (
+from tests.support.helpers import (
     CLI,
     Proc,
     Processes,

@@ -17,7 +17,7 @@ from pipeline.errors import BackendUnavailable
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.retry import Decision
 from pipeline.settings import Settings
-from tests.helpers import need_redis_server
+from tests.support.helpers import need_redis_server
 
 
 def test_a_full_redis_is_redis_trouble_not_a_bug(own_redis: RedisProcess) -> None:

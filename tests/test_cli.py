@@ -15,7 +15,7 @@ from apps.cli.main import EXIT_UNAVAILABLE, main, service_routes
 from apps.harness.redis_launcher import free_port
 from pipeline.errors import SettingsError
 from pipeline.settings import Settings
-from tests.helpers import CLI, Processes, allow, child_env, get_json, wait_until
+from tests.support.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 
 
 def run(*args: str, **env: object) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from apps.cli.main import EXIT_FAILED, EXIT_USAGE, main
 from apps.harness.redis_launcher import free_port
-from tests.helpers import CLI, Processes, allow, child_env, get_json, wait_until
+from tests.support.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 
 SECRET = "s3cr3t"
 CLIENT = importlib.import_module("apps.cli.client")

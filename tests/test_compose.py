@@ -6,7 +6,7 @@ api published and bound to all interfaces inside its container; scalable workers
 from ``QUEUE_BACKEND`` with ``durable`` as the default; every variable a real setting.
 
 The end-to-end tests run every service's own command, with that service's own environment, as a
-local process started from what the Dockerfile builds (``tests/image_recipe.py`` follows its
+local process started from what the Dockerfile builds (``tests/support/image_recipe.py`` follows its
 recipe into a fresh venv, copying only what the Dockerfile copies, and the services run under the
 image's unprivileged uid where this machine allows it). A local ``redis-server`` with the compose
 redis service's arguments (on a free port, in a temp dir) stands in for the redis image; the
@@ -36,8 +36,8 @@ import yaml
 from apps.harness.processes import Proc
 from apps.harness.redis_launcher import free_port
 from pipeline.settings import Settings
-from tests.helpers import Processes, get_json, wait_until
-from tests.image_recipe import Image, build
+from tests.support.helpers import Processes, get_json, wait_until
+from tests.support.image_recipe import Image, build
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_SERVICES = ("api", "worker", "upstream")

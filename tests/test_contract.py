@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.errors import QueueFull
 from pipeline.jobs import Job, Status
-from tests.helpers import async_wait_until
+from tests.support.helpers import async_wait_until
 
 
 async def test_every_job_completes_exactly_once(make_harness: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import attempt
 from pipeline.jobs import Job, Outcome, Status
-from tests.helpers import async_wait_until
+from tests.support.helpers import async_wait_until
 
 
 class Misbehaving:

@@ -20,8 +20,8 @@ import pytest
 from apps.harness.upstream import max_arrivals_in_window
 from pipeline.errors import QueueFull
 from pipeline.jobs import FlowLimit, Status, url_flow_key
-from tests.harness import Harness, make_job
-from tests.helpers import Processes, allow, async_wait_until
+from tests.support.harness import Harness, make_job
+from tests.support.helpers import Processes, allow, async_wait_until
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 CLOCK_SLACK_S = 0.05  # see tests/test_contract_manage.py

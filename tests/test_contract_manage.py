@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.errors import Conflict, InvalidJob, QueueFull
 from pipeline.jobs import Status
-from tests.harness import Harness, make_job
-from tests.helpers import async_wait_until
+from tests.support.harness import Harness, make_job
+from tests.support.helpers import async_wait_until
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 # The upstream stamps arrivals with its own clock, we stamp run_at with ours: the same host's clock,

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, SECRET, Status
-from tests.harness import Harness
+from tests.support.harness import Harness
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 

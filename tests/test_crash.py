@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from apps.harness.redis_launcher import RedisProcess
-from tests.helpers import (
+from tests.support.helpers import (
     Proc,
     Processes,
     allow,

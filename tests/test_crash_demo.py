@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from apps.harness.redis_launcher import RedisProcess
-from tests.helpers import CLI, child_env, start_private_redis
+from tests.support.helpers import CLI, child_env, start_private_redis
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 

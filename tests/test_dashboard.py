@@ -18,8 +18,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.browser import as_rendered, chromium, rendered_stats, require_chromium, screenshot
-from tests.helpers import Processes, allow, get_json, wait_until
+from tests.support.browser import (
+    as_rendered,
+    chromium,
+    rendered_stats,
+    require_chromium,
+    screenshot,
+)
+from tests.support.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 

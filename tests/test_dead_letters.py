@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from pipeline.jobs import Status
-from tests.harness import Harness
-from tests.helpers import (
+from tests.support.harness import Harness
+from tests.support.helpers import (
     CLI,
     Processes,
     allow,

@@ -23,8 +23,8 @@ import uvicorn
 
 from apps.demo.page import create_demo_app, run_with_page
 from apps.service.serving import bind
-from tests.browser import chromium, require_chromium, screenshot
-from tests.helpers import CLI, Processes, child_env, get_json, wait_until
+from tests.support.browser import chromium, require_chromium, screenshot
+from tests.support.helpers import CLI, Processes, child_env, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from durable import keys
-from tests.service_api import open_api
+from tests.support.service_api import open_api
 
 DAMAGED: dict[str, dict[str, str]] = {
     # what the finish script recreated after an eviction: no id, url, method, created_at

@@ -17,7 +17,7 @@ from apps.harness.redis_launcher import RedisProcess
 from durable.producer import DurableProducer
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
-from tests.helpers import Processes, async_wait_until, get_json, wait_until
+from tests.support.helpers import Processes, async_wait_until, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes: seconds
 

@@ -4,7 +4,7 @@ Against the upstream witness: connections kept alive and fetches spread over the
 witness counts TCP connections, so a fetcher that opened a connection per request, or closed its
 idle ones between bursts, fails here); the request is the job's method, headers and body with its
 id; pools bounded; no cookie carried from one job to another. Against tiny local servers
-(``tests/local_servers.py``): redirects not followed, the body cap abandoning an endless body
+(``tests/support/local_servers.py``): redirects not followed, the body cap abandoning an endless body
 mid-stream, the total per-attempt timeout, no proxy from the environment, aiohttp's errors named
 as httpx's. The URL guard's part (the resolver, pinning, TLS) is in ``test_guard.py``.
 
@@ -30,7 +30,7 @@ from pipeline.fetch.handler import (
 )
 from pipeline.jobs import Job, Status
 from pipeline.settings import Settings
-from tests.local_servers import LOCAL, Dials, Lookups, endless, ok, redirect, serve, trickle
+from tests.support.local_servers import LOCAL, Dials, Lookups, endless, ok, redirect, serve, trickle
 
 WORKERS = 50
 BURSTS = 3

@@ -48,7 +48,7 @@ from apps.harness.redis_launcher import RedisProcess
 from apps.harness.upstream import max_arrivals_in_window
 from durable import keys
 from pipeline.jobs import url_flow_key
-from tests.helpers import Proc, Processes, allow, get_json, records, wait_until
+from tests.support.helpers import Proc, Processes, allow, get_json, records, wait_until
 
 pytestmark = pytest.mark.slow  # real processes and signals: tens of seconds each
 

@@ -4,7 +4,7 @@ No test here opens a connection to a refused address: the guard is called direct
 tests either use an ``httpx.MockTransport`` that fails if anything reaches it, or the real
 transport (aiohttp, with the guard as its resolver) with the loop's ``sock_connect`` wrapped to
 record every address dialled and refuse, unsent, any it was not told to allow
-(``tests/local_servers.py``); names resolve through a scripted ``getaddrinfo``. The end-to-end
+(``tests/support/local_servers.py``); names resolve through a scripted ``getaddrinfo``. The end-to-end
 checks through the API, inside a network namespace with only loopback, are in
 ``test_guard_netns.py``; random inputs are in ``test_guard_fuzz.py``.
 """
@@ -26,7 +26,7 @@ from pipeline.fetch.handler import Fetcher, _same_host
 from pipeline.fetch.urlguard import URLGuard, check_address, literal_ip
 from pipeline.jobs import MAX_URL_LENGTH, Job, Status
 from pipeline.settings import Settings
-from tests.local_servers import Dials, Lookups, ok, redirect, serve
+from tests.support.local_servers import Dials, Lookups, ok, redirect, serve
 
 GUARD = URLGuard()
 OPEN = URLGuard(allow_link_local=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import IN_CI
+from tests.support.helpers import IN_CI
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 

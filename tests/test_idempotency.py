@@ -15,8 +15,8 @@ from arq.jobs import serialize_job
 from durable import keys
 from durable.producer import DurableProducer
 from pipeline.jobs import Status
-from tests.harness import Harness
-from tests.helpers import async_wait_until
+from tests.support.harness import Harness
+from tests.support.helpers import async_wait_until
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 

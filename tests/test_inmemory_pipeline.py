@@ -18,7 +18,7 @@ import pytest
 from inmemory import InMemoryPipeline
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
-from tests.helpers import async_wait_until
+from tests.support.helpers import async_wait_until
 
 Handler = Callable[[Job, int], Any]
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apps.service.app import create_app
 from pipeline.durations import BUCKET_LABELS, Durations, bucket_label
 from pipeline.jobs import Job
-from tests.harness import Harness
+from tests.support.harness import Harness
 
 BACKENDS = ["inmemory", "durable"]
 

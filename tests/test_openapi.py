@@ -69,7 +69,7 @@ from apps.cli.chooser import make_producer
 from apps.service.app import create_app
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
-from tests.helpers import Processes, wait_until
+from tests.support.helpers import Processes, wait_until
 
 # a deeper run by hand: QC_SCHEMATHESIS_EXAMPLES=200 QC_SCHEMATHESIS_SEED=7 pytest tests/test_openapi.py
 MAX_EXAMPLES = int(os.environ.get("QC_SCHEMATHESIS_EXAMPLES", "10"))
@@ -583,7 +583,7 @@ def test_head_over_the_wire_has_gets_length_and_no_body(served: str) -> None:
 def test_docs_render_in_a_browser_from_this_service_alone(served: str, tmp_path: Path) -> None:
     """Headless Chromium (no network here but loopback) renders ``/docs``: Swagger UI shows one
     block per operation of the document, and every resource the page loaded came from us."""
-    from tests.browser import chromium
+    from tests.support.browser import chromium
 
     doc = httpx.get(served + "/openapi.json", timeout=10, trust_env=False).json()
     operations = sum(len(item) for item in doc["paths"].values())

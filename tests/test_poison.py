@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline.fetch.handler import TEST_CRASH_EXIT
-from tests.helpers import Processes, allow, get_json, wait_until
+from tests.support.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow
 

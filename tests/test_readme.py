@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apps.harness.redis_launcher import free_port
-from tests.helpers import child_env, need_redis_server
+from tests.support.helpers import child_env, need_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)

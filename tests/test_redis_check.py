@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from apps.harness.redis_launcher import RedisProcess, start_redis
 from durable.redis_check import persistence_warnings, safe_url
-from tests.helpers import Processes, need_redis_server
+from tests.support.helpers import Processes, need_redis_server
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 from pipeline.fetch.handler import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.jobs import Status
-from tests.harness import Harness
-from tests.helpers import async_wait_until
+from tests.support.harness import Harness
+from tests.support.helpers import async_wait_until
 
 MakeHarness = Callable[..., Awaitable[Harness]]
 

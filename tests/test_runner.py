@@ -10,7 +10,7 @@ import pytest
 
 from durable.runner import DurableWorker
 from pipeline.jobs import Status
-from tests.harness import Harness
+from tests.support.harness import Harness
 
 
 async def test_a_bug_in_the_runner_stops_the_worker_instead_of_leaving_it_idle(

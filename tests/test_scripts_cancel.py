@@ -9,7 +9,7 @@ import pytest
 
 from durable import keys
 from pipeline.jobs import Job
-from tests.scripts_kit import RESULT_TTL, Lua, between, contract, token
+from tests.support.scripts_kit import RESULT_TTL, Lua, between, contract, token
 
 
 @pytest.fixture

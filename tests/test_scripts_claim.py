@@ -11,7 +11,7 @@ import pytest
 
 from durable import keys
 from durable.runner import EXTRA_CANDIDATES
-from tests.scripts_kit import Lua, between, contract, token
+from tests.support.scripts_kit import Lua, between, contract, token
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from arq.jobs import deserialize_job
 
 from durable import keys
 from pipeline.jobs import DeadLetter, Job
-from tests.scripts_kit import Lua, between, contract
+from tests.support.scripts_kit import Lua, between, contract
 
 
 @pytest.fixture

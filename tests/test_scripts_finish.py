@@ -15,7 +15,7 @@ from durable import keys
 from durable.runner import Claimed, DurableWorker
 from pipeline.durations import bucket_label
 from pipeline.jobs import DeadLetter, Job
-from tests.scripts_kit import RESULT_TTL, Lua, between, contract, default_outcome, token
+from tests.support.scripts_kit import RESULT_TTL, Lua, between, contract, default_outcome, token
 
 
 @pytest.fixture

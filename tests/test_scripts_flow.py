@@ -11,7 +11,7 @@ import pytest
 from durable import flow_store, keys
 from durable.runner import DurableWorker
 from pipeline.jobs import FlowLimit, Job
-from tests.scripts_kit import Lua, between, contract, pad
+from tests.support.scripts_kit import Lua, between, contract, pad
 
 RECHECK_MS = 1000  # lib/flow.lua's FLOW_RECHECK_MS
 PERIOD_S = 60.0  # a long window: a seeded start stays where the test put it

@@ -9,7 +9,7 @@ import pytest
 
 from durable import flow_store, keys
 from pipeline.jobs import FlowLimit, Job
-from tests.scripts_kit import Lua, contract
+from tests.support.scripts_kit import Lua, contract
 
 
 @pytest.fixture

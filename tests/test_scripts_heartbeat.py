@@ -11,7 +11,7 @@ from redis.exceptions import OutOfMemoryError
 
 from durable import keys
 from durable.runner import DurableWorker
-from tests.scripts_kit import HEARTBEAT_TTL_MS, Lua, between, contract, token
+from tests.support.scripts_kit import HEARTBEAT_TTL_MS, Lua, between, contract, token
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from durable.scripts import INCLUDE, NAMES
-from tests.scripts_kit import CONTRACTS, Check, Lua
+from tests.support.scripts_kit import CONTRACTS, Check, Lua
 
 # every module of contract checks registers its checks when imported
 for _path in sorted(Path(__file__).parent.glob("test_scripts_*.py")):

@@ -11,7 +11,7 @@ import pytest
 from durable import keys
 from pipeline.durations import bucket_label
 from pipeline.jobs import DeadLetter
-from tests.scripts_kit import RESULT_TTL, Lua, between, contract, default_outcome
+from tests.support.scripts_kit import RESULT_TTL, Lua, between, contract, default_outcome
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import OutOfMemoryError
 
 from durable import keys
-from tests.scripts_kit import Lua, contract, token
+from tests.support.scripts_kit import Lua, contract, token
 
 
 @pytest.fixture

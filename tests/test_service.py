@@ -23,7 +23,7 @@ from apps.service.app import MAX_BODY_BYTES, create_app
 from pipeline.backend import Producer, WorkerPool
 from pipeline.jobs import MAX_URL_LENGTH, Job, Outcome, Status
 from pipeline.settings import Settings
-from tests.helpers import Processes, allow, async_wait_until, get_json, wait_until
+from tests.support.helpers import Processes, allow, async_wait_until, get_json, wait_until
 
 BACKENDS = ["inmemory", "durable"]
 OK_URL = "http://upstream.test/x"

@@ -1,7 +1,7 @@
 """The flow-control routes and per-key metrics: GET/PUT/DELETE /flows/{key}, pause and resume,
 keys with colons and IPv6 brackets in the path, 422s naming the field, and ``/metrics`` flow gauges
 that equal ``GET /flows`` with at most ``FLOW_SERIES`` keys plus ``_other``. Every route test runs
-on every backend (``tests.service_api``).
+on every backend (``tests.support.service_api``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.service.metrics import FLOW_SERIES, OTHER, flow_rows
 from pipeline.jobs import FlowLimit, FlowState
-from tests.helpers import async_wait_until
-from tests.service_api import BACKENDS, Api, open_api
+from tests.support.helpers import async_wait_until
+from tests.support.service_api import BACKENDS, Api, open_api
 from tests.test_metrics import samples
 
 LIMIT = {"parallelism": 4, "rate": 10, "period_s": 2.0}

@@ -1,6 +1,6 @@
 """The job routes: POST /jobs builds the whole request, GET /jobs/{id} and /result read it back,
 GET /jobs pages through every job, DELETE /jobs/{id} cancels, and the dead-letter routes page and
-purge. Each test runs on every backend (``tests.service_api``: the fake, then the real ones once
+purge. Each test runs on every backend (``tests.support.service_api``: the fake, then the real ones once
 they implement the contract), in-process, against the upstream witness.
 """
 
@@ -17,8 +17,8 @@ from apps.service.app import body_cap
 from apps.service.jobs_api import JobIn, Method, build_job
 from pipeline.errors import InvalidJob
 from pipeline.jobs import METHODS
-from tests.fake_producer import FakeProducer
-from tests.service_api import BACKENDS, Api, open_api
+from tests.support.fake_producer import FakeProducer
+from tests.support.service_api import BACKENDS, Api, open_api
 
 NOW = 1_900_000_000.0
 

@@ -26,7 +26,7 @@ from apps.service.app import create_app
 from apps.service.serving import bind, config_for
 from pipeline.jobs import Job, Outcome
 from pipeline.settings import Settings
-from tests.helpers import Processes, wait_until
+from tests.support.helpers import Processes, wait_until
 
 DEADLINE_S = 1.0
 HANG_STOPPER_S = 20.0  # far above the deadline: only a connection that is never closed hits it

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from apps.harness.processes import CLI, module_command
-from tests.helpers import IN_CI, child_env
+from tests.support.helpers import IN_CI, child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "inmemory", "durable", "apps")

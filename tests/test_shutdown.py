@@ -12,7 +12,7 @@ import signal
 import httpx
 import pytest
 
-from tests.helpers import Processes, allow, get_json, wait_until
+from tests.support.helpers import Processes, allow, get_json, wait_until
 
 pytestmark = pytest.mark.slow  # real processes (or a browser): seconds each
 

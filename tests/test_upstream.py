@@ -19,7 +19,7 @@ import pytest
 from apps.cli.main import upstream as upstream_command
 from apps.harness import upstream as upstream_module
 from apps.harness.upstream import create_upstream
-from tests.helpers import Processes, async_wait_until
+from tests.support.helpers import Processes, async_wait_until
 
 HOST_A = "http://127.0.0.1:9001"
 HOST_B = "http://127.0.0.1:9002"

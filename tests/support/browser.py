@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IN_CI
+from tests.support.helpers import IN_CI
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

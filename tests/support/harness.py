@@ -15,7 +15,7 @@ from pipeline.backend import Producer, WorkerPool
 from pipeline.fetch.handler import Fetcher, Handler
 from pipeline.jobs import FINAL, Job, JobRecord, Submitted
 from pipeline.settings import Settings
-from tests.helpers import allow, async_wait_until
+from tests.support.helpers import allow, async_wait_until
 
 NO_JSON = object()  # make_job's "no json body" (None is a JSON value: null)
 

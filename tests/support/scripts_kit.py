@@ -38,7 +38,7 @@ from durable.scripts import Scripts
 from pipeline.jobs import FlowLimit, Job, Outcome, Status
 from pipeline.retry import Decision
 from pipeline.settings import Settings
-from tests.helpers import async_wait_until, need_redis_server
+from tests.support.helpers import async_wait_until, need_redis_server
 
 Check = Callable[["Lua"], Awaitable[None]]
 

@@ -24,9 +24,9 @@ from apps.service.app import create_app
 from pipeline.backend import Producer
 from pipeline.fetch.handler import Fetcher
 from pipeline.settings import Settings
-from tests.fake_producer import FakeProducer
-from tests.harness import Harness
-from tests.helpers import async_wait_until
+from tests.support.fake_producer import FakeProducer
+from tests.support.harness import Harness
+from tests.support.helpers import async_wait_until
 
 BACKENDS = ["fake", "inmemory", "durable"]
 FINAL = ("done", "failed", "cancelled")
