@@ -830,6 +830,15 @@ def dead_letters_purge(older_than: float | None, yes: bool, api: str | None) -> 
     "free port). The page keeps the final table up until Ctrl-C.",
 )
 @click.option(
+    "--give-up-after",
+    type=click.FloatRange(1, None),
+    default=90,
+    show_default=True,
+    metavar="SECONDS",
+    help="Longest wait for a scenario's kill mark, its finish or its recovery; a scenario that "
+    "takes longer ends in error (a process that dies ends it at once, whatever this says).",
+)
+@click.option(
     "--allow-nonempty-db",
     is_flag=True,
     help="Run on a REDIS_URL database that already holds data: the demo deletes nothing and uses "
@@ -846,6 +855,7 @@ def crash_demo(
     redis_choice: str,
     svg: str,
     page_port: int | None,
+    give_up_after: float,
     allow_nonempty_db: bool,
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
@@ -872,5 +882,6 @@ def crash_demo(
         svg=Path(svg) if svg else None,
         redis=redis_choice,
         allow_nonempty_db=allow_nonempty_db,
+        give_up_after_s=give_up_after,
     )
     sys.exit(run(opts, as_json, page_port))

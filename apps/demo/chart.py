@@ -14,7 +14,8 @@ COLORS = ["#d1495b", "#2e86ab", "#8a8a8a", "#edae49"]
 
 def render(runs: Sequence[dict[str, Any]], title: str) -> str:
     """SVG text for ``runs``: each has ``label``, ``submitted``, ``timeline`` [[t, done], ...],
-    ``kill_t`` and ``restart_t`` (seconds since the demo started)."""
+    ``kill_t`` and ``restart_t`` (seconds since the demo started), ``completed``, ``lost`` and
+    ``error``."""
     t_max = float(max([p[0] for r in runs for p in r["timeline"]] + [1.0]))
     y_max = max([int(r["submitted"]) for r in runs] + [1])
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
@@ -66,9 +67,24 @@ def render(runs: Sequence[dict[str, Any]], title: str) -> str:
                 )
         ly = TOP + 20 + 48 * n
         lx = WIDTH - RIGHT + 16
-        lost, done = run.get("lost", 0), run.get("completed", 0)
         parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{color}"/>')
         parts.append(f'<text x="{lx + 18}" y="{ly}">{escape(str(run["label"]))}</text>')
-        parts.append(f'<text x="{lx + 18}" y="{ly + 16}">done {done}, lost {lost}</text>')
+        parts.append(_outcome(run, lx + 18, ly + 16))
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+ERROR_CHARS = 26  # what fits in the legend's width; the table and --json say the whole reason
+
+
+def _outcome(run: dict[str, Any], x: float, y: float) -> str:
+    """The legend's second line: ``done N, lost M``, or ``error: <reason>`` for a run that could
+    not run to the end (never a ``lost 0`` it did not measure)."""
+    error = run.get("error")
+    if error:
+        short = error if len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + "…"
+        return (
+            f'<text x="{x}" y="{y}" fill="#b00020"><title>error: {escape(error)}</title>'
+            f"error: {escape(short)}</text>"
+        )
+    return f'<text x="{x}" y="{y}">done {run.get("completed")}, lost {run.get("lost")}</text>'

@@ -20,17 +20,21 @@ The snapshot is ``apps.demo.run.DemoState.snapshot()``; the page reads these key
           "submitted": 100,
           "timeline": [[t, done], ...],   # jobs done per /stats, t in seconds since the start
           "kill_t": 4.2, "restart_t": 4.9,              # null until they happen
-          "done_before_kill": 25, "queued_at_kill": 70, "in_flight_at_kill": 5,
+          # one snapshot at the kill (null until taken); with submitted_after_kill they add
+          # up to submitted
+          "done_before_kill": 25, "failed_before_kill": 0, "queued_at_kill": 55,
+          "in_flight_at_kill": 5, "submitted_after_kill": 15,
           "done_after_restart": 75, "completed": 100, "failed": 0, "lost": 0,
           "duplicates": 5, "recovery_s": 1.3,           # counted at the upstream witness
-          "error": null
+          "error": null, "error_output": []             # why it could not run to the end
         }
       ]
     }
 
 Counts known only after the restart (``completed``, ``failed``, ``lost``, ``duplicates``,
 ``done_after_restart``, ``recovery_s``) are shown once the run's phase is ``finished``; until
-then the page takes "done so far" from the last timeline point.
+then the page takes "done so far" from the last timeline point. A count never measured is null
+(a run in ``error`` shows "error" for lost, never 0).
 """
 
 from __future__ import annotations

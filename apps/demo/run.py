@@ -29,7 +29,9 @@ import secrets
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,12 +40,12 @@ import redis
 
 from apps.demo import chart as demo_chart
 from apps.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
-from apps.harness.processes import Proc, Processes, child_env
+from apps.harness.processes import ChildExited, Proc, Processes, child_env
 from apps.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
+from pipeline.backend import MAX_PAGE
 
 STOCK_POLL_S = 0.05
 DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fits in the demo
-FINISH_TIMEOUT_S = 90.0
 POLL_S = 0.1
 NEAR_KILL_POLL_S = 0.01  # within one round of the workers of the kill mark: watch closely
 SUBMIT_CONCURRENCY = 16
@@ -75,11 +77,57 @@ def require_empty(url: str) -> None:
         )
 
 
+class Submitter:
+    """Submits a scenario's jobs, a few at a time; :meth:`pause` holds back new submissions and
+    returns once none is on the wire, so what is read then counts every accepted job once."""
+
+    def __init__(self, client: httpx.AsyncClient, run: Run) -> None:
+        self.client = client
+        self.run = run
+        self.accepted: list[str] = []  # job ids the API answered 202, in order
+        self._open = asyncio.Event()
+        self._open.set()
+        self._on_wire = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def submit(self, jobs: list[dict[str, Any]]) -> None:
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def one(job: dict[str, Any]) -> None:
+            async with gate:
+                while not self._open.is_set():  # woken by resume(), maybe paused again since
+                    await self._open.wait()
+                self._on_wire += 1
+                self._idle.clear()
+                try:
+                    r = await self.client.post("/jobs", json=job)
+                    r.raise_for_status()
+                    self.accepted.append(job["id"])
+                    self.run.submitted += 1
+                finally:
+                    self._on_wire -= 1
+                    if not self._on_wire:
+                        self._idle.set()
+
+        await asyncio.gather(*(one(job) for job in jobs))
+
+    async def pause(self) -> None:
+        self._open.clear()
+        await self._idle.wait()
+
+    def resume(self) -> None:
+        self._open.set()
+
+
 class Demo:
-    def __init__(self, state: DemoState, redis_url: str, upstream: str) -> None:
+    def __init__(
+        self, state: DemoState, redis_url: str, upstream: str, shared: Processes | None = None
+    ) -> None:
         self.state = state
         self.redis_url = redis_url
         self.upstream = upstream
+        self.shared = shared or Processes()  # the upstream: every scenario needs it alive
         self.opts = state.options
         # on a database that may hold older records, job ids unique to this run cannot collide
         self.tag = f"{secrets.token_hex(3)}-" if self.opts.allow_nonempty_db else ""
@@ -102,55 +150,84 @@ class Demo:
 
     async def run(self, sc: Scenario) -> Run:
         run = self.state.runs[sc.key]
-        procs = Processes()
+        scene = Scene(sc, run, Processes(), self.shared)
         try:
-            await self._run(sc, run, procs)
+            await self._run(scene)
         except Exception as exc:  # reported in the table, never swallowed silently
-            run.error = f"{type(exc).__name__}: {exc}"
+            # a child that died explains the failure better than what its death caused
+            gone = exc if isinstance(exc, ChildExited) else scene.first_exited()
+            if gone is not None:
+                run.error, run.error_output = gone.summary, gone.lines
+            else:
+                run.error = f"{type(exc).__name__}: {exc}"
+            run.lost = None  # never measured: an error row must not read "lost 0"
             run.phase = "error"
         finally:
-            await asyncio.to_thread(procs.stop_all)
+            await asyncio.to_thread(scene.procs.stop_all)
         return run
 
-    async def _run(self, sc: Scenario, run: Run, procs: Processes) -> None:
+    def _jobs(self, sc: Scenario) -> list[dict[str, Any]]:
+        """The scenario's jobs. Each job's upstream latency is ``--latency-ms`` times one of
+        0.55, 0.65, ... 1.45 (mean 1.0), as real fetches vary: workers that all took exactly as
+        long would finish in lockstep, ``done`` would jump by WORKERS at a time, and no kill
+        could land between."""
+        jobs = []
+        for n in range(self.opts.jobs):
+            latency = self.opts.latency_ms * (0.55 + (n * 3 % 10) / 10)
+            jobs.append(
+                {
+                    "url": f"{self.upstream}/infer?latency_ms={latency:.0f}",
+                    "id": f"{sc.key}-{self.tag}{n}",
+                    "method": "POST",
+                    "json": {"prompt": f"summarise document {n}", "scenario": sc.key},
+                }
+            )
+        return jobs
+
+    async def _run(self, scene: Scene) -> None:
+        sc, run, procs = scene.sc, scene.run, scene.procs
         env = self.env(sc)
         serve, api = await asyncio.to_thread(procs.serve, **env)
         target: Proc = serve
         if sc.backend == "durable":
             target = await asyncio.to_thread(procs.worker, sc.engine, **env)
-        ids = [f"{sc.key}-{self.tag}{i}" for i in range(self.opts.jobs)]
+        jobs = self._jobs(sc)
+        ids = [job["id"] for job in jobs]
         kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
             run.base = await self._stats(client)  # zero, unless the database held older jobs
             run.phase = "submitting"
             run.t0 = time.time()
             run.timeline.append([0.0, 0])
+            submitter = Submitter(client, run)
             # submit while watching progress: the kill must not wait for the last submission
-            submitting = asyncio.create_task(self._submit(client, run, sc, ids))
+            submitting = asyncio.create_task(self._submit(submitter, run, jobs))
             try:
-                stats = await self._until(
-                    client, run, lambda s: s["done"] >= kill_at, near=kill_at - self.opts.workers
-                )
-                if sc.backend == "inmemory":  # the kill takes the API down: stop submitting
-                    submitting.cancel()
-                target.signal(signal.SIGKILL)
-                kill_wall = time.time()
-                run.kill_t = run.t()
-                if sc.backend == "durable":  # the API lives on: every job gets submitted
+                # the counts at the kill come from one reading taken while no job is being
+                # submitted, so each accepted job is in exactly one of done, failed, queued, in
+                # flight
+                stats = await self._until_kill_mark(client, scene, submitting, submitter, kill_at)
+                at_kill = len(submitter.accepted)
+                if sc.backend == "inmemory":  # the last reading: the kill takes the queue with it
+                    self._kill(scene, target)
+                    snapshot = self._stats_counts(stats, run)
+                    submitting.cancel()  # the kill takes the API down: stop submitting
+                else:  # the worker is dead: the records in Redis hold still until the restart
+                    self._kill(scene, target)
+                    await asyncio.to_thread(target.wait, 10)
+                    statuses = await self._statuses(client, submitter.accepted[:at_kill])
+                    snapshot = Counter(statuses.values())
+                    scene.orphans = [i for i, s in statuses.items() if s == "running"]
+                    submitter.resume()  # the API lives on: every job gets submitted
                     await submitting
             finally:
                 submitting.cancel()  # no-op once it is done
                 await asyncio.gather(submitting, return_exceptions=True)
         await asyncio.to_thread(target.wait, 10)
+        self._note_kill(run, snapshot)
+        scene.accepted_at_kill = at_kill
         if run.phase == "submitting":
             run.phase = "running"
-        run.done_before_kill, run.queued_at_kill = stats["done"], stats["queued"]
-        run.in_flight_at_kill = stats["running"]  # held by workers (fetching or about to)
-        orphans: list[str] = []
-        if sc.backend == "durable":  # the dead worker's jobs: their records still say running
-            async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
-                orphans = [i for i in ids if (await self._status(client, i)) == "running"]
-            run.in_flight_at_kill = len(orphans)
         run.phase = f"killed {sc.kills}; restarting"
         if sc.backend == "inmemory":
             _, api = await asyncio.to_thread(procs.serve, **env)
@@ -160,41 +237,30 @@ class Demo:
         run.phase = "recovering"
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
             if sc.backend == "inmemory":
-                await self._after_inmemory_restart(client, run, ids)
+                await self._after_inmemory_restart(client, run, submitter.accepted)
             else:
-                recovered = asyncio.create_task(self._recovered(client, orphans, kill_wall))
-                final = await self._until(
-                    client, run, lambda s: s["done"] + s["failed"] >= len(ids), FINISH_TIMEOUT_S
-                )
-                run.completed, run.failed = final["done"], final["failed"]
-                run.recovery_s = await recovered
-        await self._count_at_witness(run, ids)
+                await self._after_durable_restart(client, scene, submitter.accepted)
+        run.submitted_after_kill = run.submitted - scene.accepted_at_kill
+        await self._count_at_witness(scene, ids)
         run.phase = "finished"
 
-    async def _submit(
-        self, client: httpx.AsyncClient, run: Run, sc: Scenario, ids: list[str]
-    ) -> None:
-        """Submit every job, a few at a time, so the queue fills before much is done.
+    def _kill(self, scene: Scene, target: Proc) -> None:
+        scene.killed.append(target)
+        target.signal(signal.SIGKILL)
+        scene.kill_wall = time.time()
+        scene.run.kill_t = scene.run.t()
 
-        Each job's upstream latency is ``--latency-ms`` times one of 0.55, 0.65, ... 1.45 (mean
-        1.0), as real fetches vary: workers that all took exactly as long would finish in
-        lockstep, ``done`` would jump by WORKERS at a time, and no kill could land between."""
-        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    @staticmethod
+    def _note_kill(run: Run, counts: Counter[str]) -> None:
+        """The counts at the kill, from one snapshot of the jobs accepted by then."""
+        run.done_before_kill = counts["done"]
+        run.failed_before_kill = counts["failed"]
+        run.queued_at_kill = counts["queued"] + counts["scheduled"]
+        run.in_flight_at_kill = counts["running"]
 
-        async def one(n: int, job_id: str) -> None:
-            latency = self.opts.latency_ms * (0.55 + (n * 3 % 10) / 10)
-            job = {
-                "url": f"{self.upstream}/infer?latency_ms={latency:.0f}",
-                "id": job_id,
-                "method": "POST",
-                "json": {"prompt": f"summarise document {n}", "scenario": sc.key},
-            }
-            async with gate:
-                r = await client.post("/jobs", json=job)
-            r.raise_for_status()
-            run.submitted += 1
-
-        await asyncio.gather(*(one(n, i) for n, i in enumerate(ids)))
+    async def _submit(self, submitter: Submitter, run: Run, jobs: list[dict[str, Any]]) -> None:
+        """Submit every job, a few at a time, so the queue fills before much is done."""
+        await submitter.submit(jobs)
         if run.phase == "submitting":
             run.phase = "running"
 
@@ -203,35 +269,124 @@ class Demo:
         stats: dict[str, Any] = (await client.get("/stats")).json()
         return stats
 
+    @staticmethod
+    def _stats_counts(stats: dict[str, Any], run: Run) -> Counter[str]:
+        """The service's own counts, by status (the in-memory service reads them all at once)."""
+        counts = {k: stats[k] - run.base.get(k, 0) for k in ("done", "failed", "queued", "running")}
+        return Counter({**counts, "scheduled": stats.get("scheduled", 0)})
+
+    async def _statuses(self, client: httpx.AsyncClient, ids: list[str]) -> dict[str, str]:
+        """Each job's status as its record says, read a page of records at a time."""
+        wanted, found = set(ids), {}
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": MAX_PAGE, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/jobs", params=params)).raise_for_status().json()
+            found.update({j["id"]: j["status"] for j in page["jobs"] if j["id"] in wanted})
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise RuntimeError(f"{len(missing)} accepted jobs have no record, e.g. {missing[0]}")
+        return found
+
     async def _after_inmemory_restart(
-        self, client: httpx.AsyncClient, run: Run, ids: list[str]
+        self, client: httpx.AsyncClient, run: Run, accepted: list[str]
     ) -> None:
-        codes = [(await client.get(f"/jobs/{i}")).status_code for i in ids]
+        codes = [(await client.get(f"/jobs/{i}")).status_code for i in accepted]
         run.unknown_after_restart = codes.count(404)
-        run.completed = run.done_before_kill
-        run.timeline.append([run.t(), run.completed])
+        run.never_submitted = self.opts.jobs - run.submitted
+        run.completed, run.failed = run.done_before_kill, run.failed_before_kill
+        run.timeline.append([run.t(), run.completed or 0])
+
+    async def _after_durable_restart(
+        self, client: httpx.AsyncClient, scene: Scene, accepted: list[str]
+    ) -> None:
+        run = scene.run
+        run.never_submitted = self.opts.jobs - run.submitted
+        recovered = asyncio.create_task(self._recovered(client, scene))
+        try:
+            await self._until(
+                client,
+                scene,
+                lambda s: s["done"] + s["failed"] >= len(accepted),
+                self.opts.give_up_after_s,
+            )
+            run.recovery_s = await recovered
+        finally:
+            recovered.cancel()
+            await asyncio.gather(recovered, return_exceptions=True)
+        final = Counter((await self._statuses(client, accepted)).values())
+        run.completed, run.failed = final["done"], final["failed"]
+
+    async def _poll(self, client: httpx.AsyncClient, scene: Scene) -> dict[str, Any]:
+        """One /stats reading (``done`` and ``failed`` of this run only: minus ``run.base``),
+        added to the timeline; a child that has exited ends the wait (:class:`ChildExited`)."""
+        scene.check_running()
+        run = scene.run
+        raw = await self._stats(client)
+        stats = {**raw, **{k: raw[k] - run.base.get(k, 0) for k in ("done", "failed")}}
+        run.timeline.append([run.t(), stats["done"]])
+        return stats
+
+    def _gave_up(self, run: Run, stats: dict[str, Any], timeout: float) -> TimeoutError:
+        return TimeoutError(
+            f"{run.backend}: gave up waiting after {timeout:g} s (done {stats['done']}, failed "
+            f"{stats['failed']}, queued {stats['queued']}, running {stats['running']} of "
+            f"{run.submitted} submitted)"
+        )
+
+    async def _until_kill_mark(
+        self,
+        client: httpx.AsyncClient,
+        scene: Scene,
+        submitting: asyncio.Task[None],
+        submitter: Submitter,
+        kill_at: int,
+    ) -> dict[str, Any]:
+        """Poll /stats until ``kill_at`` jobs are done; returns that reading, taken while no job
+        was being submitted. Within one round of the workers of the mark (once enough jobs are
+        accepted that some stay queued at the kill) submitting pauses, and polling quickens to
+        every NEAR_KILL_POLL_S; the caller resumes it after the kill. On a busy machine the pause
+        (the submissions on the wire must be answered first) can let the kill land a few jobs
+        past the mark; the counts are read at the kill either way."""
+        run, near = scene.run, kill_at - self.opts.workers
+        enough = min(self.opts.jobs, kill_at + 2 * self.opts.workers)  # some stay queued
+        timeout = self.opts.give_up_after_s
+        deadline = time.monotonic() + timeout
+        paused = False
+        while True:
+            if submitting.done() and submitting.exception() is not None:
+                await submitting  # a submission failed: that is the scenario's error
+            stats = await self._poll(client, scene)
+            if paused and stats["done"] >= kill_at:
+                return stats
+            if not paused and stats["done"] >= near and run.submitted >= enough:
+                await submitter.pause()
+                paused = True
+                continue  # the next reading is the first one with nothing on the wire
+            if time.monotonic() > deadline:
+                raise self._gave_up(run, stats, timeout)
+            await asyncio.sleep(NEAR_KILL_POLL_S if stats["done"] >= near else POLL_S)
 
     async def _until(
         self,
         client: httpx.AsyncClient,
-        run: Run,
+        scene: Scene,
         predicate: Callable[[dict[str, Any]], bool],
-        timeout: float = FINISH_TIMEOUT_S,
-        near: float | None = None,
+        timeout: float,
     ) -> dict[str, Any]:
-        """Poll /stats (counts of this run only: minus ``run.base``) until ``predicate``; every
-        POLL_S, or NEAR_KILL_POLL_S once ``done`` reaches ``near``."""
+        """Poll /stats every POLL_S until ``predicate``; a child that exits meanwhile ends the
+        wait at once (:class:`ChildExited`)."""
         deadline = time.monotonic() + timeout
         while True:
-            raw = await self._stats(client)
-            stats = {**raw, **{k: raw[k] - run.base.get(k, 0) for k in ("done", "failed")}}
-            run.timeline.append([run.t(), stats["done"]])
+            stats = await self._poll(client, scene)
             if predicate(stats):
                 return stats
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{run.backend}: gave up waiting after {timeout}s: {stats}")
-            close = near is not None and stats["done"] >= near
-            await asyncio.sleep(NEAR_KILL_POLL_S if close else POLL_S)
+                raise self._gave_up(scene.run, stats, timeout)
+            await asyncio.sleep(POLL_S)
 
     async def _witness(self, ids: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """What the upstream saw of these jobs: hits per job id, and deliveries/effects per
@@ -246,29 +401,56 @@ class Demo:
         response = await client.get(f"/jobs/{job_id}")
         return str(response.json()["status"]) if response.status_code == 200 else "unknown"
 
-    async def _recovered(
-        self, client: httpx.AsyncClient, orphans: list[str], kill_wall: float
-    ) -> float | None:
+    async def _recovered(self, client: httpx.AsyncClient, scene: Scene) -> float | None:
         """Seconds from the kill until every job it orphaned has finished again."""
-        pending = set(orphans)
-        deadline = time.monotonic() + FINISH_TIMEOUT_S
+        pending = set(scene.orphans)
+        deadline = time.monotonic() + self.opts.give_up_after_s
         while pending and time.monotonic() < deadline:
+            scene.check_running()
             for job_id in list(pending):
                 if await self._status(client, job_id) in ("done", "failed"):
                     pending.discard(job_id)
             if pending:
                 await asyncio.sleep(POLL_S / 2)
-        if pending or not orphans:
+        if pending or not scene.orphans:
             return None
-        return round(time.time() - kill_wall, 2)
+        return round(time.time() - scene.kill_wall, 2)
 
-    async def _count_at_witness(self, run: Run, ids: list[str]) -> None:
+    async def _count_at_witness(self, scene: Scene, ids: list[str]) -> None:
+        run = scene.run
         witness, effects = await self._witness(ids)
         run.fetched_by_upstream = len(witness)
         run.duplicates = sum(int(j["hits"]) for j in witness.values()) - len(witness)
         run.effects = sum(int(e["effects"]) for e in effects.values())
-        run.done_after_restart = run.completed - run.done_before_kill
-        run.lost = run.submitted - run.completed - run.failed
+        completed, failed = run.completed or 0, run.failed or 0
+        run.done_after_restart = completed - (run.done_before_kill or 0)
+        run.lost = run.submitted - completed - failed
+
+
+@dataclass
+class Scene:
+    """One scenario while it runs: its processes, the one it killed, the jobs the kill orphaned."""
+
+    sc: Scenario
+    run: Run
+    procs: Processes
+    shared: Processes
+    killed: list[Proc] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    kill_wall: float = 0.0
+    accepted_at_kill: int = 0
+
+    def check_running(self) -> None:
+        """Raise :class:`ChildExited` if a process the scenario needs has exited."""
+        self.shared.check_running()
+        self.procs.check_running(self.killed)
+
+    def first_exited(self) -> ChildExited | None:
+        try:
+            self.check_running()
+        except ChildExited as gone:
+            return gone
+        return None
 
 
 async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None = None) -> None:
@@ -291,7 +473,7 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
             state.runs[key] = Run(backend=key, label=sc.label)
         if on_tick is not None:
             ticker = asyncio.create_task(_tick(state, on_tick))
-        demo = Demo(state, redis_url, upstream)
+        demo = Demo(state, redis_url, upstream, procs)
         await asyncio.gather(*(demo.run(SCENARIOS[k]) for k in opts.scenarios))
     finally:
         state.finished = True

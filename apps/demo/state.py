@@ -43,33 +43,46 @@ class Options:
     scenarios: tuple[str, ...] = ("inmemory", "durable", "stock-arq")
     svg: Path | None = Path("crash-demo.svg")
     redis: str = "auto"  # auto | redis-server | embedded
+    give_up_after_s: float = 90.0  # longest wait for the kill mark, the finish or the recovery
     allow_nonempty_db: bool = False  # run on a REDIS_URL database holding other data
 
 
 @dataclass
 class Run:
-    """The live state and the result of one scenario (also what ``--json`` prints)."""
+    """The live state and the result of one scenario (also what ``--json`` prints).
+
+    The ``*_at_kill`` counts and ``done_before_kill``/``failed_before_kill`` are one snapshot
+    taken at the kill, while no job was being submitted, so they add up:
+    ``done_before_kill + failed_before_kill + queued_at_kill + in_flight_at_kill +
+    submitted_after_kill == submitted``; and after the restart ``completed ==
+    done_before_kill + done_after_restart`` and ``lost == submitted - completed - failed``.
+    A count stays ``None`` until it is measured, so a scenario that ended in ``error`` shows
+    what it never measured as null, never as 0."""
 
     backend: str
     label: str
-    submitted: int = 0
+    submitted: int = 0  # jobs the API accepted (202), counted live
     phase: str = "starting"
-    done_before_kill: int = 0
-    queued_at_kill: int = 0
-    in_flight_at_kill: int = 0
-    done_after_restart: int = 0
-    completed: int = 0
-    failed: int = 0
-    lost: int = 0
-    duplicates: int = 0  # deliveries beyond the first of a job, at the witness
-    effects: int = 0  # effects the witness applied (POST /infer honours Idempotency-Key)
-    fetched_by_upstream: int = 0
-    unknown_after_restart: int = 0
+    done_before_kill: int | None = None  # jobs done at the kill
+    failed_before_kill: int | None = None  # jobs failed for good at the kill
+    queued_at_kill: int | None = None  # accepted, waiting in the queue at the kill
+    in_flight_at_kill: int | None = None  # held by the killed process's workers at the kill
+    submitted_after_kill: int | None = None  # accepted after the kill (durable: the API lives on)
+    done_after_restart: int | None = None  # completed - done_before_kill
+    completed: int | None = None  # jobs done in the end
+    failed: int | None = None  # jobs failed for good in the end
+    lost: int | None = None  # submitted - completed - failed
+    duplicates: int | None = None  # deliveries beyond the first of a job, at the witness
+    effects: int | None = None  # effects the witness applied (POST /infer honours Idempotency-Key)
+    fetched_by_upstream: int | None = None
+    unknown_after_restart: int | None = None
+    never_submitted: int | None = None  # jobs the demo never got to submit (inmemory: API gone)
     recovery_s: float | None = None
     kill_t: float | None = None
     restart_t: float | None = None
     timeline: list[list[float]] = field(default_factory=list)  # [t, done], from [0, 0]
-    error: str | None = None
+    error: str | None = None  # why the scenario could not run to the end: one line
+    error_output: list[str] = field(default_factory=list)  # a dead child's last output lines
     t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
     base: dict[str, Any] = field(default_factory=dict)  # /stats before submitting (older jobs)
 

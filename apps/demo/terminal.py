@@ -25,7 +25,7 @@ def _progress_table(state: DemoState) -> Table:
             run.phase,
             str(run.submitted),
             f"{done}/{state.options.jobs}",
-            str(run.in_flight_at_kill) if run.kill_t is not None else "",
+            _n(run.in_flight_at_kill),
         )
     return table
 
@@ -60,63 +60,103 @@ class ProgressView:
             self.live.stop()
 
 
+def _n(value: int | None) -> str:
+    """A count, or a dash where it was never measured."""
+    return "—" if value is None else str(value)
+
+
 def _recovery(run: Run) -> str:
+    if run.error:
+        return "—"
     if run.backend == "inmemory":
         return "never (gone)"
     return "—" if run.recovery_s is None else f"{run.recovery_s:.1f}"
 
 
+def _done_before(run: Run) -> str:
+    if run.failed_before_kill:
+        return f"{_n(run.done_before_kill)} (+{run.failed_before_kill} failed)"
+    return _n(run.done_before_kill)
+
+
+HEADERS = (
+    "backend",
+    "submitted",
+    "done before kill",
+    "queued at kill",
+    "in flight at kill",
+    "added after kill",
+    "done after restart",
+    "failed",
+    "lost",
+    "duplicates",
+    "effects",
+    "recovery s",
+)
+
+LEGEND = (
+    "Columns. submitted = jobs the API accepted. At the kill, one snapshot taken while no job was "
+    "being submitted (inmemory: the service's own counts just before the SIGKILL; durable: every "
+    "job's record, read once the killed worker was reaped): done before kill = jobs done (and "
+    "failed for good, if any, in brackets); queued at kill = accepted jobs waiting in the queue; "
+    "in flight at kill = jobs the killed process's workers had started. added after kill = "
+    "jobs submitted after the kill (durable: the API lives on; inmemory: the kill takes the API "
+    "down, so 0). These add up to submitted. done after restart = jobs done in the end minus done "
+    "before kill; failed = jobs failed for good in the end; lost = submitted - done - failed "
+    "(never done, never failed: gone). duplicates = deliveries beyond one seen by the upstream; "
+    "effects = POSTs it applied (it honours Idempotency-Key: a re-delivery gets the stored "
+    "answer); recovery s = from the kill (restart included) until every job in flight at the "
+    "kill had finished again. error = the scenario could not run to the end (why: below the "
+    "table); what it never measured shows as —."
+)
+
+
 def print_table(state: DemoState) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)
-    table = Table(title="What each backend kept after SIGKILL + restart", title_justify="left")
-    headers = (
-        "backend",
-        "submitted",
-        "done before kill",
-        "queued at kill",
-        "in flight at kill",
-        "done after restart",
-        "lost",
-        "duplicates",
-        "effects",
-        "recovery s",
+    table = Table(
+        title="What each backend kept after SIGKILL + restart",
+        title_justify="left",
+        show_edge=False,  # twelve columns in 120 characters, no word cut in two
     )
-    for h in headers:
-        table.add_column(h, justify="left" if h == "backend" else "right")
+    table.add_column(HEADERS[0], no_wrap=True)
+    for h in HEADERS[1:]:  # as narrow as the header's longest word: the header wraps, no cell does
+        width = max(6, *(len(word) for word in h.split()))
+        table.add_column(h, justify="right", min_width=width, max_width=width)
     for run in state.runs.values():
         table.add_row(
             run.backend,
             str(run.submitted),
-            str(run.done_before_kill),
-            str(run.queued_at_kill),
-            str(run.in_flight_at_kill),
-            str(run.done_after_restart),
-            str(run.lost),
-            str(run.duplicates),
-            str(run.effects),
+            _done_before(run),
+            _n(run.queued_at_kill),
+            _n(run.in_flight_at_kill),
+            _n(run.submitted_after_kill),
+            _n(run.done_after_restart),
+            _n(run.failed),
+            "[red]error[/red]" if run.error else _n(run.lost),
+            _n(run.duplicates),
+            _n(run.effects),
             _recovery(run),
         )
     console.print(table)
-    console.print(f"Redis: {state.redis}", highlight=False)
     for run in state.runs.values():
         if run.error:
-            console.print(f"[red]{run.backend} failed: {run.error}[/red]")
-        elif run.backend == "inmemory":
+            console.print(f"[red]{run.backend}: error: {run.error}[/red]", highlight=False)
+            for line in run.error_output:
+                console.print(f"    {line}", highlight=False, markup=False)
+    console.print(f"Redis: {state.redis}", highlight=False)
+    for run in state.runs.values():
+        if run.backend == "inmemory" and not run.error:
+            fetched = run.fetched_by_upstream or 0
+            known = run.submitted - (run.unknown_after_restart or 0)
+            never = f" ({run.never_submitted} never submitted)" if run.never_submitted else ""
             console.print(
-                f"inmemory: the restarted service knew {run.submitted - run.unknown_after_restart}"
-                f" of {run.submitted} jobs (GET /jobs/{{id}} → 404); the upstream had fetched "
-                f"{run.fetched_by_upstream}; {run.submitted - run.fetched_by_upstream} were never "
-                "fetched at all.",
+                f"inmemory: the restarted service knew {known} of {run.submitted} jobs "
+                f"(GET /jobs/{{id}} → 404){never}; the upstream had fetched {fetched}; "
+                f"{run.submitted - fetched} were never fetched at all.",
                 highlight=False,
             )
     for run in state.runs.values():
         console.print(f"  {run.backend}: {run.label}", highlight=False)
-    console.print(
-        "in flight at kill = jobs the killed process held; lost = submitted - done - failed; "
-        "duplicates = deliveries beyond one seen by the upstream; effects = POSTs it applied (it "
-        "honours Idempotency-Key: a re-delivery gets the stored answer); recovery s = from the kill (restart "
-        "included) until every job in flight at the kill had finished again.",
-        highlight=False,
-    )
+    console.print(LEGEND, highlight=False)
     if state.options.svg is not None:
         console.print(f"picture: {state.options.svg}", highlight=False)

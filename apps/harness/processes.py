@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,18 @@ def cli_command() -> list[str]:
 
 CLI = cli_command()
 STOP_TIMEOUT_S = 15.0
+LAST_LINES = 5
+
+
+class ChildExited(RuntimeError):
+    """A child process exited while it was still needed. ``summary`` is one line naming it, its
+    exit code and its last output line; ``lines`` holds its last few output lines; the message
+    adds its whole output when there is one to give."""
+
+    def __init__(self, summary: str, lines: list[str], output: str = "") -> None:
+        super().__init__(f"{summary}:\n{output}" if output else summary)
+        self.summary = summary
+        self.lines = lines
 
 
 @dataclass
@@ -51,8 +64,8 @@ class Proc:
     _q: queue.Queue[str] = field(default_factory=queue.Queue)
 
     def start(self, ready: str, timeout: float = 30) -> re.Match[str]:
-        """Start and wait for a line matching ``ready``; fail with the child's output if it
-        exits first or stays silent past ``timeout``."""
+        """Start and wait for a line matching ``ready``; fail with :class:`ChildExited` if it
+        exits first, or with its output if it stays silent past ``timeout``."""
         as_user: dict[str, object] = (
             {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
         )
@@ -72,12 +85,9 @@ class Proc:
             try:
                 line = self._q.get(timeout=0.1)
             except queue.Empty:
-                if self.proc.poll() is not None:
-                    self.proc.wait()
-                    time.sleep(0.1)  # let the pump thread collect the last lines for the message
-                    raise RuntimeError(
-                        f"{self.args} exited {self.proc.returncode}:\n{self.output}"
-                    ) from None
+                gone = self.exited(whole_output=True)
+                if gone is not None:
+                    raise gone from None
                 if time.monotonic() > deadline:
                     self.kill()
                     raise RuntimeError(
@@ -98,6 +108,23 @@ class Proc:
     @property
     def output(self) -> str:
         return "".join(self.lines)
+
+    @property
+    def name(self) -> str:
+        """The command, short: ``worker --engine stock-arq`` for a queue-contrast process."""
+        args = self.args[len(CLI) :] if self.args[: len(CLI)] == CLI else self.args
+        return " ".join(args)
+
+    def exited(self, whole_output: bool = False) -> ChildExited | None:
+        """None while it runs; once it has exited, what to report: its name, pid, exit code and
+        last output lines (and with ``whole_output``, all of it)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        time.sleep(0.1)  # let the pump thread collect the last lines for the message
+        last = [line.rstrip() for line in self.lines if line.strip()][-LAST_LINES:]
+        said = f"; its last line: {last[-1]}" if last else " without a word"
+        message = f"{self.name} (pid {self.proc.pid}) exited with code {self.proc.returncode}{said}"
+        return ChildExited(message, last, self.output if whole_output else "")
 
     @property
     def pid(self) -> int:
@@ -216,6 +243,13 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(self.started):
             proc.stop()
+
+    def check_running(self, expected_dead: Collection[Proc] = ()) -> None:
+        """Raise :class:`ChildExited` for the first child that has exited, unless it is one of
+        ``expected_dead`` (one this program killed on purpose)."""
+        for proc in self.started:
+            if all(proc is not d for d in expected_dead) and (gone := proc.exited()) is not None:
+                raise gone
 
 
 PROXY_ACK_TIMEOUT_S = 10.0
