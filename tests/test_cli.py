@@ -11,7 +11,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from apps.cli.main import EXIT_UNAVAILABLE, main, service_routes
+from apps.cli.common import EXIT_UNAVAILABLE
+from apps.cli.main import main
+from apps.cli.run_commands import service_routes
 from apps.harness.redis_launcher import free_port
 from pipeline.errors import SettingsError
 from pipeline.settings import Settings

@@ -21,13 +21,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from apps.cli.main import EXIT_FAILED, EXIT_USAGE, main
+from apps.cli.common import EXIT_FAILED, EXIT_USAGE
+from apps.cli.main import main
 from apps.harness.redis_launcher import free_port
 from tests.support.helpers import CLI, Processes, allow, child_env, get_json, wait_until
 
 SECRET = "s3cr3t"
 CLIENT = importlib.import_module("apps.cli.client")
-COMMANDS = importlib.import_module("apps.cli.main")  # the package's `main` is the group
+COMMANDS = importlib.import_module("apps.cli.client_commands")
 
 
 def cli(*args: str, stdin: str | None = None, **env: object) -> subprocess.CompletedProcess[str]:

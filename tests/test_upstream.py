@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.cli.main import upstream as upstream_command
+from apps.cli.run_commands import upstream as upstream_command
 from apps.harness import upstream as upstream_module
 from apps.harness.upstream import create_upstream
 from tests.support.helpers import Processes, async_wait_until

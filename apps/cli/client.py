@@ -3,7 +3,7 @@
 ``jobs`` and ``dead-letters list|retry|purge``.
 
 Every request carries ``Authorization: Bearer <API_TOKEN>`` when the CLI was given a token (the
-``API_TOKEN`` environment variable, read by ``apps.cli.main``). Errors are ours, mapped by the
+``API_TOKEN`` environment variable, read by ``apps.cli.client_commands``). Errors are ours, mapped by the
 CLI to one line and an exit code: ``Unreachable`` (no service at that address, exit 3) and
 ``ServiceError`` (the service answered with an error, exit 1). Nothing here prints a request's
 headers: what a command shows of a job comes from the service, which masks credentials.

@@ -1,0 +1,62 @@
+"""What every command shares: exit codes, one-line failures, settings read once from the
+environment (a bad value exits 2 naming the variable), the API client's errors as exit codes,
+the version and logging set-up."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
+
+import click
+
+from pipeline.errors import SettingsError
+from pipeline.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"queue-contrast: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings.from_env(None, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@contextmanager
+def service_errors() -> Iterator[None]:
+    """The client commands' errors as one line each: exit 3 when no service answers, 1 when it
+    answered with an error."""
+    from apps.cli.client import ServiceError, Unreachable
+
+    try:
+        yield
+    except Unreachable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except ServiceError as exc:
+        fail(str(exc), EXIT_FAILED)
+
+
+def package_version() -> str:
+    try:
+        return version("queue-contrast")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("arq.connections").setLevel(logging.WARNING)
