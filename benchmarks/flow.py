@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from apps.harness.processes import Processes
-from apps.harness.upstream import max_arrivals_in_window
+from apps.harness.witness import max_arrivals_in_window
 from benchmarks import overhead
 from benchmarks.common import NOOP_OUTCOME, wait_until
 from benchmarks.overhead import NOOP_ALLOWED, make_jobs

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.harness.upstream import max_arrivals_in_window
+from apps.harness.witness import max_arrivals_in_window
 from pipeline.errors import QueueFull
 from pipeline.jobs import FlowLimit, Status, url_flow_key
 from tests.support.harness import Harness, make_job

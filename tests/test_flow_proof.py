@@ -45,7 +45,7 @@ import pytest
 import redis
 
 from apps.harness.redis_launcher import RedisProcess
-from apps.harness.upstream import max_arrivals_in_window
+from apps.harness.witness import max_arrivals_in_window
 from durable import keys
 from pipeline.jobs import url_flow_key
 from tests.support.helpers import Proc, Processes, allow, get_json, records, wait_until

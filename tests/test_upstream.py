@@ -18,6 +18,7 @@ import pytest
 
 from apps.cli.run_commands import upstream as upstream_command
 from apps.harness import upstream as upstream_module
+from apps.harness import witness as witness_module
 from apps.harness.upstream import create_upstream
 from tests.support.helpers import Processes, async_wait_until
 
@@ -149,7 +150,7 @@ async def test_the_request_log_is_bounded_and_reset_clears_it(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past LOG_MAX entries the oldest go (and are counted as dropped); /reset empties the log."""
-    monkeypatch.setattr(upstream_module, "LOG_MAX", 3)
+    monkeypatch.setattr(witness_module, "LOG_MAX", 3)
     c = client()
     await c.post("/reset")  # a new witness, built with the smaller log
     for i in range(5):
@@ -319,7 +320,7 @@ def test_max_arrivals_in_window_counts_half_open_windows(
     times: list[float], window_s: float, expected: int
 ) -> None:
     """The largest count of arrivals in any [t, t + window_s): exact at the window's edge."""
-    assert upstream_module.max_arrivals_in_window(times, window_s) == expected
+    assert witness_module.max_arrivals_in_window(times, window_s) == expected
 
 
 def test_max_arrivals_in_window_matches_the_definition() -> None:
@@ -329,9 +330,9 @@ def test_max_arrivals_in_window_matches_the_definition() -> None:
         times = [rng.randrange(0, 40) / 8 for _ in range(rng.randrange(1, 30))]
         window_s = rng.randrange(1, 16) / 8
         brute = max(sum(1 for u in times if t <= u < t + window_s) for t in times)
-        assert upstream_module.max_arrivals_in_window(times, window_s) == brute
+        assert witness_module.max_arrivals_in_window(times, window_s) == brute
     with pytest.raises(ValueError):
-        upstream_module.max_arrivals_in_window([1.0], 0)
+        witness_module.max_arrivals_in_window([1.0], 0)
 
 
 async def test_stats_per_host_count_arrivals_and_concurrency_by_local_port() -> None:
