@@ -150,5 +150,6 @@ async def check_redis(settings: Settings, redis: Redis | None = None) -> list[st
     finally:
         if redis is None:
             await client.aclose()
+    kept = refuse_eviction([*warnings, *shared], settings)  # a refusal is the one line said
     log.info("%s", line)
-    return refuse_eviction([*warnings, *shared], settings)
+    return kept
