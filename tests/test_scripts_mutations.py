@@ -63,14 +63,14 @@ MUTATIONS = [
     # -- enqueue.lua --------------------------------------------------------------------------
     M(
         "enqueue",
-        "if queued >= tonumber(ARGV[3]) then",
-        "if queued > tonumber(ARGV[3]) then",
+        "if queued >= maxsize then",
+        "if queued > maxsize then",
         "off by one in backpressure: the queue takes one job over QUEUE_MAXSIZE",
     ),
     M(
         "enqueue",
-        "+ redis.call('ZCARD', KEYS[8]) + redis.call('ZCARD', KEYS[9]) + redis.call('ZCARD', KEYS[10])",
-        "+ redis.call('ZCARD', KEYS[8]) + redis.call('ZCARD', KEYS[9])",
+        "  + redis.call('ZCARD', K.flow_parked)\n",
+        "",
         "jobs parked by flow control forgotten in the queue count (they are off arq:queue)",
     ),
     M(
@@ -81,40 +81,40 @@ MUTATIONS = [
     ),
     M(
         "enqueue",
-        "local score = tonumber(ARGV[4]) * SPAN + seq",
-        "local score = seq * SPAN + tonumber(ARGV[4])",
+        "local score = priority * SPAN + seq",
+        "local score = seq * SPAN + priority",
         "the two factors of the score swapped: submission order beats priority",
     ),
     M(
         "enqueue",
-        "if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then\n"
+        "if redis.call('EXISTS', K.job) == 1 or redis.call('EXISTS', K.in_progress) == 1 then\n"
         "    return {-2, ''}",
-        "if redis.call('EXISTS', KEYS[2]) == 1 then\n    return {-2, ''}",
+        "if redis.call('EXISTS', K.job) == 1 then\n    return {-2, ''}",
         "the requeue guard checks arq's job key only, not a stock worker's in-progress key",
     ),
     M(
         "enqueue",
-        "  redis.call('HDEL', KEYS[12], id)\n",
+        "  redis.call('HDEL', K.dead, id)\n",
         "",
         "a requeue that leaves the dead letter behind (it could be requeued twice)",
     ),
     M(
         "enqueue",
-        "if ARGV[5] ~= '' and tonumber(ARGV[5]) > now then",
-        "if ARGV[5] ~= '' and tonumber(ARGV[5]) < now then",
+        "if run_at_ms ~= '' and tonumber(run_at_ms) > now then",
+        "if run_at_ms ~= '' and tonumber(run_at_ms) < now then",
         "the run_at comparison inverted",
     ),
     # -- claim.lua ------------------------------------------------------------------------------
     M(
         "claim",
-        "ARGV[5], tonumber(ARGV[6]), 7, 17)",
-        "ARGV[5], tonumber(ARGV[6]), 7, 15)",
-        "candidate keys counted from the wrong KEYS index (16 fixed keys, so they start at 17)",
+        "local FIXED_KEYS = 16 ",
+        "local FIXED_KEYS = 14 ",
+        "the fixed keys miscounted (16, so the candidates' keys start at 17): wrong KEYS read",
     ),
     M(
         "claim",
-        "tonumber(ARGV[3]), tonumber(ARGV[4]),",
-        "tonumber(ARGV[4]), tonumber(ARGV[3]),",
+        "tonumber(ARGV[3]), tonumber(ARGV[4])\n",
+        "tonumber(ARGV[4]), tonumber(ARGV[3])\n",
         "two ARGV positions swapped: in-progress TTL and default max tries",
     ),
     # -- lib/claim.lua ----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "    if redis.call('HGET', kr, 'last_token') == token then return 2 end\n",
+        "    if redis.call('HGET', K.record, 'last_token') == token then return 2 end\n",
         "",
         "a repeated finish after a lost reply counted as fenced",
     ),
@@ -223,8 +223,8 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "now - tonumber(ARGV[7]) * 1000,",
-        "now - tonumber(ARGV[7]),",
+        "now - tonumber(record_ttl_s) * 1000,",
+        "now - tonumber(record_ttl_s),",
         "seconds used as ms: records younger than their TTL leave the job index",
     ),
     M(
@@ -235,9 +235,9 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "ARGV[17], tonumber(ARGV[18]), 19, 28)",
-        "ARGV[17], tonumber(ARGV[18]), 19, 26)",
-        "the next claim's candidate keys counted from the wrong KEYS index",
+        "local FIXED_KEYS = 27 ",
+        "local FIXED_KEYS = 25 ",
+        "the fixed keys miscounted: the next claim's candidate keys read from the wrong KEYS index",
     ),
     M(
         "finish",
@@ -247,7 +247,7 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "    redis.call('EXPIRE', kr, ARGV[7])\n",
+        "    redis.call('EXPIRE', K.record, record_ttl_s)\n",
         "",
         "a final record that never expires",
     ),
@@ -272,8 +272,8 @@ MUTATIONS = [
     ),
     M(
         "release",
-        "ARGV[1] == 'orphan' and 'recovered' or 'released'",
-        "ARGV[1] == 'shutdown' and 'recovered' or 'released'",
+        "why == 'orphan' and 'recovered' or 'released'",
+        "why == 'shutdown' and 'recovered' or 'released'",
         "the two reasons' counters swapped",
     ),
     M(
@@ -297,20 +297,20 @@ MUTATIONS = [
     ),
     M(
         "heartbeat",
-        "  if holders[wid] == nil then\n    redis.call('ZREM', KEYS[1], wid)",
-        "  if true then\n    redis.call('ZREM', KEYS[1], wid)",
+        "  if holders[wid] == nil then\n    redis.call('ZREM', K.workers, wid)",
+        "  if true then\n    redis.call('ZREM', K.workers, wid)",
         "workers forgotten while they still hold leases",
     ),
     M(
         "heartbeat",
-        "if not held or string.sub(held, 1, #ARGV[a + 1]) ~= ARGV[a + 1] then",
+        "if not held or string.sub(held, 1, #token) ~= token then",
         "if not held then",
         "a re-claimed lease not reported gone: two workers fetch the job",
     ),
     M(
         "heartbeat",
-        "now - 60000",
-        "now - 6000",
+        "local FORGET_AFTER_MS = 60000 ",
+        "local FORGET_AFTER_MS = 6000 ",
         "a minute written as 6 s: workers forgotten while barely lapsed",
     ),
     M(
@@ -334,7 +334,7 @@ MUTATIONS = [
     ),
     M(
         "cancel",
-        "  redis.call('PUBLISH', ARGV[3], id)\n",
+        "  redis.call('PUBLISH', cancel_channel, id)\n",
         "",
         "the worker of a cancelled running job never told",
     ),
@@ -384,8 +384,8 @@ MUTATIONS = [
     ),
     M(
         "outcome",
-        "if kind == 'failed' and ARGV[6] ~= '' then",
-        "if kind == 'failed' and ARGV[6] == '' then",
+        "if kind == 'failed' and dead_letter ~= '' then",
+        "if kind == 'failed' and dead_letter == '' then",
         "the dead-letter test inverted: failed jobs leave no letter",
     ),
     M(
@@ -393,6 +393,13 @@ MUTATIONS = [
         "if kind == 'running' then return 1 end\n",
         "",
         "a running record treated as an end: counted, expiring",
+    ),
+    # -- lib/time.lua -----------------------------------------------------------------------------
+    M(
+        "lib/time.lua",
+        "return tonumber(t[1]) * 1000 + ",
+        "return tonumber(t[1]) + ",
+        "TIME's seconds taken as ms: every time a script keeps is decades in the past",
     ),
     # -- lib/flow.lua -----------------------------------------------------------------------------
     M(

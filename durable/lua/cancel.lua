@@ -12,15 +12,17 @@
 -- Returns {1, status before} cancelled; {2, 'cancelled'} it already was; {0, status} it already
 -- ended (done or failed: nothing changes); {-1, ''} unknown id
 local K = {
-  queue = KEYS[5], running = KEYS[6], hints = KEYS[7], delayed_score = KEYS[10],
-  flow_limits = KEYS[13], flow_config = KEYS[14], flow_paused = KEYS[15],
-  flow_throttled = KEYS[16], flow_active = KEYS[17], flow_starts = KEYS[18],
-  flow_parked = KEYS[19], flow_waiting = KEYS[20],
+  record = KEYS[1], job = KEYS[2], in_progress = KEYS[3], arq_retry = KEYS[4], queue = KEYS[5],
+  running = KEYS[6], hints = KEYS[7], scheduled = KEYS[8], retry = KEYS[9],
+  delayed_score = KEYS[10], stats = KEYS[11], finished = KEYS[12], flow_limits = KEYS[13],
+  flow_config = KEYS[14], flow_paused = KEYS[15], flow_throttled = KEYS[16],
+  flow_active = KEYS[17], flow_starts = KEYS[18], flow_parked = KEYS[19], flow_waiting = KEYS[20],
 }
+local id, record_ttl_s, cancel_channel = ARGV[1], ARGV[2], ARGV[3]
+--!include lib/time.lua
 --!include lib/flow.lua
 
-local id = ARGV[1]
-local status = redis.call('HGET', KEYS[1], 'status')
+local status = redis.call('HGET', K.record, 'status')
 if not status then
   if not redis.call('ZSCORE', K.queue, id) then return {-1, ''} end
   status = 'queued'  -- enqueued by arq's own client, not started yet
@@ -28,14 +30,13 @@ end
 if status == 'done' or status == 'failed' then return {0, status} end
 if status == 'cancelled' then return {2, status} end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fk = redis.call('HGET', KEYS[1], 'flow') or ''
+local now = now_ms()
+local fk = redis.call('HGET', K.record, 'flow') or ''
 local held = redis.call('HGET', K.running, id)
 if held then
   fk = string.match(held, '^[^|]*|[^|]*|[^|]*|(.*)$')
   redis.call('HDEL', K.running, id)
-  redis.call('PUBLISH', ARGV[3], id)
+  redis.call('PUBLISH', cancel_channel, id)
 end
 local parked_score = redis.call('HGET', K.delayed_score, id)
 if parked_score and fk ~= '' then
@@ -43,14 +44,14 @@ if parked_score and fk ~= '' then
 end
 redis.call('ZREM', K.queue, id)
 redis.call('ZREM', K.hints, id)
-redis.call('ZREM', KEYS[8], id)
-redis.call('ZREM', KEYS[9], id)
+redis.call('ZREM', K.scheduled, id)
+redis.call('ZREM', K.retry, id)
 redis.call('HDEL', K.delayed_score, id)
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[1], 'id', id, 'status', 'cancelled', 'finished_at', now / 1000)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[12], now, id)
-redis.call('HINCRBY', KEYS[11], 'cancelled', 1)
+redis.call('DEL', K.job, K.in_progress, K.arq_retry)
+redis.call('HSET', K.record, 'id', id, 'status', 'cancelled', 'finished_at', now / 1000)
+redis.call('EXPIRE', K.record, record_ttl_s)
+redis.call('ZADD', K.finished, now, id)
+redis.call('HINCRBY', K.stats, 'cancelled', 1)
 if held then
   flow_ended(fk, now)
 elseif fk ~= '' then

@@ -16,8 +16,14 @@ local K = {
   flow_paused = KEYS[10], flow_throttled = KEYS[11], flow_active = KEYS[12],
   flow_starts = KEYS[13], flow_parked = KEYS[14], flow_waiting = KEYS[15], workers = KEYS[16],
 }
+local worker, most = ARGV[1], tonumber(ARGV[2])
+local in_progress_ttl_ms, max_tries = tonumber(ARGV[3]), tonumber(ARGV[4])
+local room_channel, want_candidates = ARGV[5], tonumber(ARGV[6])
+local FIXED_ARGS = 6   -- ARGV 1-6 above; the candidate ids follow
+local FIXED_KEYS = 16  -- KEYS 1-16 above (K); each candidate's three keys follow
+--!include lib/time.lua
 --!include lib/flow.lua
 --!include lib/claim.lua
 
-return claim_round(now_ms(), ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
-                   ARGV[5], tonumber(ARGV[6]), 7, 17)
+return claim_round(now_ms(), worker, most, in_progress_ttl_ms, max_tries, room_channel,
+                   want_candidates, FIXED_ARGS + 1, FIXED_KEYS + 1)

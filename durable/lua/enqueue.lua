@@ -16,53 +16,63 @@
 -- Returns {1, 'queued' | 'scheduled'} enqueued; {0, status} the id exists (submit) or is not a
 -- dead letter (requeue); {-1, queued count} the queue is full; {-2, ''} requeue while the job
 -- still has arq state (its end is being written)
-local RUNNING_SCORE = @RUNNING_SCORE@
-local SPAN = @PRIORITY_SPAN@
-local mode, id = ARGV[1], ARGV[2]
+local K = {
+  record = KEYS[1], job = KEYS[2], result = KEYS[3], arq_retry = KEYS[4], in_progress = KEYS[5],
+  body = KEYS[6], queue = KEYS[7], scheduled = KEYS[8], retry = KEYS[9], flow_parked = KEYS[10],
+  hints = KEYS[11], dead = KEYS[12], dead_index = KEYS[13], index = KEYS[14], seq = KEYS[15],
+  delayed_score = KEYS[16],
+}
+local mode, id, maxsize, priority = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local run_at_ms, job_bytes, job_ttl_ms = ARGV[5], ARGV[6], ARGV[7]
+local FIXED_ARGS = 7  -- ARGV 1-7 above; the record's fields follow
+--!include lib/time.lua
+
+local RUNNING_SCORE = @RUNNING_SCORE@  -- a running job's score in arq's queue (durable.keys)
+local SPAN = @PRIORITY_SPAN@  -- score = priority * SPAN + sequence (durable.keys)
 
 if mode == 'requeue' then
-  if redis.call('HEXISTS', KEYS[12], id) == 0 then
-    return {0, redis.call('HGET', KEYS[1], 'status') or ''}
+  if redis.call('HEXISTS', K.dead, id) == 0 then
+    return {0, redis.call('HGET', K.record, 'status') or ''}
   end
-  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[5]) == 1 then
+  if redis.call('EXISTS', K.job) == 1 or redis.call('EXISTS', K.in_progress) == 1 then
     return {-2, ''}
   end
 else
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    return {0, redis.call('HGET', KEYS[1], 'status') or 'queued'}
+  if redis.call('EXISTS', K.record) == 1 then
+    return {0, redis.call('HGET', K.record, 'status') or 'queued'}
   end
-  if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[3]) == 1 then
+  if redis.call('EXISTS', K.job) == 1 or redis.call('EXISTS', K.result) == 1 then
     return {0, 'queued'}  -- arq knows this id (enqueued by arq's own client)
   end
 end
 
-local queued = redis.call('ZCOUNT', KEYS[7], '-inf', '(' .. RUNNING_SCORE)
-  + redis.call('ZCARD', KEYS[8]) + redis.call('ZCARD', KEYS[9]) + redis.call('ZCARD', KEYS[10])
-if queued >= tonumber(ARGV[3]) then
+local queued = redis.call('ZCOUNT', K.queue, '-inf', '(' .. RUNNING_SCORE)
+  + redis.call('ZCARD', K.scheduled) + redis.call('ZCARD', K.retry)
+  + redis.call('ZCARD', K.flow_parked)
+if queued >= maxsize then
   return {-1, tostring(queued)}
 end
 
 if mode == 'requeue' then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[6])
-  redis.call('HDEL', KEYS[12], id)
-  redis.call('ZREM', KEYS[13], id)
+  redis.call('DEL', K.record, K.result, K.arq_retry, K.body)
+  redis.call('HDEL', K.dead, id)
+  redis.call('ZREM', K.dead_index, id)
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local seq = redis.call('INCR', KEYS[15])
-local score = tonumber(ARGV[4]) * SPAN + seq
+local now = now_ms()
+local seq = redis.call('INCR', K.seq)
+local score = priority * SPAN + seq
 local status = 'queued'
-redis.call('PSETEX', KEYS[2], ARGV[7], ARGV[6])
-redis.call('ZADD', KEYS[14], seq, id)
-if ARGV[5] ~= '' and tonumber(ARGV[5]) > now then
+redis.call('PSETEX', K.job, job_ttl_ms, job_bytes)
+redis.call('ZADD', K.index, seq, id)
+if run_at_ms ~= '' and tonumber(run_at_ms) > now then
   status = 'scheduled'
-  redis.call('ZADD', KEYS[8], ARGV[5], id)
-  redis.call('HSET', KEYS[16], id, score)
+  redis.call('ZADD', K.scheduled, run_at_ms, id)
+  redis.call('HSET', K.delayed_score, id, score)
 else
-  redis.call('ZADD', KEYS[7], score, id)
+  redis.call('ZADD', K.queue, score, id)
 end
-redis.call('ZADD', KEYS[11], score, id)  -- wakes an idle worker (a scheduled one: to wait for it)
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-redis.call('HSET', KEYS[1], 'id', id, 'status', status, 'attempts', 0, 'duplicates', 0, 'seq', seq)
+redis.call('ZADD', K.hints, score, id)  -- wakes an idle worker (a scheduled one: to wait for it)
+redis.call('HSET', K.record, unpack(ARGV, FIXED_ARGS + 1))
+redis.call('HSET', K.record, 'id', id, 'status', status, 'attempts', 0, 'duplicates', 0, 'seq', seq)
 return {1, status}

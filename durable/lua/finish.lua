@@ -26,68 +26,77 @@ local K = {
   flow_paused = KEYS[10], flow_throttled = KEYS[11], flow_active = KEYS[12],
   flow_starts = KEYS[13], flow_parked = KEYS[14], flow_waiting = KEYS[15],
   durations = KEYS[16], dead = KEYS[17], dead_index = KEYS[18], index = KEYS[19],
-  finished = KEYS[20], workers = KEYS[27],
+  finished = KEYS[20], record = KEYS[21], job = KEYS[22], in_progress = KEYS[23],
+  arq_retry = KEYS[24], result = KEYS[25], body = KEYS[26], workers = KEYS[27],
 }
+local wid, id, attempt, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local outcome_json, body, record_ttl_s, dead_letter = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local retry_delay_ms, throttle_ms = ARGV[9], ARGV[10]
+local duration_bucket, duration_s, arq_result = ARGV[11], ARGV[12], ARGV[13]
+local next_most, in_progress_ttl_ms = tonumber(ARGV[14]), tonumber(ARGV[15])
+local max_tries, room_channel, want_candidates = tonumber(ARGV[16]), ARGV[17], tonumber(ARGV[18])
+local FIXED_ARGS = 18  -- ARGV 1-18 above; the next claim's candidate ids follow
+local FIXED_KEYS = 27  -- KEYS 1-27 above (K); each candidate's three keys follow
+local PRUNE_MOST = 10  -- expired records dropped from the job index per finish; the rest next
+--!include lib/time.lua
 --!include lib/flow.lua
 --!include lib/claim.lua
 
-local kr, kj, kp, kt, kres, kb = KEYS[21], KEYS[22], KEYS[23], KEYS[24], KEYS[25], KEYS[26]
-local wid, id, attempt, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
 local token = wid .. '|' .. attempt .. '|'
 
 local function finish()
   local held = redis.call('HGET', K.running, id)
   if not held or string.sub(held, 1, #token) ~= token then
-    if redis.call('HGET', kr, 'last_token') == token then return 2 end
+    if redis.call('HGET', K.record, 'last_token') == token then return 2 end
     redis.call('HINCRBY', K.stats, 'fenced', 1)
     return 0
   end
   local score, fk = string.match(string.sub(held, #token + 1), '^([^|]*)|(.*)$')
   redis.call('HDEL', K.running, id)
-  redis.call('DEL', kp)
-  if ARGV[11] ~= '' then
-    redis.call('HINCRBY', K.durations, ARGV[11], 1)
+  redis.call('DEL', K.in_progress)
+  if duration_bucket ~= '' then
+    redis.call('HINCRBY', K.durations, duration_bucket, 1)
     redis.call('HINCRBY', K.durations, 'count', 1)
-    redis.call('HINCRBYFLOAT', K.durations, 'sum', ARGV[12])
+    redis.call('HINCRBYFLOAT', K.durations, 'sum', duration_s)
   end
-  if ARGV[10] ~= '' and fk ~= '' then  -- the upstream said slow down: hold the whole key
-    local until_ms = now + tonumber(ARGV[10])
+  if throttle_ms ~= '' and fk ~= '' then  -- the upstream said slow down: hold the whole key
+    local until_ms = now + tonumber(throttle_ms)
     local before = tonumber(redis.call('HGET', K.flow_throttled, fk))
     if not before or before < until_ms then
       redis.call('HSET', K.flow_throttled, fk, string.format('%.0f', until_ms))
     end
   end
-  redis.call('HSET', kr, 'id', id, 'result', ARGV[5], 'last_token', token)
-  if ARGV[6] ~= '' then
-    redis.call('SET', kb, ARGV[6], 'EX', ARGV[7])
+  redis.call('HSET', K.record, 'id', id, 'result', outcome_json, 'last_token', token)
+  if body ~= '' then
+    redis.call('SET', K.body, body, 'EX', record_ttl_s)
   else
-    redis.call('DEL', kb)
+    redis.call('DEL', K.body)
   end
   if kind == 'retry' then
-    local due = now + tonumber(ARGV[9])
+    local due = now + tonumber(retry_delay_ms)
     redis.call('ZREM', K.queue, id)
     redis.call('ZADD', K.retry, due, id)
     redis.call('HSET', K.delayed_score, id, score)
     redis.call('ZADD', K.hints, score, id)  -- wakes an idle worker, which then waits until due
-    redis.call('HSET', kr, 'status', 'queued')
+    redis.call('HSET', K.record, 'status', 'queued')
     redis.call('HINCRBY', K.stats, 'retried', 1)
   else
     redis.call('ZREM', K.queue, id)
     redis.call('ZREM', K.hints, id)
-    redis.call('DEL', kj, kt)
-    redis.call('HSET', kr, 'status', kind, 'finished_at', now / 1000)
-    redis.call('EXPIRE', kr, ARGV[7])
-    redis.call('EXPIRE', kb, ARGV[7])
+    redis.call('DEL', K.job, K.arq_retry)
+    redis.call('HSET', K.record, 'status', kind, 'finished_at', now / 1000)
+    redis.call('EXPIRE', K.record, record_ttl_s)
+    redis.call('EXPIRE', K.body, record_ttl_s)
     redis.call('HINCRBY', K.stats, kind, 1)
-    if kind == 'failed' and ARGV[8] ~= '' then
-      redis.call('HSET', K.dead, id, ARGV[8])
+    if kind == 'failed' and dead_letter ~= '' then
+      redis.call('HSET', K.dead, id, dead_letter)
       redis.call('ZADD', K.dead_index, now, id)
     end
-    if ARGV[13] ~= '' then redis.call('SET', kres, ARGV[13], 'EX', ARGV[7]) end
+    if arq_result ~= '' then redis.call('SET', K.result, arq_result, 'EX', record_ttl_s) end
     redis.call('ZADD', K.finished, now, id)
-    local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf', now - tonumber(ARGV[7]) * 1000,
-                               'LIMIT', 0, 10)
+    local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf',
+                               now - tonumber(record_ttl_s) * 1000, 'LIMIT', 0, PRUNE_MOST)
     for _, old in ipairs(expired) do
       -- an id that lives again (its dead letter requeued, or the id submitted anew after its
       -- record expired) keeps its index entry: only its stale finish time goes
@@ -102,6 +111,6 @@ local function finish()
 end
 
 local written = finish()
-local round = claim_round(now, wid, tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]),
-                          ARGV[17], tonumber(ARGV[18]), 19, 28)
+local round = claim_round(now, wid, next_most, in_progress_ttl_ms, max_tries, room_channel,
+                          want_candidates, FIXED_ARGS + 1, FIXED_KEYS + 1)
 return {written, round[1], round[2], round[3]}

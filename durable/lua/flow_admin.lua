@@ -11,11 +11,13 @@ local K = {
   flow_active = KEYS[5], flow_starts = KEYS[6], flow_parked = KEYS[7], flow_waiting = KEYS[8],
   queue = KEYS[9], hints = KEYS[10], delayed_score = KEYS[11],
 }
+local op, fk, limit = ARGV[1], ARGV[2], ARGV[3]
+local REVIEW_MOST = 1000  -- for '*': waiting keys reviewed now (the rest at their own recheck)
+--!include lib/time.lua
 --!include lib/flow.lua
 
-local op, fk = ARGV[1], ARGV[2]
 if op == 'set' then
-  redis.call('HSET', K.flow_limits, fk, ARGV[3])
+  redis.call('HSET', K.flow_limits, fk, limit)
 elseif op == 'delete' then
   local own = redis.call('HGET', K.flow_limits, fk)
   local configured = redis.call('HEXISTS', K.flow_config, fk) == 1
@@ -32,10 +34,11 @@ elseif op == 'resume' then
   redis.call('HDEL', K.flow_throttled, fk)
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if fk == '*' then
-  for _, key in ipairs(redis.call('ZRANGE', K.flow_waiting, 0, 999)) do flow_review(key, now) end
+  for _, key in ipairs(redis.call('ZRANGE', K.flow_waiting, 0, REVIEW_MOST - 1)) do
+    flow_review(key, now)
+  end
 else
   flow_review(fk, now)
 end

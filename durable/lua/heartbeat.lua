@@ -13,21 +13,27 @@
 -- ARGV  1 worker id   2 HEARTBEAT_TTL ms   3 info JSON   4.. per held job: id, lease token
 -- Returns {gone: {id, ...}, orphans: {id, lease, ...}, next deadline of another lease holder | '',
 --          unlisted: {id, lease, ...}}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local me = ARGV[1]
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), me)
-redis.call('HSET', KEYS[2], me, ARGV[3])
+local K = {workers = KEYS[1], worker_info = KEYS[2], running = KEYS[3]}
+local me, heartbeat_ttl_ms, info = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local FIXED_ARGS = 3  -- ARGV 1-3 above; the held jobs' (id, token) pairs follow
+local FORGET_AFTER_MS = 60000  -- a worker this long past its deadline, holding nothing, is forgotten
+local FORGET_MOST = 100  -- dead workers forgotten per heartbeat; the rest at the next
+--!include lib/time.lua
+
+local now = now_ms()
+redis.call('ZADD', K.workers, now + heartbeat_ttl_ms, me)
+redis.call('HSET', K.worker_info, me, info)
 
 local gone, listed = {}, {}
-for a = 4, #ARGV, 2 do
-  listed[ARGV[a]] = true
-  local held = redis.call('HGET', KEYS[3], ARGV[a])
-  if not held or string.sub(held, 1, #ARGV[a + 1]) ~= ARGV[a + 1] then gone[#gone + 1] = ARGV[a] end
+for a = FIXED_ARGS + 1, #ARGV, 2 do
+  local id, token = ARGV[a], ARGV[a + 1]
+  listed[id] = true
+  local held = redis.call('HGET', K.running, id)
+  if not held or string.sub(held, 1, #token) ~= token then gone[#gone + 1] = id end
 end
 
 local orphans, unlisted, holders, soonest = {}, {}, {}, nil
-local entries = redis.call('HGETALL', KEYS[3])
+local entries = redis.call('HGETALL', K.running)
 for i = 1, #entries, 2 do
   local wid = string.match(entries[i + 1], '^([^|]*)|')
   if wid == me then
@@ -37,7 +43,7 @@ for i = 1, #entries, 2 do
     end
   else
     if holders[wid] == nil then
-      holders[wid] = tonumber(redis.call('ZSCORE', KEYS[1], wid)) or 0
+      holders[wid] = tonumber(redis.call('ZSCORE', K.workers, wid)) or 0
     end
     local deadline = holders[wid]
     if deadline < now then
@@ -49,10 +55,12 @@ for i = 1, #entries, 2 do
   end
 end
 
-for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000, 'LIMIT', 0, 100)) do
+local dead = redis.call('ZRANGEBYSCORE', K.workers, '-inf', now - FORGET_AFTER_MS,
+                        'LIMIT', 0, FORGET_MOST)
+for _, wid in ipairs(dead) do
   if holders[wid] == nil then
-    redis.call('ZREM', KEYS[1], wid)
-    redis.call('HDEL', KEYS[2], wid)
+    redis.call('ZREM', K.workers, wid)
+    redis.call('HDEL', K.worker_info, wid)
   end
 end
 return {gone, orphans, soonest and string.format('%.0f', soonest) or '', unlisted}

@@ -10,36 +10,43 @@
 --       4 body | ''   5 record TTL s   6 dead letter JSON | ''   7 duration bucket | ''
 --       8 duration seconds   9 job id
 -- Returns 1, or 0 when the record already holds an end (a stock arq re-run: counted as a duplicate)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local kind, id = ARGV[1], ARGV[9]
-local before = redis.call('HGET', KEYS[1], 'status')
+local K = {
+  record = KEYS[1], body = KEYS[2], stats = KEYS[3], durations = KEYS[4], dead = KEYS[5],
+  dead_index = KEYS[6], finished = KEYS[7], index = KEYS[8],
+}
+local kind, attempt, outcome_json, body = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local record_ttl_s, dead_letter, duration_bucket, duration_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local id = ARGV[9]
+--!include lib/time.lua
+
+local now = now_ms()
+local before = redis.call('HGET', K.record, 'status')
 if before == 'done' or before == 'failed' then
   -- stock arq runs it again (its worker died between our record and arq's own end of the job):
   -- the outcome stays the first one; the re-run is counted once, as a duplicate, when it starts
-  if kind == 'running' then redis.call('HINCRBY', KEYS[3], 'duplicates', 1) end
+  if kind == 'running' then redis.call('HINCRBY', K.stats, 'duplicates', 1) end
   return 0
 end
-redis.call('HSET', KEYS[1], 'id', id, 'status', kind, 'attempts', ARGV[2])
+redis.call('HSET', K.record, 'id', id, 'status', kind, 'attempts', attempt)
 if kind == 'running' then return 1 end
-if ARGV[7] ~= '' then
-  redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
-  redis.call('HINCRBY', KEYS[4], 'count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[4], 'sum', ARGV[8])
+if duration_bucket ~= '' then
+  redis.call('HINCRBY', K.durations, duration_bucket, 1)
+  redis.call('HINCRBY', K.durations, 'count', 1)
+  redis.call('HINCRBYFLOAT', K.durations, 'sum', duration_s)
 end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5]) end
+if outcome_json ~= '' then redis.call('HSET', K.record, 'result', outcome_json) end
+if body ~= '' then redis.call('SET', K.body, body, 'EX', record_ttl_s) end
 if kind == 'queued' then
-  redis.call('HINCRBY', KEYS[3], 'retried', 1)
+  redis.call('HINCRBY', K.stats, 'retried', 1)
   return 1
 end
-redis.call('HSET', KEYS[1], 'finished_at', now / 1000)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('HINCRBY', KEYS[3], kind, 1)
-if kind == 'failed' and ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[5], id, ARGV[6])
-  redis.call('ZADD', KEYS[6], now, id)
+redis.call('HSET', K.record, 'finished_at', now / 1000)
+redis.call('EXPIRE', K.record, record_ttl_s)
+redis.call('EXPIRE', K.body, record_ttl_s)
+redis.call('HINCRBY', K.stats, kind, 1)
+if kind == 'failed' and dead_letter ~= '' then
+  redis.call('HSET', K.dead, id, dead_letter)
+  redis.call('ZADD', K.dead_index, now, id)
 end
-redis.call('ZADD', KEYS[7], now, id)
+redis.call('ZADD', K.finished, now, id)
 return 1

@@ -17,13 +17,16 @@ local K = {
   flow_limits = KEYS[6], flow_config = KEYS[7], flow_paused = KEYS[8], flow_throttled = KEYS[9],
   flow_active = KEYS[10], flow_starts = KEYS[11], flow_parked = KEYS[12], flow_waiting = KEYS[13],
 }
+local why = ARGV[1]
+local FIXED_ARGS = 1   -- ARGV 1 above; each job's (id, token) pair follows
+local FIXED_KEYS = 13  -- KEYS 1-13 above (K); each job's two keys follow
+--!include lib/time.lua
 --!include lib/flow.lua
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local released = {}
-local k = 14
-for a = 2, #ARGV, 2 do
+local k = FIXED_KEYS + 1
+for a = FIXED_ARGS + 1, #ARGV, 2 do
   local id, token, kr, kp = ARGV[a], ARGV[a + 1], KEYS[k], KEYS[k + 1]
   k = k + 2
   local held = redis.call('HGET', K.running, id)
@@ -39,6 +42,6 @@ for a = 2, #ARGV, 2 do
   end
 end
 if #released > 0 then
-  redis.call('HINCRBY', K.stats, ARGV[1] == 'orphan' and 'recovered' or 'released', #released)
+  redis.call('HINCRBY', K.stats, why == 'orphan' and 'recovered' or 'released', #released)
 end
 return released

@@ -1,7 +1,7 @@
 -- lib/claim.lua: queued -> running, shared by claim.lua and finish.lua (a worker that finishes a
 -- job claims the next in the same round trip, as BullMQ's moveToFinished does). Needs lib/flow.lua
 -- and the table K (K.queue, K.running, K.hints, K.stats, K.scheduled, K.retry, K.delayed_score,
--- K.workers and the flow keys).
+-- K.workers and the flow keys); its caller passes Redis's now (lib/time.lua).
 --
 -- Candidates are job ids the caller learnt from an earlier reply (or a hint); their keys come in
 -- KEYS, three each: record, arq job, arq in-progress. A candidate is claimed when it is in arq's
@@ -21,17 +21,15 @@
 -- would release it to a third worker while this one fetches it (a claim sent before a stall or a
 -- pause and run after it, when every worker's deadline has lapsed, is how that happens).
 
-local RUNNING_SCORE = @RUNNING_SCORE@
-local DEFAULT_SCORE = 9 * @PRIORITY_SPAN@
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local RUNNING_SCORE = @RUNNING_SCORE@  -- a leased job's score in arq's queue (durable.keys)
+local LOWEST_PRIORITY = @MAX_PRIORITY@  -- pipeline.jobs.MAX_PRIORITY: an arq-enqueued job runs at
+local DEFAULT_SCORE = LOWEST_PRIORITY * @PRIORITY_SPAN@  -- a due job without a kept score
+local PROMOTE_MOST = 100  -- due scheduled (or retrying) jobs promoted per round; the rest next
+local REVIEW_MOST = 20    -- flow keys whose wait is over reviewed per round; the rest next
 
 -- scheduled and retrying jobs whose time has come go back to the queue with their own score
 local function promote(zset, now)
-  local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, 100)
+  local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, PROMOTE_MOST)
   for _, id in ipairs(ids) do
     local score = redis.call('HGET', K.delayed_score, id) or DEFAULT_SCORE
     redis.call('ZADD', K.queue, score, id)
@@ -42,14 +40,16 @@ local function promote(zset, now)
 end
 
 local function review_waiting(now)
-  for _, fk in ipairs(redis.call('ZRANGEBYSCORE', K.flow_waiting, '-inf', now, 'LIMIT', 0, 20)) do
+  local due = redis.call('ZRANGEBYSCORE', K.flow_waiting, '-inf', now, 'LIMIT', 0, REVIEW_MOST)
+  for _, fk in ipairs(due) do
     flow_review(fk, now)
   end
 end
 
 local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
   if redis.call('HEXISTS', kr, 'id') == 0 then  -- enqueued by arq's own client: no record yet
-    redis.call('HSET', kr, 'id', id, 'foreign', '1', 'priority', 9, 'created_at', now / 1000)
+    redis.call('HSET', kr, 'id', id, 'foreign', '1', 'priority', LOWEST_PRIORITY,
+               'created_at', now / 1000)
   end
   local attempt = redis.call('HINCRBY', kr, 'attempts', 1)
   local most = tonumber(redis.call('HGET', kr, 'max_tries')) or max_tries

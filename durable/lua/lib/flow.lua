@@ -9,7 +9,9 @@
 -- A job that may not start is parked in K.flow_parked ("key|score|id") off the queue, holding no
 -- worker slot; K.flow_waiting says when each key with parked jobs is looked at again.
 
-local FLOW_RECHECK_MS = 1000
+local FLOW_RECHECK_MS = 1000  -- a paused or full key is looked at again this soon at the latest
+local DEFAULT_PERIOD_MS = @DEFAULT_PERIOD_MS@  -- a rate limit stored without its period (FlowLimit)
+local UNPARK_MOST = 100  -- parked jobs of one key moved back to the queue per review
 
 local function pad(n)
   return string.format('%017.3f', tonumber(n))
@@ -17,7 +19,7 @@ end
 
 local function parse_limit(v)
   local p, r, per = string.match(v, '^([^|]*)|([^|]*)|([^|]*)$')
-  return tonumber(p), tonumber(r), tonumber(per) or 1000
+  return tonumber(p), tonumber(r), tonumber(per) or DEFAULT_PERIOD_MS
 end
 
 local function flow_limit(fk)
@@ -27,7 +29,7 @@ local function flow_limit(fk)
   local default = redis.call('HGET', K.flow_limits, '*')
   if not default then default = redis.call('HGET', K.flow_config, '*') end
   if default and default ~= '-' then return parse_limit(default) end
-  return nil, nil, 1000
+  return nil, nil, DEFAULT_PERIOD_MS
 end
 
 local function active(fk)
@@ -136,7 +138,7 @@ local function flow_review(fk, now)
   local left = redis.call('ZLEXCOUNT', K.flow_parked, '[' .. fk .. '|', '[' .. fk .. '|~')
   local moved = 0
   if left > 0 then
-    moved = unpark(fk, flow_allowance(fk, now, 100))
+    moved = unpark(fk, flow_allowance(fk, now, UNPARK_MOST))
     left = left - moved
   end
   if left <= 0 then
