@@ -23,7 +23,7 @@ from arq.worker import Retry, Worker, func
 
 from durable import keys
 from durable.connection import redis_client
-from durable.runner import safe_json
+from durable.finishing import safe_json
 from durable.scripts import Scripts
 from pipeline.backend import WorkerPool
 from pipeline.durations import bucket_label

@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from durable.redis_errors import is_transient
+
+T = TypeVar("T")
 log = logging.getLogger("queue_contrast.durable")
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.05, 1.0
@@ -50,6 +54,26 @@ class Backoff:
         finally:
             waits.discard(woken)
         self.delay = min(self.delay * 2, BACKOFF_MAX_S)
+
+    async def once(self, what: str, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
+        """One try of ``call()``: ``(True, its result)``, or, on Redis trouble, ``(False, None)``
+        after this back-off's wait (a script error that is not Redis trouble is a bug: raised)."""
+        try:
+            result = await call()
+        except (RedisError, OSError) as exc:
+            if not is_transient(exc):
+                raise
+            await self.wait(what, exc)
+            return False, None
+        self.ok(what)
+        return True, result
+
+    async def call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until Redis answers, backing off in between; never gives up."""
+        while True:
+            answered, result = await self.once(what, call)
+            if answered:
+                return result  # type: ignore[return-value]
 
     def ok(self, what: str) -> None:
         if self.failing:

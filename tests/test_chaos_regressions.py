@@ -69,26 +69,26 @@ async def test_a_worker_whose_heartbeat_lapsed_claims_nothing_until_it_renews(
         await worker.scripts.load()
         for job_id in ("lapse-a", "lapse-b"):
             await producer.submit(Job(url="http://127.0.0.1:9/x", id=job_id))
-        await worker._beat()
-        first = await worker._claim(1, ["lapse-a"])
+        await worker.leases.beat()
+        first = await worker.claims.claim(1, ["lapse-a"])
         assert [c.job_id for c in first.claimed] == ["lapse-a"]
 
         async def lapse() -> None:  # the deadline passes, exactly as after a stall past the TTL
             await producer.redis.zadd(keys.WORKERS, {worker.worker_id: 0})
 
         await lapse()
-        refused = await worker._claim(1, ["lapse-b"])
-        assert refused.claimed == [] and "lapse-b" in refused.candidates
+        refused = await worker.claims.claim(1, ["lapse-b"])
+        assert refused.claimed == [] and "lapse-b" in refused.queue_head
         assert await producer.redis.hget(keys.RUNNING, "lapse-b") is None
         attempt = Attempt(first.claimed[0], f"{worker.worker_id}|1|")
         job = Job(url="http://127.0.0.1:9/x", id="lapse-a")
         outcome = Outcome(Status.DONE, 200, 2, 0.01, 1)
-        finished = await worker._finish(attempt, job, outcome, Decision("done"), timed=True)
+        finished = await worker.finisher.finish(attempt, job, outcome, Decision("done"), timed=True)
         assert finished.claimed == [], "a lapsed worker's finish claims no next job"
         record = await producer.get("lapse-a")
         assert record is not None and record.status is Status.DONE
-        await worker._beat()  # renewed: it claims again
-        again = await worker._claim(1, ["lapse-b"])
+        await worker.leases.beat()  # renewed: it claims again
+        again = await worker.claims.claim(1, ["lapse-b"])
         assert [c.job_id for c in again.claimed] == ["lapse-b"]
     finally:
         await producer.close()

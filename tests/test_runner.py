@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from durable.runner import DurableWorker
+from durable.finishing import Finisher
 from pipeline.jobs import Status
 from tests.support.harness import Harness
 
@@ -25,7 +25,7 @@ async def test_a_bug_in_the_runner_stops_the_worker_instead_of_leaving_it_idle(
         def broken(*_: Any, **__: Any) -> Any:
             raise ValueError("a bug in recording the outcome")
 
-        monkeypatch.setattr(DurableWorker, "_finish_call", broken)
+        monkeypatch.setattr(Finisher, "finish_call", broken)
         assert h.pool is not None
         task = asyncio.create_task(h.pool.run())
         job = await h.submit("/once")

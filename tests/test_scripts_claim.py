@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from durable import keys
-from durable.runner import EXTRA_CANDIDATES
+from durable.claims import EXTRA_CANDIDATES
 from tests.support.scripts_kit import Lua, between, contract, token
 
 
@@ -39,8 +39,8 @@ async def test_a_claim_sets_arqs_in_progress_key_with_its_ttl(lua: Lua) -> None:
     w = lua.worker()
     await lua.claim_one(w, job)
     ttl = await lua.redis.pttl(keys.ARQ_IN_PROGRESS + job.id)
-    assert 0 < ttl <= w._in_progress_ttl_ms
-    assert ttl > w._in_progress_ttl_ms - 5_000
+    assert 0 < ttl <= w.claims.in_progress_ttl_ms
+    assert ttl > w.claims.in_progress_ttl_ms - 5_000
 
 
 @contract("claim")
@@ -225,7 +225,7 @@ async def test_the_reply_names_the_queue_head_as_candidates(lua: Lua) -> None:
     round_ = await lua.claim(w, [jobs[1].id], most=1)
     assert [c.job_id for c in round_.claimed] == [jobs[1].id]
     wanted = 2 * lua.settings.workers + EXTRA_CANDIDATES
-    assert round_.candidates == [jobs[3].id, jobs[0].id, jobs[2].id, jobs[4].id][:wanted]
+    assert round_.queue_head == [jobs[3].id, jobs[0].id, jobs[2].id, jobs[4].id][:wanted]
 
 
 @contract("claim")

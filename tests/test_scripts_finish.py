@@ -228,7 +228,7 @@ async def test_a_finish_claims_the_next_job_in_the_same_call(lua: Lua) -> None:
     f = await lua.finish(w, c, "done", candidates=[nxt.id])
     assert [x.job_id for x in f.round.claimed] == [nxt.id]
     assert (await lua.lease(nxt.id) or "").startswith(f"{w.worker_id}|1|")
-    assert f.round.candidates == [after.id]
+    assert f.round.queue_head == [after.id]
     f2 = await lua.finish(w, f.round.claimed[0], "done", candidates=[after.id], claim_next=False)
     assert (f2.written, f2.round.claimed) == (1, [])
     assert await lua.lease(after.id) is None

@@ -2,7 +2,8 @@
 ``durable/lua`` called exactly as its Python caller calls it, against the private redis-server.
 
 Every KEYS/ARGV layout comes from the caller's own code (``producer.enqueue_call``,
-``producer.cancel_call``, the worker's ``_claim``/``_finish_call``/``_release``/``_heartbeat_call``,
+``producer.cancel_call``, the worker's ``claims.claim``, ``finisher.finish_call``,
+``leases.release`` and ``leases.heartbeat_call``,
 ``flow_store.admin``, ``arq_compat.record``), never re-derived here: a caller and a script that
 disagree on a layout fail these tests.
 
@@ -33,7 +34,8 @@ from redis.asyncio import Redis
 
 from durable import flow_store, keys, producer
 from durable.arq_compat import record as outcome_record
-from durable.runner import Claimed, DurableWorker, Round, candidate_keys
+from durable.claims import ClaimReply, candidate_keys
+from durable.runner import Claimed, DurableWorker
 from durable.scripts import Scripts
 from pipeline.jobs import FlowLimit, Job, Outcome, Status
 from pipeline.retry import Decision
@@ -102,7 +104,7 @@ class Finished:
     """A finish call's reply: written (1, 2 already, 0 fenced) and the claim round."""
 
     written: int
-    round: Round
+    round: ClaimReply
 
 
 @dataclass
@@ -208,10 +210,12 @@ class Lua:
         deadline = await self.now_ms() + 3_600_000
         await self.redis.zadd(keys.WORKERS, {worker.worker_id: deadline}, nx=True)
 
-    async def claim(self, worker: DurableWorker, candidates: list[str], most: int = 0) -> Round:
-        """``claim.lua`` with the worker's own call (``DurableWorker._claim``)."""
+    async def claim(
+        self, worker: DurableWorker, candidates: list[str], most: int = 0
+    ) -> ClaimReply:
+        """``claim.lua`` with the worker's own call (``Claims.claim``)."""
         await self.alive(worker)
-        return await worker._claim(most or max(len(candidates), 1), candidates)
+        return await worker.claims.claim(most or max(len(candidates), 1), candidates)
 
     async def claim_one(self, worker: DurableWorker, job: Job) -> Claimed:
         round_ = await self.claim(worker, [job.id])
@@ -231,29 +235,29 @@ class Lua:
         candidates: Iterable[str] = (),
         claim_next: bool = True,
     ) -> Finished:
-        """``finish.lua`` with the worker's own layout (``DurableWorker._finish_call`` and
-        ``_claim_args``), as ``DurableWorker._finish`` sends it."""
+        """``finish.lua`` with the worker's own layout (``Finisher.finish_call`` and
+        ``Claims.claim_args``), as ``Finisher.finish`` sends it."""
         job = self.jobs.get(claimed.job_id) or Job(url="", id=claimed.job_id)
         outcome = outcome or default_outcome(end, claimed.attempt)
         decision = Decision(end, delay_s, throttle_s)  # type: ignore[arg-type]
         await self.alive(worker)
-        job_keys, args = worker._finish_call(job, claimed, outcome, decision, timed)
+        job_keys, args = worker.finisher.finish_call(job, claimed, outcome, decision, timed)
         cands = list(candidates)
         reply = await self.scripts["finish"](
             job_keys + candidate_keys(cands),
-            [*args, 1 if claim_next else 0, *worker._claim_args(), *cands],
+            [*args, 1 if claim_next else 0, *worker.claims.claim_args(), *cands],
         )
-        return Finished(int(reply[0]), Round.parse(*reply[1:]))
+        return Finished(int(reply[0]), ClaimReply.parse(*reply[1:]))
 
     async def release(
         self, worker: DurableWorker, jobs: list[tuple[str, str]], why: str = "orphan"
     ) -> list[str]:
-        """``release.lua`` with the worker's own call (``DurableWorker._release``)."""
-        return await worker._release(jobs, why)
+        """``release.lua`` with the worker's own call (``Leases.release``)."""
+        return await worker.leases.release(jobs, why)
 
     async def heartbeat(self, worker: DurableWorker, held: list[tuple[str, str]]) -> Beat:
-        """``heartbeat.lua`` with the worker's own call (``DurableWorker._heartbeat_call``)."""
-        gone, orphans, deadline, unlisted = await worker._heartbeat_call(held)
+        """``heartbeat.lua`` with the worker's own call (``Leases.heartbeat_call``)."""
+        gone, orphans, deadline, unlisted = await worker.leases.heartbeat_call(held)
         return Beat(
             [text(g) for g in gone],
             pairs(orphans),

@@ -1,0 +1,226 @@
+"""Running an attempt's two ends: the job it runs (from arq's payload, or an outcome that ends it
+without a fetch) and the record of how it ended.
+
+The end is written by ``finish.lua``, fenced by the attempt's lease token, until Redis takes it
+(the write is idempotent: a repeat after a lost reply is recognised); the same call claims the
+slot's next job, so a busy worker does one round trip per job. A finish the lease no longer
+allows (another worker took the job over, or it was cancelled) writes nothing and is counted as
+fenced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from arq.jobs import deserialize_job_raw, serialize_result
+from redis.exceptions import RedisError
+
+from durable import keys
+from durable.claims import CLAIM_KEYS, EXTRA_CANDIDATES, ClaimReply, Claims, candidate_keys
+from durable.pubsub import Backoff
+from durable.worker_state import Attempt, Claimed, WorkerState
+from pipeline.durations import bucket_label
+from pipeline.fetch.urlguard import URLGuard
+from pipeline.fetch.validate import validate
+from pipeline.jobs import DeadLetter, Job, Outcome, Status
+from pipeline.retry import Decision
+
+log = logging.getLogger("queue_contrast.durable")
+
+FINISH_KEYS = [
+    *CLAIM_KEYS,
+    keys.DURATIONS,
+    keys.DEAD,
+    keys.DEAD_INDEX,
+    keys.INDEX,
+    keys.FINISHED,
+]
+
+
+def safe_json(data: Any) -> str:
+    """JSON without NaN/Infinity (not JSON; a record holding them could not be served)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(clean(data), allow_nan=False)
+
+
+class Finisher:
+    """Turns a claimed job into the job to run, and records each attempt's end."""
+
+    def __init__(self, state: WorkerState, claims: Claims, guard: URLGuard) -> None:
+        self.state = state
+        self.claims = claims
+        self.guard = guard
+
+    # -- the job a claim leased ------------------------------------------------------------------
+    def job(self, claimed: Claimed) -> tuple[Job, Outcome | None]:
+        """The job from arq's payload, or an outcome that ends it without a fetch."""
+        placeholder = Job(url="", id=claimed.job_id)
+        if claimed.payload is None:
+            return placeholder, Outcome(
+                Status.FAILED,
+                attempts=claimed.attempt,
+                error="the job's arq payload is gone (expired or evicted) before it could run",
+            )
+        settings = self.state.settings
+        try:
+            function, args, _, _, _ = deserialize_job_raw(claimed.payload)
+            if function != keys.FUNCTION:
+                raise ValueError(f"arq function {function!r} is not {keys.FUNCTION!r}")
+            job = Job.from_dict({**args[0], "id": claimed.job_id})
+            if claimed.foreign:  # never validated at submit: check it as POST /jobs would
+                validate(job, self.guard, settings)
+        except Exception as exc:  # arq-enqueued work we cannot run: fail it, never drop it
+            return placeholder, Outcome(
+                Status.FAILED, attempts=claimed.attempt, error=f"not a queue-contrast job: {exc}"
+            )
+        if claimed.exhausted:
+            tries = job.max_tries or settings.max_tries
+            return job, Outcome(
+                Status.FAILED,
+                attempts=tries,
+                error=f"max {tries} tries exceeded: no attempt recorded an outcome (each one's "
+                "worker died, froze or lost Redis)",
+            )
+        return job, None
+
+    async def describe_foreign(self, job: Job) -> None:
+        """A job enqueued with arq's own client has a bare record: say what it fetches."""
+        redis = self.state.redis
+        assert redis is not None
+        with contextlib.suppress(RedisError, OSError):
+            await redis.hset(
+                keys.RECORD + job.id,
+                mapping={"url": job.url, "method": job.method, "priority": job.priority},
+            )
+
+    # -- the end ---------------------------------------------------------------------------------
+    async def finish(
+        self, attempt: Attempt, job: Job, outcome: Outcome, decision: Decision, timed: bool
+    ) -> ClaimReply:
+        """Record the attempt's end (until Redis takes it), claiming the next job for this slot."""
+        state, claims = self.state, self.claims
+        assert state.scripts is not None
+        scripts = state.scripts
+        claimed = attempt.claim
+        job_keys, args = self.finish_call(job, claimed, outcome, decision, timed)
+
+        async def one_try() -> Any:
+            stopping = state.stopping.is_set()
+            candidates = [] if stopping else claims.take_candidates(1 + EXTRA_CANDIDATES)
+            try:
+                return await scripts["finish"](
+                    job_keys + candidate_keys(candidates),
+                    [*args, 0 if stopping else 1, *claims.claim_args(), *candidates],
+                )
+            finally:
+                claims.done_asking(candidates)
+
+        reply = await Backoff().call(f"recording {job.id}", one_try)
+        written, next_round = int(reply[0]), ClaimReply.parse(*reply[1:])
+        claims.note_queue_head(next_round.queue_head)
+        claims.note_due(next_round.due_ms)
+        state.counters.finished += 1
+        if written == 0:
+            state.counters.fenced += 1
+            log.warning(
+                "%s try=%d: lease lost (another worker took it over or it was cancelled); "
+                "outcome not recorded",
+                job.id,
+                claimed.attempt,
+            )
+        else:
+            state.counters.by_end[decision.end] += 1
+            log_end(job, claimed, outcome, decision)
+        return next_round
+
+    def finish_call(
+        self, job: Job, claimed: Claimed, outcome: Outcome, decision: Decision, timed: bool
+    ) -> tuple[list[str], list[Any]]:
+        """finish.lua's keys and arguments, up to the claim of the next job."""
+        state = self.state
+        k = keys.job_keys(claimed.job_id)
+        job_keys = [
+            *FINISH_KEYS,
+            k["record"],
+            k["job"],
+            k["in_progress"],
+            k["retry"],
+            k["result"],
+            k["body"],
+            keys.WORKERS,
+        ]
+        dead = ""
+        if decision.end == "failed":
+            dead = safe_json(DeadLetter.of(job, outcome, time.time()).to_storage())
+        args: list[Any] = [
+            state.worker_id,
+            claimed.job_id,
+            claimed.attempt,
+            decision.end,
+            safe_json(outcome.to_dict()),
+            outcome.body or "",
+            state.settings.result_ttl,
+            dead,
+            int(decision.delay_s * 1000),
+            "" if decision.throttle_s is None else int(decision.throttle_s * 1000),
+            bucket_label(outcome.elapsed_s) if timed else "",
+            repr(outcome.elapsed_s),
+            arq_result(job, claimed, outcome, decision) if claimed.foreign else "",
+        ]
+        return job_keys, args
+
+
+def arq_result(job: Job, claimed: Claimed, outcome: Outcome, decision: Decision) -> bytes | str:
+    """arq's result key for a job enqueued with arq's client, so its Job.result() works."""
+    if decision.end == "retry":
+        return ""
+    now_ms = int(time.time() * 1000)
+    result: Any = outcome.to_dict() if outcome.ok else RuntimeError(outcome.error)
+    data = serialize_result(
+        keys.FUNCTION,
+        (job.to_dict(),),
+        {},
+        claimed.attempt,
+        now_ms,
+        outcome.ok,
+        result,
+        now_ms - int(outcome.elapsed_s * 1000),
+        now_ms,
+        f"{claimed.job_id}:{keys.FUNCTION}",
+        keys.QUEUE,
+        claimed.job_id,
+    )
+    return data or ""
+
+
+def log_end(job: Job, claimed: Claimed, outcome: Outcome, decision: Decision) -> None:
+    if decision.end == "done":
+        log.debug(
+            "← %s try=%d ● %s %.3fs",
+            job.id,
+            claimed.attempt,
+            outcome.http_status,
+            outcome.elapsed_s,
+        )
+    elif decision.end == "retry":
+        log.info(
+            "↻ %s try=%d %s; retrying in %.2fs",
+            job.id,
+            claimed.attempt,
+            outcome.error,
+            decision.delay_s,
+        )
+    else:
+        log.info("! %s try=%d failed: %s", job.id, claimed.attempt, outcome.error)
