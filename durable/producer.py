@@ -45,6 +45,7 @@ from pipeline.jobs import (
     Status,
     Submitted,
 )
+from pipeline.redis_url import describe
 from pipeline.settings import Settings
 
 ROOM_POLL_S = 0.05  # longest wait on a full queue between two enqueue attempts
@@ -118,7 +119,7 @@ class DurableProducer(Producer):
 
     # -- life -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
+        with map_redis_errors(f"connecting to {describe(self.settings.redis_url)}"):
             await self.redis.ping()
             await self.scripts.load()
             await flow_store.seed(self.redis, self.settings)
@@ -134,9 +135,10 @@ class DurableProducer(Producer):
             await self.redis.ping()
 
     async def check_backend(self) -> list[str]:
-        from durable.redis_check import persistence_warnings, refuse_eviction
+        from durable.redis_check import check_service, persistence_warnings, refuse_eviction
 
-        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
+        await check_service(self.settings)
+        with map_redis_errors(f"connecting to {describe(self.settings.redis_url)}"):
             warnings = await persistence_warnings(self.redis)
         return refuse_eviction(warnings, self.settings)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from durable.connection import redis_client
+from durable.connection import redis_client, sentinels
 from durable.redis_errors import map_redis_errors
-from pipeline.errors import SettingsError
+from pipeline.errors import BackendUnavailable, SettingsError
+from pipeline.redis_url import describe, is_sentinel, parse_sentinel
 from pipeline.settings import Settings
 
 EVICTION = "maxmemory-policy"
@@ -70,11 +71,43 @@ def refuse_eviction(warnings: list[str], settings: Settings) -> list[str]:
     return warnings
 
 
+async def check_service(settings: Settings) -> None:
+    """For a Sentinel URL: some Sentinel must know its service. None that answers knowing it is a
+    settings error (exit 2, one line naming the service); none answering is Redis trouble."""
+    if not is_sentinel(settings.redis_url):
+        return
+    url = parse_sentinel(settings.redis_url)
+    manager = sentinels(url)
+    answered, unreachable = [], []
+    try:
+        for node, (host, port) in zip(manager.sentinels, url.sentinels, strict=True):
+            try:
+                await node.execute_command("SENTINEL MASTER", url.service)  # type: ignore[no-untyped-call]
+                return
+            except rexc.ResponseError:  # "No such master with that name"
+                answered.append(f"{host}:{port}")
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                unreachable.append(f"{host}:{port} ({exc})")
+    finally:
+        for node in manager.sentinels:
+            await node.aclose()
+    if answered:
+        raise SettingsError(
+            f"invalid REDIS_URL={describe(settings.redis_url)!r}: no Sentinel knows service "
+            f"{url.service!r} (asked {', '.join(answered)}; check SERVICE_NAME, the name after "
+            "'sentinel monitor')"
+        )
+    raise BackendUnavailable(
+        f"no Sentinel answered for service {url.service!r}: {'; '.join(unreachable)}"
+    )
+
+
 async def check_redis(settings: Settings) -> list[str]:
     """The start-up check behind ``Producer.check_backend`` and ``WorkerPool.check_backend``."""
+    await check_service(settings)
     redis = redis_client(settings)  # the same connection settings as the producer's
     try:
-        with map_redis_errors(f"connecting to {settings.redis_url}"):
+        with map_redis_errors(f"connecting to {describe(settings.redis_url)}"):
             warnings = await persistence_warnings(redis)
     finally:
         await redis.aclose()

@@ -22,6 +22,7 @@ import click
 
 from pipeline.errors import BackendUnavailable, SettingsError
 from pipeline.jobs import Status
+from pipeline.redis_url import describe
 from pipeline.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -210,7 +211,7 @@ async def _worker(settings: Settings, engine: str = "ours") -> None:
         _on_signals(pool.request_stop)
         print(
             f"worker ready: backend={settings.queue_backend} engine={engine} "
-            f"workers={settings.workers} redis={settings.redis_url}",
+            f"workers={settings.workers} redis={describe(settings.redis_url)}",
             flush=True,
         )
         await pool.run()
