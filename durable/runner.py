@@ -45,7 +45,10 @@ its tries, dead-lettered with its reason — never dropped.
 **Redis trouble** (refused, reset, a stall, OOM, LOADING, READONLY, BUSY, NOSCRIPT, ...) never ends
 the process: each call backs off from 50 ms, doubling to at most 1 s, and any answered call resets
 the back-off. An attempt's outcome is held until Redis takes it (the write is idempotent: a
-repeated finish after a lost reply is recognised).
+repeated finish after a lost reply is recognised). With ``ACK_REPLICAS``, "takes it" means that
+many replicas confirmed it (``WAIT``, ``durable.acks``): until then the job stays this worker's
+(its lease listed in every heartbeat) and the finish is sent again; after a failover that lost
+it, the new primary fences the repeat (the job runs again: at-least-once) or takes it.
 
 **Wake-ups.** Every enqueue, retry, release and flow un-parking adds the job's id to ``qc:hints``;
 an idle worker blocks on it (``BZPOPMIN``) and claims the hinted job in one round trip, so a new
@@ -80,12 +83,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from durable import flow_store, keys, pubsub
+from durable.acks import Acks, call_acked
 from durable.connection import redis_client
 from durable.pubsub import Backoff
 from durable.redis_errors import is_transient
 from durable.scripts import Scripts
 from pipeline.backend import WorkerPool
 from pipeline.durations import bucket_label
+from pipeline.errors import NotReplicated
 from pipeline.handler import Handler
 from pipeline.jobs import DeadLetter, Job, Outcome, Status
 from pipeline.retry import Decision, decide
@@ -212,6 +217,7 @@ class DurableWorker(WorkerPool):
         self.handler = handler
         self.worker_id = new_worker_id()
         self.guard = URLGuard.from_settings(settings)
+        self.acks = Acks.of(settings)
         self._given_redis = redis
         self.redis: Redis | None = None
         self.scripts: Scripts | None = None
@@ -608,11 +614,14 @@ class DurableWorker(WorkerPool):
         claimed = attempt.claim
         job_keys, args = self._finish_call(job, claimed, outcome, decision, timed)
         backoff = Backoff()
+        first: Any = None  # the first answered call's reply: its claim of the next job stands
         while True:
-            stopping = self._stopping.is_set()
+            stopping = self._stopping.is_set() or first is not None
             candidates = [] if stopping else self._take_candidates(1 + EXTRA_CANDIDATES)
             try:
-                reply = await self.scripts["finish"](
+                reply, acked = await call_acked(
+                    self.scripts["finish"],
+                    self.acks,
                     job_keys + candidate_keys(candidates),
                     [*args, 0 if stopping else 1, *self._claim_args(), *candidates],
                 )
@@ -623,9 +632,17 @@ class DurableWorker(WorkerPool):
                 continue
             finally:
                 self._asked(candidates)
+            if first is None:
+                first = reply
+            if acked is not None and not self.acks.confirmed(acked) and int(reply[0]) != 0:
+                # not written until replicas hold it: the job stays ours (its lease listed in
+                # heartbeats) and the same finish goes again (a repeat answers "already
+                # written"), until confirmed, or fenced after a failover that lost it
+                await backoff.wait(f"recording {job.id}", NotReplicated(self.acks.shortfall(acked)))
+                continue
             backoff.ok(f"recording {job.id}")
             break
-        written, round_ = int(reply[0]), Round.parse(*reply[1:])
+        written, round_ = int(reply[0]), Round.parse(*first[1:])
         self._remember(round_.candidates)
         self._note_due(round_.due_ms)
         self.counters.finished += 1

@@ -63,10 +63,11 @@ class NotReplicated(BackendUnavailable):
     (``WAIT``). Whatever it wrote may exist or may vanish in a failover; repeating the same
     request (the same job id) is safe."""
 
-    def __init__(self, message: str, acked: int = 0, wanted: int = 0) -> None:
+    def __init__(self, message: str, acked: int = 0, wanted: int = 0, job_id: str = "") -> None:
         super().__init__(message)
         self.acked = acked
         self.wanted = wanted
+        self.job_id = job_id
 
 
 class SettingsError(QueueContrastError):
