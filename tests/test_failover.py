@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import pytest
 
 from pipeline.harness.processes import Proc, Processes
 from pipeline.harness.sentinel_launcher import SentinelGroup, start_sentinel_group
-from tests.helpers import allow, need_redis_server
+from tests.helpers import CLI, allow, child_env, need_redis_server
 
 pytestmark = pytest.mark.slow  # nine processes and a failover: tens of seconds
 
@@ -224,3 +225,23 @@ async def test_primary_killed_with_ack_replicas_0_reports_its_loss(
     figures = await failover_run(group, processes, 0, "kill0")
     assert figures["accepted"] > 0
     assert figures["exited"] == []
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_service_no_sentinel_knows_is_one_line_naming_it(
+    group: SentinelGroup, command: str
+) -> None:
+    """Sentinels that answer but do not monitor the URL's service: exit 2, one line naming it."""
+    url = group.url.replace(f"/{group.service}/0", "/nosuch/0")
+    env = child_env(QUEUE_BACKEND="durable", REDIS_URL=url)
+    done = subprocess.run(
+        [*CLI, command, *(["--port", "0"] if command == "serve" else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "REDIS_URL" in lines[0] and "'nosuch'" in lines[0]
