@@ -178,6 +178,10 @@ def _data_node(
         "0",  # a replica links at once (the default waits 5 s for others to join)
         "--replica-announce-ip",
         host,
+        "--bind-source-addr",
+        host,  # its replication link leaves from its own address (a partition rule can cut it)
+        "--protected-mode",
+        "no",  # it would refuse peers on 127.0.0.2/3: only 127.0.0.1 counts as loopback to it
     ]
     if primary is not None:
         args += ["--replicaof", primary.host, str(primary.port)]
@@ -201,8 +205,8 @@ def _sentinel(
     conf = os.path.join(data_dir, "sentinel.conf")  # Sentinel rewrites its config: its own file
     with open(conf, "w", encoding="utf-8") as f:
         f.write(
-            f"port {port}\nbind {host}\ndir {data_dir}\ndaemonize no\n"
-            f"sentinel announce-ip {host}\n"
+            f"port {port}\nbind {host}\nbind-source-addr {host}\ndir {data_dir}\n"
+            f"daemonize no\nprotected-mode no\nsentinel announce-ip {host}\n"
             f"sentinel monitor {service} {primary.host} {primary.port} {quorum}\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
             f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
