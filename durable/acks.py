@@ -12,17 +12,25 @@ does. What ``WAIT`` does not do: make Redis strongly consistent (a write confirm
 is lost if that replica dies with the primary, or is not the one promoted), or undo a write that
 was not confirmed (it may survive, so the same request is safe to repeat, never required to).
 
+A shortfall may mean this primary was cut off from its replicas and Sentinel has promoted one of
+them: with a Sentinel URL, the client then asks the Sentinels, and if the primary moved its idle
+connections are closed, so the next command goes to the new primary instead of writing on to the
+isolated one until Sentinel demotes it.
+
 The other writes do not wait: a claim, a heartbeat, a release or a flow slot that a failover loses
 only makes a job run again (at-least-once already covers it) or a limit count a moment wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import NoScriptError, RedisError
 
 from durable import keys
 from durable.scripts import Script
@@ -60,6 +68,21 @@ class Acks:
         )
 
 
+async def reresolve(redis: Redis) -> None:
+    """After a shortfall, with a Sentinel-managed pool: close the idle connections, so the next
+    command connects to whichever node the Sentinels name as primary then. (redis-py re-asks the
+    Sentinels only for a new connection, and an idle one that was busy when the primary moved
+    still points at the old one.) Done under the pool's lock, as redis-py itself closes idle
+    connections when it connects: no other task can take one while it is being closed."""
+    pool = redis.connection_pool
+    lock = getattr(pool, "_lock", None)
+    if not isinstance(pool, SentinelConnectionPool) or lock is None:
+        return
+    with contextlib.suppress(RedisError, OSError):
+        async with lock:
+            await pool.disconnect(inuse_connections=False)
+
+
 def split(acks: Acks, replies: list[Any]) -> tuple[list[Any], int | None]:
     """A pipeline's replies without the trailing marker and ``WAIT``, and how many replicas
     confirmed (None when acks are off). A failed marker or ``WAIT`` is raised (Redis trouble)."""
@@ -88,5 +111,7 @@ async def call_acked(script: Script, acks: Acks, keys_: list[str], args: list[An
             continue
         if isinstance(reply, Exception):
             raise reply
+        if acked is not None and not acks.confirmed(acked):
+            await reresolve(script.redis)
         return reply, acked
     raise NoScriptError(f"script {script.name} not loaded after a reload")

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from durable.acks import Acks, split
+from durable.acks import Acks, reresolve, split
 from durable.scripts import Script
 from pipeline.errors import NotReplicated
 
@@ -78,6 +78,8 @@ class ScriptBatch:
                 replies[i] = reply
             if acked is not None and acked_again is not None:
                 acked = min(acked, acked_again)
+        if acked is not None and not self.acks.confirmed(acked):
+            await reresolve(self.redis)
         return replies, acked
 
     async def _pipeline(self, calls: list[Call]) -> tuple[list[Any], int | None]:

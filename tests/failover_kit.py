@@ -45,7 +45,7 @@ class Load:
     upstream: str
     accepted: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 2xx
     created: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 202
-    unavailable: int = 0  # 503 answers
+    unavailable: list[float] = field(default_factory=list)  # unix times of 503 answers
     refused: int = 0  # connection errors (the API process was down: never expected)
     stop: bool = False
 
@@ -66,7 +66,7 @@ class Load:
                     self.created[job_id] = now
                 return
             assert answer.status_code == 503, answer.text
-            self.unavailable += 1
+            self.unavailable.append(time.time())
             await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
 
 
@@ -156,7 +156,10 @@ async def failover_run(
         # after a kill: from the kill; after a partition: from the old primary's demotion
         "first_202_after_s": round(min(created_after) - end, 2) if created_after else None,
         "first_fetch_after_s": round(min(fetches_after) - end, 2) if fetches_after else None,
-        "answered_503": load.unavailable,
+        "answered_503": len(load.unavailable),
+        "last_503_after_fault_s": round(max(load.unavailable) - t0, 2)
+        if load.unavailable
+        else None,
         "api_refused": load.refused,
         "exited": exited,
         "promoted": f"{new.host}:{new.port}",
@@ -238,6 +241,9 @@ async def partition_main(ack_replicas: int) -> None:
     finally:
         processes.stop_all()
         group.stop()
+        for proc in processes.started:  # a child's traceback, for the test's failure message
+            if "Traceback" in proc.output:
+                print(f"{proc.args[-2:]}:\n{proc.output[-4000:]}", file=sys.stderr)
 
 
 if __name__ == "__main__":
