@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import redis
 
 from pipeline.harness.processes import Processes
 from pipeline.harness.sentinel_launcher import SentinelGroup, start_sentinel_group
@@ -102,7 +103,12 @@ async def _settle(api: str, ids: list[str]) -> dict[str, str]:
 
 
 async def failover_run(
-    group: SentinelGroup, processes: Processes, ack_replicas: int, tag: str, fault: str = "kill"
+    group: SentinelGroup,
+    processes: Processes,
+    ack_replicas: int,
+    tag: str,
+    fault: str = "kill",
+    max_lag: int | None = None,
 ) -> dict[str, Any]:
     """Start serve, two workers and the witness on ``group``; submit; inject ``fault``; count.
     Returns the figures (also printed as one FAILOVER line)."""
@@ -148,6 +154,7 @@ async def failover_run(
     figures = {
         "ack_replicas": ack_replicas,
         "fault": fault,
+        "min_replicas_max_lag": max_lag,
         "accepted": len(accepted),
         "lost": len(accepted - fetched),
         "gone": sum(1 for i in accepted if states.get(i) == "404"),
@@ -229,15 +236,24 @@ async def _load_until_recovered(
         await asyncio.gather(*tasks)
 
 
-async def partition_main(ack_replicas: int) -> None:
+async def partition_main(ack_replicas: int, max_lag: int | None = None) -> None:
     """The partition scenario, run inside a fresh network namespace (loopback up): the primary
-    on PRIMARY_IP, the replicas and Sentinels on OTHERS_IP, the clients on 127.0.0.1."""
+    on PRIMARY_IP, the replicas and Sentinels on OTHERS_IP, the clients on 127.0.0.1. With
+    ``max_lag``, every data node gets ``min-replicas-to-write 1`` and ``min-replicas-max-lag``
+    ``max_lag`` (Redis's own refusal to write without a recently heard-from replica)."""
     group = start_sentinel_group(
         primary_host=PRIMARY_IP, replica_host=OTHERS_IP, sentinel_host=OTHERS_IP
     )
     processes = Processes()
     try:
-        await failover_run(group, processes, ack_replicas, f"part{ack_replicas}", "partition")
+        if max_lag is not None:
+            for node in group.nodes:
+                with redis.Redis(host=node.host, port=node.port) as client:
+                    client.config_set("min-replicas-to-write", 1)
+                    client.config_set("min-replicas-max-lag", max_lag)
+        await failover_run(
+            group, processes, ack_replicas, f"part{ack_replicas}", "partition", max_lag
+        )
     finally:
         processes.stop_all()
         group.stop()
@@ -247,6 +263,9 @@ async def partition_main(ack_replicas: int) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["partition"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m tests.failover_kit partition ACK_REPLICAS")
-    asyncio.run(partition_main(int(sys.argv[2])))
+    if sys.argv[1:2] != ["partition"] or len(sys.argv) not in (3, 4):
+        sys.exit(
+            "usage: python -m tests.failover_kit partition ACK_REPLICAS [MIN_REPLICAS_MAX_LAG]"
+        )
+    lag = int(sys.argv[3]) if len(sys.argv) == 4 else None
+    asyncio.run(partition_main(int(sys.argv[2]), lag))
