@@ -48,7 +48,8 @@ the back-off. An attempt's outcome is held until Redis takes it (the write is id
 repeated finish after a lost reply is recognised). With ``ACK_REPLICAS``, "takes it" means that
 many replicas confirmed it (``WAIT``, ``durable.acks``): until then the job stays this worker's
 (its lease listed in every heartbeat) and the finish is sent again; after a failover that lost
-it, the new primary fences the repeat (the job runs again: at-least-once) or takes it.
+it, the new primary fences the repeat (the job runs again: at-least-once) or takes it. Such a
+finish does not claim the slot's next job (the claim loop does, one round trip more).
 
 **Wake-ups.** Every enqueue, retry, release and flow un-parking adds the job's id to ``qc:hints``;
 an idle worker blocks on it (``BZPOPMIN``) and claims the hinted job in one round trip, so a new
@@ -616,7 +617,10 @@ class DurableWorker(WorkerPool):
         backoff = Backoff()
         first: Any = None  # the first answered call's reply: its claim of the next job stands
         while True:
-            stopping = self._stopping.is_set() or first is not None
+            # with ACK_REPLICAS a finish claims nothing: its reply waits for the replicas (up to
+            # ACK_TIMEOUT), and meanwhile a lease it created is one the heartbeat cannot see
+            # listed, which it would release as a stray; the claim loop takes the next job
+            stopping = self._stopping.is_set() or first is not None or self.acks.enabled
             candidates = [] if stopping else self._take_candidates(1 + EXTRA_CANDIDATES)
             try:
                 reply, acked = await call_acked(

@@ -185,3 +185,44 @@ async def _fetched(h: Harness, job_id: str) -> bool:
 async def _primary_done(h: Harness, job_id: str) -> bool:
     record = await h.producer.get(job_id)
     return record is not None and record.status.value == "done"
+
+
+async def test_the_next_job_runs_once_while_a_finish_waits_for_the_replica(
+    pair: tuple[RedisProcess, RedisProcess], upstream: str
+) -> None:
+    """A finish that waits for the replica claims no next job (a lease created by a call whose
+    reply is still waiting looks like a stray to the heartbeats, which would release it): the
+    next job is fetched once, and no write of this worker is fenced."""
+    primary, replica = pair
+    h = await Harness.create(
+        "durable",
+        upstream,
+        primary.url,
+        ack_replicas=1,
+        ack_timeout=1.0,
+        workers=1,
+        heartbeat_interval=0.2,
+        heartbeat_ttl=1.0,
+    )
+    try:
+        first = await h.submit(job_id="held-a")
+        second = await h.submit(job_id="held-b")
+        replica.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        await h.start_workers()
+        worker = h.pool
+        assert worker is not None
+        await async_wait_until(
+            lambda: _fetched(h, first.id), 20, "the first job to reach the upstream"
+        )
+        marks = await _marks(h)
+        await async_wait_until(  # each unconfirmed finish is ACK_TIMEOUT: many heartbeats
+            lambda: _marks_past(h, marks + 3), 30, "three more unconfirmed finishes"
+        )
+        assert second.id not in worker.running_ids  # one slot, still busy with the first job
+        replica.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        await h.wait_all_final(30)
+        seen = (await h.witness())["jobs"]
+        assert seen[second.id]["hits"] == 1
+        assert worker.counters.fenced == 0  # type: ignore[attr-defined]
+    finally:
+        await h.close()
