@@ -4,9 +4,10 @@ run it starts inside its own network namespace (``python -m tests.failover_kit p
 A scenario: a Sentinel group (``pipeline.harness.sentinel_launcher``), the upstream witness,
 ``serve`` and two workers on the Sentinel URL; RATE_PER_S new job ids submitted a second (each
 resubmitted with the same id after a 503, as the answer invites); the fault; then counting at the
-witness. The fault is ``kill`` (SIGKILL of the primary) or ``partition`` (the primary cut off
+witness. The fault is ``kill`` (SIGKILL of the primary), ``partition`` (the primary cut off
 from its replicas and the Sentinels by iptables rules for PARTITION_S, clients still reaching
-it, then healed; the run waits until Sentinel demotes the old primary by itself). Nothing is
+it, then healed; the run waits until Sentinel demotes the old primary by itself) or ``replicas``
+(one replica SIGKILLed, then the other, then that one started again). Nothing is
 restarted by hand. The figures print as one ``FAILOVER {json}`` line.
 """
 
@@ -34,6 +35,7 @@ AFTER_S = 5.0  # load kept up after the first 202 that follows the fault's end
 ANSWER_DEADLINE_S = 40.0  # one id is resubmitted (after each 503) for at most this long
 SETTLE_S = 90.0  # the longest a run waits for accepted jobs to end
 PARTITION_S = 8.0  # how long the primary stays cut off
+REPLICA_PHASE_S = 4.0  # replicas fault: one replica down this long, then none this long
 DEMOTE_TIMEOUT_S = 60.0  # the longest a run waits for Sentinel to demote the healed old primary
 PRIMARY_IP, OTHERS_IP = "127.0.0.2", "127.0.0.3"  # partition runs: the primary; replicas, Sentinels
 
@@ -139,7 +141,8 @@ async def failover_run(
         over.set()
 
     await asyncio.gather(inject(), _load_until_recovered(load, tag, over, marks))
-    new = await asyncio.to_thread(group.wait_promoted, old)
+    primary = group.primary() if fault == "replicas" else None
+    new = primary or await asyncio.to_thread(group.wait_promoted, old)
     states = await _settle(api, sorted(load.accepted))
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         jobs = await _json(client, upstream + "/jobs")
@@ -147,8 +150,9 @@ async def failover_run(
     t0 = marks["fault"]
     accepted = set(load.accepted)
     fetched = {i for i in accepted if i in jobs}
-    end = marks.get("demoted", t0)
+    end = fault_end(marks)
     fetches_after = [a["t"] for a in arrivals if a["t"] > end]
+    one_down = [t for t in load.unavailable if t0 <= t < marks.get("no_replica", t0)]
     created_after = [t for t in load.created.values() if t > end]
     exited = [" ".join(p.args[-2:]) for p in [serve, *workers, upstream_proc] if not p.alive]
     figures = {
@@ -164,12 +168,13 @@ async def failover_run(
         "first_202_after_s": round(min(created_after) - end, 2) if created_after else None,
         "first_fetch_after_s": round(min(fetches_after) - end, 2) if fetches_after else None,
         "answered_503": len(load.unavailable),
+        "answered_503_one_replica_down": len(one_down) if fault == "replicas" else None,
         "last_503_after_fault_s": round(max(load.unavailable) - t0, 2)
         if load.unavailable
         else None,
         "api_refused": load.refused,
         "exited": exited,
-        "promoted": f"{new.host}:{new.port}",
+        "primary": f"{new.host}:{new.port}",  # after the fault
         **{f"{k}_after_fault_s": round(v - t0, 2) for k, v in marks.items() if k != "fault"},
     }
     print("FAILOVER " + json.dumps(figures), flush=True)
@@ -207,9 +212,29 @@ async def _partition(group: SentinelGroup, old: Any, marks: dict[str, float]) ->
     marks["demoted"] = time.time()
 
 
+async def _replicas(group: SentinelGroup, old: Any, marks: dict[str, float]) -> None:
+    """One replica SIGKILLed, REPLICA_PHASE_S later the other, REPLICA_PHASE_S later that one
+    started again (same port, same dir: it rejoins the primary)."""
+    first, second = group.nodes[1], group.nodes[2]
+    marks["fault"] = time.time()
+    await asyncio.to_thread(first.kill)
+    await asyncio.sleep(REPLICA_PHASE_S)
+    marks["no_replica"] = time.time()
+    await asyncio.to_thread(second.kill)
+    await asyncio.sleep(REPLICA_PHASE_S)
+    await asyncio.to_thread(second.start)
+    marks["replica_back"] = time.time()
+
+
+def fault_end(marks: dict[str, float]) -> float:
+    """When the fault is over: the kill; the old primary's demotion; a replica back."""
+    return marks.get("demoted") or marks.get("replica_back") or marks["fault"]
+
+
 FAULTS: dict[str, Callable[[SentinelGroup, Any, dict[str, float]], Awaitable[None]]] = {
     "kill": _kill,
     "partition": _partition,
+    "replicas": _replicas,
 }
 
 
@@ -224,7 +249,7 @@ async def _load_until_recovered(
         started = time.monotonic()
         while True:
             if over.is_set():
-                end = marks.get("demoted", marks["fault"])
+                end = fault_end(marks)
                 recovered = [t for t in load.created.values() if t > end]
                 if recovered and time.time() > min(recovered) + AFTER_S:
                     break

@@ -67,6 +67,21 @@ async def test_primary_killed_with_ack_replicas_0_reports_its_loss(
     assert figures["exited"] == []
 
 
+async def test_replicas_dying_with_ack_replicas_1_lose_nothing(
+    group: SentinelGroup, processes: Processes
+) -> None:
+    """ACK_REPLICAS=1: one replica SIGKILLed, then the other (submits then answer 503, workers
+    hold their ends), then one started again: every accepted job runs and keeps its record, and
+    no process exits."""
+    figures = await failover_run(group, processes, 1, "repl1", "replicas")
+    assert figures["accepted"] > 0
+    assert figures["lost"] == 0
+    assert figures["gone"] == 0
+    assert figures["not_done"] == 0
+    assert figures["answered_503"] > 0  # while no replica could confirm
+    assert figures["exited"] == []
+
+
 @pytest.mark.parametrize("command", ["serve", "worker"])
 def test_a_service_no_sentinel_knows_is_one_line_naming_it(
     group: SentinelGroup, command: str
