@@ -18,11 +18,11 @@ import signal
 import time
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import create_pool
 from arq.worker import Retry, Worker, func
 
 from durable import keys
-from durable.connection import redis_client
+from durable.connection import arq_settings, redis_client
 from durable.finishing import safe_json
 from durable.scripts import Scripts
 from pipeline.backend import WorkerPool
@@ -70,7 +70,7 @@ class StockArqWorker(WorkerPool):
             await record(scripts, s, job, attempt, decision.end, outcome)
             return outcome.to_dict()
 
-        pool = await create_pool(RedisSettings.from_dsn(s.redis_url))
+        pool = await create_pool(arq_settings(s.redis_url))
         self.worker = Worker(
             functions=[func(run_job, name=keys.FUNCTION, max_tries=s.max_tries)],
             redis_pool=pool,

@@ -5,7 +5,11 @@ The end is written by ``finish.lua``, fenced by the attempt's lease token, until
 (the write is idempotent: a repeat after a lost reply is recognised); the same call claims the
 slot's next job, so a busy worker does one round trip per job. A finish the lease no longer
 allows (another worker took the job over, or it was cancelled) writes nothing and is counted as
-fenced.
+fenced. With ``ACK_REPLICAS``, "takes it" means that many replicas confirmed it (``WAIT``,
+``durable.acks``): until then the job stays this worker's (its lease listed in every heartbeat)
+and the same finish is sent again; after a failover that lost it, the new primary fences the
+repeat (the job runs again: at-least-once) or takes it. Such a finish claims no next job (the
+claim loop does, one round trip more).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from arq.jobs import deserialize_job_raw, serialize_result
 from redis.exceptions import RedisError
 
 from durable import keys
+from durable.acks import Acks, call_acked
 from durable.claims import CLAIM_KEYS, EXTRA_CANDIDATES, ClaimReply, Claims, candidate_keys
 from durable.pubsub import Backoff
+from durable.redis_errors import is_transient
 from durable.worker_state import Attempt, Claimed, WorkerState
 from pipeline.durations import bucket_label
+from pipeline.errors import NotReplicated
 from pipeline.fetch.urlguard import URLGuard
 from pipeline.fetch.validate import validate
 from pipeline.jobs import DeadLetter, Job, Outcome, Status
@@ -62,6 +69,7 @@ class Finisher:
         self.state = state
         self.claims = claims
         self.guard = guard
+        self.acks = Acks.of(state.settings)
 
     # -- the job a claim leased ------------------------------------------------------------------
     def job(self, claimed: Claimed) -> tuple[Job, Outcome | None]:
@@ -115,20 +123,40 @@ class Finisher:
         scripts = state.scripts
         claimed = attempt.claim
         job_keys, args = self.finish_call(job, claimed, outcome, decision, timed)
-
-        async def one_try() -> Any:
-            stopping = state.stopping.is_set()
-            candidates = [] if stopping else claims.take_candidates(1 + EXTRA_CANDIDATES)
+        what = f"recording {job.id}"
+        backoff = Backoff()
+        first: Any = None  # the first answered call's reply: its claim of the next job stands
+        while True:
+            # with ACK_REPLICAS a finish claims nothing: its reply waits for the replicas (up to
+            # ACK_TIMEOUT), and meanwhile a lease it created is one the heartbeat cannot see
+            # listed, which it would release as a stray; the claim loop takes the next job
+            claim_next = not (state.stopping.is_set() or first is not None or self.acks.enabled)
+            candidates = claims.take_candidates(1 + EXTRA_CANDIDATES) if claim_next else []
             try:
-                return await scripts["finish"](
+                reply, acked = await call_acked(
+                    scripts["finish"],
+                    self.acks,
                     job_keys + candidate_keys(candidates),
-                    [*args, 0 if stopping else 1, *claims.claim_args(), *candidates],
+                    [*args, 1 if claim_next else 0, *claims.claim_args(), *candidates],
                 )
+            except (RedisError, OSError) as exc:
+                if not is_transient(exc):
+                    raise
+                await backoff.wait(what, exc)
+                continue
             finally:
                 claims.done_asking(candidates)
-
-        reply = await Backoff().call(f"recording {job.id}", one_try)
-        written, next_round = int(reply[0]), ClaimReply.parse(*reply[1:])
+            if first is None:
+                first = reply
+            if acked is not None and not self.acks.confirmed(acked) and int(reply[0]) != 0:
+                # not written until replicas hold it: the job stays ours (its lease listed in
+                # heartbeats) and the same finish goes again (a repeat answers "already
+                # written"), until confirmed, or fenced after a failover that lost it
+                await backoff.wait(what, NotReplicated(self.acks.shortfall(acked)))
+                continue
+            backoff.ok(what)
+            break
+        written, next_round = int(reply[0]), ClaimReply.parse(*first[1:])
         claims.note_queue_head(next_round.queue_head)
         claims.note_due(next_round.due_ms)
         state.counters.finished += 1

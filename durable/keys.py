@@ -40,6 +40,7 @@ INDEX = "qc:index"  # zset id -> submission sequence (GET /jobs pagination)
 SEQ = "qc:seq"  # counter: the submission sequence
 FINISHED = "qc:finished"  # zset id -> finish ms (drops expired records from INDEX)
 ROOM = "qc:room"  # pub/sub channel: a worker took jobs, so the queue has room again
+ACKS = "qc:acks"  # counter: the marker write before a WAIT (durable/acks.py)
 CANCEL = "qc:cancel"  # pub/sub channel: job id cancelled (its worker abandons the fetch)
 
 FLOW_LIMITS = "qc:flow:limits"  # hash key -> "parallelism|rate|period_ms" set at run time

@@ -24,6 +24,7 @@ from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from durable import flow_store, keys, records
+from durable.acks import Acks, call_acked
 from durable.connection import redis_client
 from durable.listing import cursor_of, page_after
 from durable.pubsub import listen
@@ -32,7 +33,7 @@ from durable.script_batch import ScriptBatch
 from durable.scripts import Scripts
 from pipeline.backend import Order, Producer
 from pipeline.durations import Durations
-from pipeline.errors import BackendUnavailable, Conflict, QueueFull
+from pipeline.errors import BackendUnavailable, Conflict, NotReplicated, QueueFull
 from pipeline.jobs import (
     DeadLetter,
     FlowLimit,
@@ -45,6 +46,7 @@ from pipeline.jobs import (
     Status,
     Submitted,
 )
+from pipeline.redis_url import describe
 from pipeline.settings import Settings
 
 ROOM_POLL_S = 0.05  # longest wait on a full queue between two enqueue attempts
@@ -112,13 +114,15 @@ class DurableProducer(Producer):
         super().__init__(settings)
         self.redis = redis or redis_client(settings)
         self.scripts = Scripts(self.redis)
-        self._enqueue = ScriptBatch(self.scripts["enqueue"])  # a burst of submits: one round trip
+        self.acks = Acks.of(settings)
+        # a burst of submits: one round trip (and one WAIT, with ACK_REPLICAS)
+        self._enqueue = ScriptBatch(self.scripts["enqueue"], self.acks)
         self._room = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 
     # -- life -----------------------------------------------------------------------------------
     async def start(self) -> None:
-        with map_redis_errors(f"connecting to {self.settings.redis_url}"):
+        with map_redis_errors(f"connecting to {describe(self.settings.redis_url)}"):
             await self.redis.ping()
             await self.scripts.load()
             await flow_store.seed(self.redis, self.settings)
@@ -161,6 +165,15 @@ class DurableProducer(Producer):
                     if code == -1 and not waited:  # one producer wait per call, however long
                         waited = True
                         await self.redis.hincrby(keys.STATS, "producer_waits", 1)
+            except NotReplicated as exc:  # never retried here: the client must hear "may exist"
+                raise NotReplicated(
+                    f"job {job.id} may have been queued, but {exc}: it may not survive a Redis "
+                    "failover; send the same request again with the same id (the answer is then "
+                    "200 existing or 202, never a second job)",
+                    exc.acked,
+                    exc.wanted,
+                    job.id,
+                ) from None
             except BackendUnavailable:
                 if time.monotonic() >= deadline:
                     raise
@@ -251,7 +264,17 @@ class DurableProducer(Producer):
     async def cancel(self, job_id: str) -> JobRecord | None:
         job_keys, args = cancel_call(job_id, self.settings.result_ttl)
         with map_redis_errors("cancelling a job"):
-            code, status = await self.scripts["cancel"](job_keys, args)
+            (code, status), acked = await call_acked(
+                self.scripts["cancel"], self.acks, job_keys, args
+            )
+        if acked is not None and not self.acks.confirmed(acked):
+            raise NotReplicated(
+                f"job {job_id[:80]!r}'s cancel may have been recorded, but "
+                f"{self.acks.shortfall(acked)}; send it again",
+                acked,
+                self.acks.replicas,
+                job_id,
+            )
         if int(code) == -1:
             return None
         if int(code) == 0:

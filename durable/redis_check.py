@@ -13,14 +13,14 @@ pointing ``serve`` or ``worker`` at a database someone else uses is visible at o
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from durable.connection import redis_client
+from durable.connection import redis_client, sentinels
 from durable.redis_errors import map_redis_errors
-from pipeline.errors import SettingsError
+from pipeline.errors import BackendUnavailable, SettingsError
+from pipeline.redis_url import describe, is_sentinel, parse_sentinel
 from pipeline.settings import Settings
 
 EVICTION = "maxmemory-policy"
@@ -82,13 +82,35 @@ def refuse_eviction(warnings: list[str], settings: Settings) -> list[str]:
     return warnings
 
 
-def safe_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (it goes to the logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+async def check_service(settings: Settings) -> None:
+    """For a Sentinel URL: some Sentinel must know its service. None that answers knowing it is a
+    settings error (exit 2, one line naming the service); none answering is Redis trouble."""
+    if not is_sentinel(settings.redis_url):
+        return
+    url = parse_sentinel(settings.redis_url)
+    manager = sentinels(url)
+    answered, unreachable = [], []
+    try:
+        for node, (host, port) in zip(manager.sentinels, url.sentinels, strict=True):
+            try:
+                await node.execute_command("SENTINEL MASTER", url.service)  # type: ignore[no-untyped-call]
+                return
+            except rexc.ResponseError:  # "No such master with that name"
+                answered.append(f"{host}:{port}")
+            except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+                unreachable.append(f"{host}:{port} ({exc})")
+    finally:
+        for node in manager.sentinels:
+            await node.aclose()
+    if answered:
+        raise SettingsError(
+            f"invalid REDIS_URL={describe(settings.redis_url)!r}: no Sentinel knows service "
+            f"{url.service!r} (asked {', '.join(answered)}; check SERVICE_NAME, the name after "
+            "'sentinel monitor')"
+        )
+    raise BackendUnavailable(
+        f"no Sentinel answered for service {url.service!r}: {'; '.join(unreachable)}"
+    )
 
 
 async def foreign_keys(redis: Redis) -> tuple[int, list[str], bool]:
@@ -107,7 +129,7 @@ async def foreign_keys(redis: Redis) -> tuple[int, list[str], bool]:
     return others, examples, False
 
 
-async def describe(redis: Redis, url: str) -> tuple[str, list[str]]:
+async def describe_redis(redis: Redis, url: str) -> tuple[str, list[str]]:
     """One line saying which Redis this is and what it holds, and a warning when the database
     holds keys that are not this service's."""
     try:
@@ -124,7 +146,7 @@ async def describe(redis: Redis, url: str) -> tuple[str, list[str]]:
         kept = "persistence unknown (CONFIG GET refused)"
     others, examples, partial = await foreign_keys(redis)
     line = (
-        f"Redis {safe_url(url)} (version {info.get('redis_version', '?')}, {kept}): "
+        f"Redis {describe(url)} (version {info.get('redis_version', '?')}, {kept}): "
         f"{total} key(s) in this database"
     )
     if not others:
@@ -142,11 +164,12 @@ async def check_redis(settings: Settings, redis: Redis | None = None) -> list[st
     """The start-up check behind ``Producer.check_backend`` and ``WorkerPool.check_backend``:
     logs which Redis this is; returns the warnings (raises for an evicting one). Uses ``redis``
     when given, else a connection of its own with the producer's settings."""
+    await check_service(settings)
     client = redis or redis_client(settings)
     try:
-        with map_redis_errors(f"connecting to {safe_url(settings.redis_url)}"):
+        with map_redis_errors(f"connecting to {describe(settings.redis_url)}"):
             warnings = await persistence_warnings(client)
-            line, shared = await describe(client, settings.redis_url)
+            line, shared = await describe_redis(client, settings.redis_url)
     finally:
         if redis is None:
             await client.aclose()

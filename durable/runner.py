@@ -46,7 +46,8 @@ retried or, after its tries, dead-lettered with its reason — never dropped.
 **Redis trouble** (refused, reset, a stall, OOM, LOADING, READONLY, BUSY, NOSCRIPT, ...) never ends
 the process: each call backs off from 50 ms, doubling to at most 1 s, and any answered call resets
 the back-off. An attempt's outcome is held until Redis takes it (the write is idempotent: a
-repeated finish after a lost reply is recognised).
+repeated finish after a lost reply is recognised) With ``ACK_REPLICAS``, "takes it" means that
+many replicas confirmed it (``WAIT``; see ``durable.finishing`` and ``durable.acks``).
 
 **Wake-ups.** Every enqueue, retry, release and flow un-parking adds the job's id to ``qc:hints``;
 an idle worker blocks on it (``BZPOPMIN``) and claims the hinted job in one round trip, so a new

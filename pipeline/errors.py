@@ -6,6 +6,9 @@
     │   └── URLRefused       the URL points somewhere the service will not fetch (HTTP 422)
     ├── Conflict             the job's state does not allow it (cancel a done job) (HTTP 409)
     ├── BackendUnavailable   the backend (Redis) cannot be reached or take writes (HTTP 503)
+    │   └── NotReplicated    written on the primary, but fewer than ACK_REPLICAS replicas
+    │                        confirmed it within ACK_TIMEOUT: it may or may not survive a
+    │                        failover; the same request may be repeated        (HTTP 503)
     └── SettingsError        an environment variable holds an invalid value      (exit 2)
 
 The durable backend converts redis errors into ``BackendUnavailable`` in one place
@@ -53,6 +56,18 @@ class Conflict(QueueContrastError):
 class BackendUnavailable(QueueContrastError):
     """The backend's storage (Redis) cannot be reached, or cannot take writes right now (full,
     loading, read-only replica, busy)."""
+
+
+class NotReplicated(BackendUnavailable):
+    """A write the primary took, but fewer than ``ACK_REPLICAS`` replicas confirmed in time
+    (``WAIT``). Whatever it wrote may exist or may vanish in a failover; repeating the same
+    request (the same job id) is safe."""
+
+    def __init__(self, message: str, acked: int = 0, wanted: int = 0, job_id: str = "") -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.wanted = wanted
+        self.job_id = job_id
 
 
 class SettingsError(QueueContrastError):

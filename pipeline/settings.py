@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline import redis_url
 from pipeline.errors import SettingsError
 from pipeline.fetch.allowlist import AllowList, parse_allowed_hosts
 from pipeline.flows import parse_limits
@@ -26,7 +27,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, case_sensitive=False, extra="ignore")
 
     queue_backend: BackendName = Field("inmemory", description="inmemory or durable")
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis for the durable backend")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis for the durable backend: redis://, rediss://, unix://, or Sentinels as "
+        "redis+sentinel://[[user]:password@]HOST:PORT[,HOST:PORT...]/SERVICE_NAME[/DB] "
+        "(rediss+sentinel:// for TLS to the data nodes)",
+    )
+    ack_replicas: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="replicas that must confirm (WAIT) a submitted job and a job's end before "
+        "they are reported; 0 = answer once the primary has it",
+    )
+    ack_timeout: float = Field(
+        1.0,
+        gt=0,
+        le=5,
+        description="seconds to wait for ACK_REPLICAS confirmations; fewer in time: 503 "
+        "(submit, cancel) or the end is written again (worker)",
+    )
     workers: int = Field(3, ge=1, le=1000, description="concurrent jobs per worker process")
     queue_maxsize: int = Field(
         10, ge=1, le=1_000_000, description="queued jobs before submit waits"
@@ -116,8 +136,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        redis_url.check(v)  # a ValueError says what is wrong in one line
         return v
 
     @field_validator("flow_limits")

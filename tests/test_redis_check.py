@@ -9,7 +9,8 @@ import redis
 from redis.asyncio import Redis
 
 from apps.harness.redis_launcher import RedisProcess, start_redis
-from durable.redis_check import persistence_warnings, safe_url
+from durable.redis_check import persistence_warnings
+from pipeline.redis_url import describe
 from tests.support.helpers import Processes, need_redis_server
 
 
@@ -92,6 +93,6 @@ def test_a_redis_of_its_own_gets_no_shared_data_warning(
 
 def test_a_password_in_the_url_is_never_logged() -> None:
     """The start-up line shows the Redis URL with its password masked."""
-    assert safe_url("redis://:s3cret@db:6379/2") == "redis://:***@db:6379/2"
-    assert safe_url("rediss://user:s3cret@db/0") == "rediss://user:***@db/0"
-    assert safe_url("redis://db:6379/0") == "redis://db:6379/0"
+    assert describe("redis://:s3cret@db:6379/2") == "redis://:***@db:6379/2"
+    assert describe("rediss://user:s3cret@db/0") == "rediss://user:***@db/0"
+    assert describe("redis://db:6379/0") == "redis://db:6379/0"

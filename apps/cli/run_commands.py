@@ -24,6 +24,7 @@ from apps.cli.common import (
     setup_logging,
 )
 from pipeline.errors import BackendUnavailable, SettingsError
+from pipeline.redis_url import describe
 from pipeline.settings import Settings
 
 
@@ -151,7 +152,7 @@ async def _worker(settings: Settings, engine: str = "ours") -> None:
         _on_signals(pool.request_stop)
         print(
             f"worker ready: backend={settings.queue_backend} engine={engine} "
-            f"workers={settings.workers} redis={settings.redis_url}",
+            f"workers={settings.workers} redis={describe(settings.redis_url)}",
             flush=True,
         )
         await pool.run()

@@ -42,6 +42,7 @@ from apps.demo import chart as demo_chart
 from apps.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
 from apps.harness.processes import ChildExited, Proc, Processes, child_env
 from apps.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
+from pipeline import redis_url as urls
 from pipeline.backend import MAX_PAGE
 
 STOCK_POLL_S = 0.05
@@ -52,9 +53,29 @@ SUBMIT_CONCURRENCY = 16
 
 
 def with_db(url: str, offset: int) -> str:
+    if urls.is_sentinel(url):
+        return urls.with_db(url, urls.parse_sentinel(url).db + offset)
     parts = urlsplit(url)
     db = int(parts.path.strip("/") or 0) + offset
     return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def _sync_client(url: str) -> redis.Redis:
+    """A blocking client of ``url``: through its Sentinels to the primary for a Sentinel URL."""
+    if not urls.is_sentinel(url):
+        return redis.Redis.from_url(url)
+    from redis.sentinel import Sentinel
+
+    parsed = urls.parse_sentinel(url)
+    manager = Sentinel(list(parsed.sentinels), socket_timeout=2)  # type: ignore[no-untyped-call]
+    found: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        parsed.service,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
+    )
+    return found
 
 
 class NotEmpty(RuntimeError):
@@ -63,7 +84,7 @@ class NotEmpty(RuntimeError):
 
 def require_empty(url: str) -> None:
     """Refuse a database that holds any key: the demo never touches data it did not create."""
-    client = redis.Redis.from_url(url)
+    client = _sync_client(url)
     try:
         keys = cast(int, client.dbsize())  # the sync client: an int, typed Awaitable | Any
     finally:

@@ -41,10 +41,11 @@ class RedisProcess:
     proc: subprocess.Popen[bytes] | None = None
     version: str = ""
     _owns_dir: bool = field(default=False, repr=False)
+    host: str = "127.0.0.1"  # the address it listens on (a loopback alias for a partition test)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -65,7 +66,9 @@ class RedisProcess:
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2)
+        client = redis.Redis(
+            host=self.host, port=self.port, socket_connect_timeout=0.5, socket_timeout=2
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -2,11 +2,13 @@
 
 Each of our errors maps to one status code: InvalidJob → 422 (naming the field), Conflict → 409
 (with the job's ``status``), QueueFull → 503 with Retry-After, BackendUnavailable → 503 with
-Retry-After. Every error body is JSON: ``{"error": "...", "field": "..."}`` (a 400 names ``body``;
-a 405 carries ``Allow``). The routes live beside this module: ``jobs_api`` (``/jobs``),
-``dead_letters``, ``flows_api`` (``/flows``), ``dashboard``; ``HEAD`` works wherever ``GET`` does
-(``methods``); the OpenAPI document states every answer (``openapi``), and ``/docs`` is Swagger UI
-served from this process, with no CDN (``fastapi_offline`` ships its files).
+Retry-After (NotReplicated, a write fewer than ACK_REPLICAS replicas confirmed, adds the job's
+``id``: the same request with that id is safe to repeat). Every error body is JSON:
+``{"error": "...", "field": "..."}`` (a 400 names ``body``; a 405 carries ``Allow``). The routes
+live beside this module: ``jobs_api`` (``/jobs``), ``dead_letters``, ``flows_api`` (``/flows``),
+``dashboard``; ``HEAD`` works wherever ``GET`` does (``methods``); the OpenAPI document states
+every answer (``openapi``), and ``/docs`` is Swagger UI served from this process, with no CDN
+(``fastapi_offline`` ships its files).
 
 Request bodies are capped before parsing (:class:`BodyLimit`, 413) at :func:`body_cap`: room for a
 ``MAX_REQUEST_BODY_BYTES`` job body, the most headers and the longest URL the contract accepts, even
@@ -39,7 +41,7 @@ from apps.service.responses import error
 from apps.service.schemas import Health, Stats
 from apps.service.serving import MAX_HEADER_BYTES
 from pipeline.backend import Producer
-from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, QueueFull
+from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, NotReplicated, QueueFull
 from pipeline.fetch.validate import MAX_HEADERS_TOTAL
 from pipeline.jobs import MAX_URL_LENGTH
 from pipeline.settings import Settings
@@ -196,7 +198,9 @@ def _add_error_handlers(app: FastAPI, producer: Producer) -> None:
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return error(503, str(exc), None, headers={"Retry-After": "1"})
+        # a write not confirmed by ACK_REPLICAS replicas names its job: repeat it with that id
+        extra = {"id": exc.job_id} if isinstance(exc, NotReplicated) and exc.job_id else None
+        return error(503, str(exc), None, extra=extra, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
