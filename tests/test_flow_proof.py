@@ -19,7 +19,8 @@ The witness stamps every arrival per port; from that alone the tests check, per 
   shows it: A's 20 starts of a window leave within 0.7 s (3 at a time, 100 ms each), so a 21st
   lands inside 0.85 s of them (checked: rate 21 in the service fails this test);
 * throughput: A keeps within 90 % of what its limits allow (see ``check_throughput``);
-* isolation: B's jobs wait no longer with A saturated than in B's own baseline;
+* isolation: B's jobs pass A's waiting jobs, as many as only a limiter that parks them off the
+  line and out of the worker slots lets them (counted, see ``check_isolation``);
 * nothing lost: every accepted job ends ``done``.
 
 The durable run kills random workers (seeded: ``FLOW_SEED=<seed>`` replays one); the in-memory
@@ -196,6 +197,7 @@ class Run:
     api: str
     producer: Producer
     b_only_until: float  # unix time: B's baseline jobs were sent before it
+    slots: int  # worker slots in all (every process's WORKERS)
     # (killed, released, how many of A's slots the dead worker held): A's slots held by the dead
     dead: list[tuple[float, float, int]] = field(default_factory=list)
 
@@ -252,13 +254,36 @@ def check_throughput(run: Run, a_times: list[float]) -> float:
 
 
 def check_isolation(run: Run) -> None:
-    """B is not slowed by A: B's jobs wait (send to first arrival) no longer, in the median and at
-    the 90th percentile, while A is saturated than in B's baseline before any A job was sent (plus
-    100 ms, for the load A's own traffic adds on this machine), and B's stream is over long before
-    A's backlog is."""
+    """B is not held up by A, counted, not timed: B's jobs pass A's waiting jobs.
+
+    A is sent 30/s against its 20/s, so its line grows all through the mixed stream (to about 80
+    jobs). For a B job ``j``, *ahead* is A's jobs sent before ``j`` that had not yet arrived at
+    the witness when ``j`` was sent, and *passed* those of them that arrived after ``j``. If A's
+    waiting jobs stood in B's line (one queue, first come first served), ``j`` would pass none of
+    them but the few in flight; if they held worker slots while waiting, ``j`` would pass at most
+    the ``slots`` (30) they can occupy. So every B job sent with more than ``2 x slots`` of A's
+    jobs ahead of it must pass more than ``slots`` of them. A busy machine delays ``j`` and A
+    alike: while ``j`` waits, no more of A's line arrives than A's limits allow (about 20 a
+    second), so ``j`` still passes more than ``slots`` unless ``j`` alone was held for over a
+    second while A's line moved on. B's waits (send to first arrival), alone and beside A, are
+    printed, not asserted: they measure the machine's load as much as the limiter."""
+    slots = run.slots
     sent = run.producer.sent
     b_first = first_arrivals(arrivals(run.a, url_flow_key(run.b)))
     a_first = first_arrivals(arrivals(run.a, url_flow_key(run.a)))
+    a_jobs = sorted(a_first, key=lambda i: sent[i])
+    checked, short, fewest = 0, [], len(a_jobs)
+    for j in sorted(b_first, key=lambda i: sent[i]):
+        if sent[j] < run.b_only_until:
+            continue
+        ahead = [i for i in a_jobs if sent[i] < sent[j] < a_first[i]]
+        if len(ahead) <= 2 * slots:
+            continue
+        checked += 1
+        passed = sum(a_first[i] > b_first[j] for i in ahead)
+        fewest = min(fewest, passed)
+        if passed <= slots:
+            short.append((j, len(ahead), passed, round(b_first[j] - sent[j], 3)))
     base = [b_first[i] - sent[i] for i in b_first if sent[i] < run.b_only_until]
     mixed = [b_first[i] - sent[i] for i in b_first if sent[i] >= run.b_only_until]
 
@@ -266,14 +291,14 @@ def check_isolation(run: Run) -> None:
         return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
 
     print(
-        f"B waits: baseline median {statistics.median(base) * 1000:.0f} ms p90 "
+        f"B waits: alone median {statistics.median(base) * 1000:.0f} ms p90 "
         f"{q(base, 90) * 1000:.0f} ms ({len(base)} jobs); beside A median "
         f"{statistics.median(mixed) * 1000:.0f} ms p90 {q(mixed, 90) * 1000:.0f} ms "
         f"({len(mixed)} jobs); A's last job waited {max(a_first[i] - sent[i] for i in a_first):.1f} s"
+        f"; {checked} B jobs sent with over {2 * slots} of A's ahead passed at least {fewest}"
     )
-    assert statistics.median(mixed) <= statistics.median(base) + 0.1, (base, mixed)
-    assert q(mixed, 90) <= q(base, 90) + 0.1, (base, mixed)
-    assert max(b_first.values()) < max(a_first.values()) - 2, "B finished no sooner than A"
+    assert checked, f"A's line never held over {2 * slots} jobs: A was never saturated"
+    assert not short, f"B jobs (id, A's ahead, passed, wait s) held behind A: {short[:10]}"
 
 
 def two_host_plan(a: str, b: str) -> tuple[list[Planned], float]:
@@ -307,7 +332,7 @@ def test_two_hosts_durable_with_worker_kills(
     plan, b_only_s = two_host_plan(a, b)
     t0 = time.time()
     producer = Producer(api, plan).start()
-    run = Run(a, b, api, producer, t0 + b_only_s)
+    run = Run(a, b, api, producer, t0 + b_only_s, slots=3 * 10)
     key_a = url_flow_key(a)
     kills = 0
     with redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=10) as r:
@@ -350,7 +375,7 @@ def test_two_hosts_inmemory(processes: Processes, two_hosts: list[str]) -> None:
     plan, b_only_s = two_host_plan(a, b)
     t0 = time.time()
     producer = Producer(api, plan).start()
-    run = Run(a, b, api, producer, t0 + b_only_s)
+    run = Run(a, b, api, producer, t0 + b_only_s, slots=30)
     producer.join()
     settle(api, len(plan))
     all_done(api, [p.job_id for p in plan])
