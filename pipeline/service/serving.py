@@ -22,12 +22,15 @@ Requests h11 cannot read get JSON too (:meth:`DeadlineH11Protocol.send_400_respo
 uvicorn calls inside its ``except h11.RemoteProtocolError``): headers over h11's buffer limit
 (``MAX_HEADER_BYTES``, 16 KiB, as uvicorn's ``h11_max_incomplete_event_size``) are ``431`` with
 ``"field": "headers"``; any other malformed request is ``400`` with ``"field": "request"``.
-Either way the connection is closed, as uvicorn does, but in stages (RFC 9112, section 9.6): the
-answer is written and our side half-closed (FIN after the answer), then what the client still
-sends is read and dropped until it closes its side, ``LINGER_S`` pass or ``LINGER_MAX_BYTES``
-arrive, and only then is the socket closed. A socket closed with unread input sends a reset, and
-a client that was still sending its headers (the usual case for headers too large) got that reset
-instead of the answer, or after it instead of an orderly end.
+Either way the connection is closed, as uvicorn does.
+
+After each of these answers (400, 431, 408) the connection closes in stages (RFC 9112, section
+9.6): the answer is written and our side half-closed (FIN after the answer), then what the client
+still sends is read and dropped until it closes its side, ``LINGER_S`` pass or
+``LINGER_MAX_BYTES`` arrive, and only then is the socket closed. A socket closed at once sends a
+reset for input it had not read or that comes after, and a client still sending (headers too
+large, a slow upload) got that reset instead of the answer, or after it instead of an orderly
+end.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ READY_TIMEOUT_S = 30
 # app.HeaderLimit allows however they arrive
 MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
-# after a 400/431, how long and how much of what the client still sends is read and dropped
+# after a 400/431/408, how long and how much of what the client still sends is read and dropped
 LINGER_S = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
@@ -124,11 +127,7 @@ class DeadlineH11Protocol(H11Protocol):
         ``LINGER_MAX_BYTES``."""
         self._cancel()
         self.transport.write(_unreadable_response(sys.exception()))
-        if not self.transport.can_write_eof():  # TLS: no half-close
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
+        self._close_in_stages()
 
     def _watch(self) -> None:
         """Arm the deadline while a request is incomplete; disarm it once it is complete."""
@@ -146,9 +145,26 @@ class DeadlineH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self._unanswered():
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+        if not self._unanswered():
+            self.transport.close()
+            return
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self._close_in_stages()
+
+    def _close_in_stages(self) -> None:
+        """After an answer of ours (400, 431, 408): half-close, then read and drop what the client
+        still sends until it closes its side (``eof_received``: uvicorn's lets the transport
+        close), ``LINGER_S`` pass or ``LINGER_MAX_BYTES`` arrive; then close (module docstring).
+        A request the app is still waiting on sees a disconnect, and its answer is dropped."""
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.write_eof()
+        self.transport.resume_reading()  # uvicorn may have paused it for a large body
+        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _unanswered(self) -> bool:
         """Whether the request being received has had no byte of a response yet."""
