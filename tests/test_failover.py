@@ -16,6 +16,7 @@ process that exited. With
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ import pytest
 from apps.harness.processes import Processes
 from apps.harness.sentinel_launcher import SentinelGroup, start_sentinel_group
 from tests.support.failover_kit import failover_run
-from tests.support.helpers import CLI, child_env, need_redis_server
+from tests.support.helpers import CLI, IN_CI, child_env, need_redis_server
 
 pytestmark = pytest.mark.slow  # nine processes and a failover: tens of seconds
 
@@ -109,8 +110,20 @@ def partition_run(ack_replicas: int) -> dict[str, object]:
     """The partition scenario in a fresh network namespace (``unshare --net``, loopback up, its
     own iptables rules); its FAILOVER line parsed."""
     if not (shutil.which("unshare") and shutil.which("ip") and shutil.which("iptables")):
-        pytest.skip("needs unshare, ip and iptables (apt-get install -y iptables), as root")
-    script = f"ip link set lo up && exec {sys.executable} -m tests.support.failover_kit partition {ack_replicas}"
+        why = "needs unshare, ip and iptables (apt-get install -y iptables), as root"
+        if IN_CI:
+            pytest.fail(f"CI=true but this machine {why}")
+        pytest.skip(why)
+    # the kit runs from the checkout (tests/ is not installed), appended after site-packages so
+    # the code under test is the installed one, as in every other child
+    code = (
+        f"import runpy, sys; sys.path.append({str(ROOT)!r}); "
+        "runpy.run_module('tests.support.failover_kit', run_name='__main__', alter_sys=True)"
+    )
+    script = (
+        f"ip link set lo up && exec {shlex.quote(sys.executable)} -P -c {shlex.quote(code)} "
+        f"partition {ack_replicas}"
+    )
     done = subprocess.run(
         ["unshare", "--net", "--", "sh", "-c", script],
         cwd=ROOT,

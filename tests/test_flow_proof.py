@@ -19,11 +19,13 @@ The witness stamps every arrival per port; from that alone the tests check, per 
   shows it: A's 20 starts of a window leave within 0.7 s (3 at a time, 100 ms each), so a 21st
   lands inside 0.85 s of them (checked: rate 21 in the service fails this test);
 * throughput: A keeps within 90 % of what its limits allow (see ``check_throughput``);
-* isolation: B's jobs wait no longer with A saturated than in B's own baseline;
+* isolation: B's jobs pass A's waiting jobs, as many as only a limiter that parks them off the
+  line and out of the worker slots lets them (counted, see ``check_isolation``);
 * nothing lost: every accepted job ends ``done``.
 
 The durable run kills random workers (seeded: ``FLOW_SEED=<seed>`` replays one); the in-memory
-run is the same without kills (one ``serve``). A 429 storm from A pauses A only, across workers.
+run is the same without kills (one ``serve``). A 429 storm from A pauses A only, across workers
+(judged on the service's own clock and records, with the witness: see that test).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import signal
 import statistics
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +199,15 @@ class Run:
     api: str
     producer: Producer
     b_only_until: float  # unix time: B's baseline jobs were sent before it
+    slots: int  # worker slots in all (every process's WORKERS)
+    accepted: dict[str, float] = field(default_factory=dict)  # job id -> its record's created_at
+    finished: dict[str, float] = field(default_factory=dict)  # job id -> its record's finished_at
+
+    def note(self, recs: dict[str, dict[str, Any]]) -> None:
+        """Keep what the service's records say of each job: accepted and finished (unix time)."""
+        self.accepted = {i: float(r["created_at"]) for i, r in recs.items()}
+        self.finished = {i: float(r["finished_at"]) for i, r in recs.items()}
+
     # (killed, released, how many of A's slots the dead worker held): A's slots held by the dead
     dead: list[tuple[float, float, int]] = field(default_factory=list)
 
@@ -221,44 +233,110 @@ def check_limits(run: Run) -> tuple[list[float], dict[str, Any]]:
     return a_times, hosts
 
 
-def check_throughput(run: Run, a_times: list[float]) -> float:
-    """A's throughput within ``THROUGHPUT_SHARE`` of what its limits allow.
+def waiting_spans(accepted: list[float], started: list[float]) -> list[tuple[float, float]]:
+    """When jobs accepted at ``accepted`` and first started at ``started`` had one waiting:
+    accepted by the service (its own clock, the record's ``created_at``), not yet at the
+    witness."""
+    events = sorted([(t, 1) for t in accepted] + [(t, -1) for t in started])
+    spans, waiting, since = [], 0, 0.0
+    for t, step in events:
+        if waiting == 0 and step > 0:
+            since = t
+        waiting += step
+        if waiting == 0 and step < 0:
+            spans.append((since, t))
+    return spans
 
-    A is submitted at 30/s, faster than it may run, so from its first arrival to its last it always
-    has jobs waiting: over that stretch its limits allow 20 starts per second (3 in flight at
-    100 ms each would allow 30/s: the rate binds). A worker killed while it holds h of A's slots
-    keeps them until its lease lapses (HEARTBEAT_TTL 1.5 s, found by the next heartbeat of another
-    worker, 0.5 s apart), and its jobs then start again. For each such stretch (from the kill to
-    the moment no lease of the dead worker is left, measured) the allowance is what 3 - h slots of
-    100 ms fetches can carry, min(20, (3 - h) / 0.1 s) per second: nothing lost for h = 1, half for
-    h = 2, all for h = 3 (the real fetch takes longer than the witness's 100 ms, so this allows the
-    backend less, not more). Counted: jobs' first arrivals only (a re-delivery is a start the
-    limits count but no progress); required: 90 % of the allowance."""
-    span = a_times[-1] - a_times[0]
+
+def check_throughput(run: Run, a_times: list[float]) -> float:
+    """A's throughput within ``THROUGHPUT_SHARE`` of what its limits allow, on this machine now.
+
+    A is submitted at 30/s, faster than it may run, so while the service holds a job of A that
+    has not started, its limits allow ``min(20, 3 / cycle)`` starts per second: the rate, or 3
+    slots each taken for one ``cycle``. A slot's cycle is the fetch as the service holds it (the
+    witness's arrival to the record's ``finished_at``: 100 ms of latency plus reading and
+    recording the answer) plus the time a started job takes to reach the witness (the median of
+    B's jobs beside A, acceptance to arrival: B is never at its limit, so that is the machine's
+    dispatch time now, not the limiter's; ``check_isolation``, run first, shows B was not held
+    behind A). Both are measured in this run, so on an idle machine the rate binds (20/s) and
+    on a loaded one, where each fetch costs more, the allowance is what 3 slots can carry there.
+    A limiter that makes A's jobs wait for a timer while its limits allow them (a recheck, a
+    poll) still falls short of it; one that makes every key wait so (checked: a freed slot left
+    to the 1 s recheck) fails ``check_isolation`` first. A service slow for every key alike
+    lowers this allowance with it: that is for the latency benchmarks, not flow control. The
+    allowance counts only the time A had a
+    job waiting: accepted (the record's ``created_at``) and not yet at the witness (the submits
+    can fall behind on a busy machine). A worker killed while it holds h of A's slots keeps them
+    until its lease lapses (HEARTBEAT_TTL 1.5 s, found by the next heartbeat of another worker,
+    0.5 s apart), and its jobs then start again. For each such stretch (from the kill to the
+    moment no lease of the dead worker is left, measured) the allowance is what 3 - h slots
+    carry, ``min(20, (3 - h) / cycle)`` per second. Counted: jobs' first arrivals only (a
+    re-delivery is a start the limits count but no progress); required: 90 % of the
+    allowance."""
+    a_first = first_arrivals(arrivals(run.a, url_flow_key(run.a)))
+    b_first = first_arrivals(arrivals(run.a, url_flow_key(run.b)))
+    spans = waiting_spans([run.accepted[i] for i in a_first], list(a_first.values()))
+    lo, hi = a_times[0], a_times[-1]
+    busy = [(max(s, lo), min(e, hi)) for s, e in spans if min(e, hi) > max(s, lo)]
+    span = sum(e - s for s, e in busy)
+    held_s = statistics.median(run.finished[i] - t for i, t in a_first.items())
+    dispatch_s = statistics.median(
+        t - run.accepted[i] for i, t in b_first.items() if run.producer.sent[i] >= run.b_only_until
+    )
+    cycle = held_s + dispatch_s
     rate_s = A_RATE / A_PERIOD_S
-    allowed = rate_s * span
+    allowed = min(rate_s, A_PARALLELISM / cycle) * span
     for start, end, held in run.dead:
-        stretch = max(0.0, min(end, a_times[-1]) - max(start, a_times[0]))
-        allowed -= (rate_s - min(rate_s, (A_PARALLELISM - held) / (LATENCY_MS / 1000))) * stretch
-    jobs_started = len(first_arrivals(arrivals(run.a, url_flow_key(run.a))))
+        stretch = sum(max(0.0, min(end, e) - max(start, s)) for s, e in busy)
+        allowed -= (
+            min(rate_s, A_PARALLELISM / cycle) - min(rate_s, (A_PARALLELISM - held) / cycle)
+        ) * stretch
+    jobs_started = sum(lo <= t <= hi for t in a_first.values())
     dead_s = sum(end - start for start, end, _ in run.dead)
     print(
-        f"A: {jobs_started} jobs ({len(a_times)} arrivals) over {span:.2f} s ({dead_s:.2f} s with "
-        f"slots held by killed workers): {jobs_started / span:.1f}/s; allowed {allowed:.0f} "
-        f"starts, achieved {jobs_started / allowed:.0%}"
+        f"A: {jobs_started} jobs ({len(a_times)} arrivals) over {hi - lo:.2f} s, {span:.2f} s of "
+        f"it with a job waiting ({dead_s:.2f} s with slots held by killed workers); slot cycle "
+        f"{held_s * 1000:.0f} + {dispatch_s * 1000:.0f} ms: {jobs_started / span:.1f}/s; "
+        f"allowed {allowed:.0f} starts, achieved {jobs_started / allowed:.0%}"
     )
     assert jobs_started >= THROUGHPUT_SHARE * allowed, (jobs_started, allowed)
     return jobs_started / span
 
 
 def check_isolation(run: Run) -> None:
-    """B is not slowed by A: B's jobs wait (send to first arrival) no longer, in the median and at
-    the 90th percentile, while A is saturated than in B's baseline before any A job was sent (plus
-    100 ms, for the load A's own traffic adds on this machine), and B's stream is over long before
-    A's backlog is."""
-    sent = run.producer.sent
+    """B is not held up by A, counted, not timed: B's jobs pass A's waiting jobs.
+
+    A is sent 30/s against its 20/s, so its line grows all through the mixed stream (to about 80
+    jobs). For a B job ``j``, *ahead* is A's jobs the service had accepted before ``j`` (the
+    records' ``created_at``, the service's own clock) that had not yet arrived at the witness
+    when ``j`` was accepted, and *passed* those of them that arrived after ``j``. If A's waiting
+    jobs stood in B's line (one queue, first come first served), ``j`` would pass none of them
+    but the few in flight; if they held worker slots while waiting, ``j`` would pass at most the
+    ``slots`` (30) they can occupy. So every B job accepted with more than ``2 x slots`` of A's
+    jobs ahead of it must pass more than ``slots`` of them. A busy machine delays ``j`` and A
+    alike: while ``j`` waits, no more of A's line arrives than A's limits allow (about 20 a
+    second), so ``j`` still passes more than ``slots`` unless ``j`` alone was held for over a
+    second while A's line moved on. Counted from acceptance, not from the producer's send: a
+    submit that a busy machine answers late is not a job the service held. B's waits (send to
+    first arrival), alone and beside A, are printed, not asserted: they measure the machine's
+    load as much as the limiter."""
+    slots = run.slots
+    sent, acc = run.producer.sent, run.accepted
     b_first = first_arrivals(arrivals(run.a, url_flow_key(run.b)))
     a_first = first_arrivals(arrivals(run.a, url_flow_key(run.a)))
+    a_jobs = sorted(a_first, key=lambda i: acc[i])
+    checked, short, fewest = 0, [], len(a_jobs)
+    for j in sorted(b_first, key=lambda i: acc[i]):
+        if sent[j] < run.b_only_until:
+            continue
+        ahead = [i for i in a_jobs if acc[i] < acc[j] < a_first[i]]
+        if len(ahead) <= 2 * slots:
+            continue
+        checked += 1
+        passed = sum(a_first[i] > b_first[j] for i in ahead)
+        fewest = min(fewest, passed)
+        if passed <= slots:
+            short.append((j, len(ahead), passed, round(b_first[j] - acc[j], 3)))
     base = [b_first[i] - sent[i] for i in b_first if sent[i] < run.b_only_until]
     mixed = [b_first[i] - sent[i] for i in b_first if sent[i] >= run.b_only_until]
 
@@ -266,14 +344,16 @@ def check_isolation(run: Run) -> None:
         return statistics.quantiles(values, n=100)[p - 1] if len(values) > 1 else values[0]
 
     print(
-        f"B waits: baseline median {statistics.median(base) * 1000:.0f} ms p90 "
+        f"B waits: alone median {statistics.median(base) * 1000:.0f} ms p90 "
         f"{q(base, 90) * 1000:.0f} ms ({len(base)} jobs); beside A median "
         f"{statistics.median(mixed) * 1000:.0f} ms p90 {q(mixed, 90) * 1000:.0f} ms "
         f"({len(mixed)} jobs); A's last job waited {max(a_first[i] - sent[i] for i in a_first):.1f} s"
+        f"; {checked} B jobs accepted with over {2 * slots} of A's ahead passed at least {fewest}"
     )
-    assert statistics.median(mixed) <= statistics.median(base) + 0.1, (base, mixed)
-    assert q(mixed, 90) <= q(base, 90) + 0.1, (base, mixed)
-    assert max(b_first.values()) < max(a_first.values()) - 2, "B finished no sooner than A"
+    assert checked, f"A's line never held over {2 * slots} jobs: A was never saturated"
+    assert not short, (
+        f"B jobs (id, A's ahead, passed, s from acceptance) held behind A: {short[:10]}"
+    )
 
 
 def two_host_plan(a: str, b: str) -> tuple[list[Planned], float]:
@@ -307,7 +387,7 @@ def test_two_hosts_durable_with_worker_kills(
     plan, b_only_s = two_host_plan(a, b)
     t0 = time.time()
     producer = Producer(api, plan).start()
-    run = Run(a, b, api, producer, t0 + b_only_s)
+    run = Run(a, b, api, producer, t0 + b_only_s, slots=3 * 10)
     key_a = url_flow_key(a)
     kills = 0
     with redis.Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=10) as r:
@@ -333,12 +413,12 @@ def test_two_hosts_durable_with_worker_kills(
         producer.join()
         settle(api, len(plan))
     assert kills >= 2, f"only {kills} kills during the run (FLOW_SEED={seed})"
-    all_done(api, [p.job_id for p in plan])
+    run.note(all_done(api, [p.job_id for p in plan]))
     wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
     try:
         a_times, _ = check_limits(run)
+        check_isolation(run)  # first: the throughput's dispatch baseline is B's
         check_throughput(run, a_times)
-        check_isolation(run)
     except AssertionError as exc:
         raise AssertionError(f"{exc} (FLOW_SEED={seed})") from None
 
@@ -350,29 +430,80 @@ def test_two_hosts_inmemory(processes: Processes, two_hosts: list[str]) -> None:
     plan, b_only_s = two_host_plan(a, b)
     t0 = time.time()
     producer = Producer(api, plan).start()
-    run = Run(a, b, api, producer, t0 + b_only_s)
+    run = Run(a, b, api, producer, t0 + b_only_s, slots=30)
     producer.join()
     settle(api, len(plan))
-    all_done(api, [p.job_id for p in plan])
+    run.note(all_done(api, [p.job_id for p in plan]))
     wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
     a_times, _ = check_limits(run)
+    check_isolation(run)  # first: the throughput's dispatch baseline is B's
     check_throughput(run, a_times)
-    check_isolation(run)
 
 
 STORM_RETRY_AFTER_S = 2.0
 STORM_JOBS = 5
-STORM_GRACE_S = 0.25  # A's fetches started before the first 429's end was recorded may arrive
+
+
+@dataclass
+class ThrottleWatch:
+    """Reads, every 10 ms from a thread, the end of ``key``'s throttle (``qc:flow:throttled``,
+    ms on Redis's clock) as the workers record it: each distinct value is one recorded 429, made
+    ``STORM_RETRY_AFTER_S`` before it. The service's own account of when its pause began."""
+
+    url: str
+    key: str
+    seen: set[int] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def __enter__(self) -> ThrottleWatch:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        with redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=10) as r:
+            while not self.stop.wait(0.01):
+                value = r.hget(keys.FLOW_THROTTLED, self.key)
+                if value is not None:
+                    self.seen.add(int(value))
+
+
+def started_at(url: str, ids: list[str]) -> dict[str, float]:
+    """Each job's (last) claim, unix time on Redis's clock, from its record."""
+    with redis.Redis.from_url(url, decode_responses=True, socket_timeout=10) as r:
+        return {i: float(r.hget(keys.RECORD + i, "started_at")) for i in ids}
+
+
+def merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of ``spans`` as sorted, disjoint spans."""
+    out: list[tuple[float, float]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def test_429_storm_pauses_only_that_host_across_workers(
     processes: Processes, own_redis: RedisProcess, two_hosts: list[str]
 ) -> None:
     """Streams to A and B (20/s each) on 3 durable workers; 2 s in, 5 of A's jobs answer 429 with
-    Retry-After: 2 (once each). From the first 429's answer (plus ``STORM_GRACE_S`` for fetches
-    already on their way) to 2 s after it, no worker sends A anything, while B's jobs keep
-    arriving at their pace; then A resumes, each storm job retried once and every other A job run
-    on its first attempt (waiting costs no attempts)."""
+    Retry-After: 2 (once each). From the first 429 a worker records until the last recorded
+    throttle ends (read from Redis as it happens), no worker claims a job of A, and every fetch
+    of A the witness sees in that span was claimed before it (on its way; a storm job's first
+    fetch is not judged, its record keeps only its retry's claim); B keeps starting (at
+    least the jobs sent to it in the pause's first half start within the pause: a pause of every
+    key starts none); then A resumes, each storm job retried once, no sooner than Retry-After
+    after its 429, and every other A job run on its first attempt (waiting costs no attempts).
+    Counted on the service's clock, so a busy machine that delays a fetch on its way does not
+    make it look like a fetch sent during the pause."""
     a, b = two_hosts
     env = settings(a, b, QUEUE_BACKEND="durable", REDIS_URL=own_redis.url, WORKERS=10, **FAST_BEAT)
     env["FLOW_LIMITS"] = json.dumps({url_flow_key(a): {"parallelism": 5}})
@@ -392,43 +523,66 @@ def test_429_storm_pauses_only_that_host_across_workers(
         [*stream(a, "a", 20, 0.0, 6.0), *stream(b, "b", 20, 0.0, 6.0), *storm],
         key=lambda p: p.at,
     )
-    producer = Producer(api, plan).start()
-    producer.join()
-    settle(api, len(plan))
+    with ThrottleWatch(own_redis.url, url_flow_key(a)) as watch:
+        producer = Producer(api, plan).start()
+        producer.join()
+        settle(api, len(plan))
     recs = all_done(api, [p.job_id for p in plan])
     wait_until(lambda: get_json(a + "/stats")["in_flight"] == 0, 30, "the witness to go quiet")
+    starts = started_at(own_redis.url, [p.job_id for p in plan])
 
+    assert watch.seen, "no throttle of A was ever recorded"
+    # a throttle's end is stored rounded to the ms: it was recorded no later than 0.5 ms after
+    # the end minus Retry-After, so each pause is taken to begin 1 ms after that (and the claims,
+    # stored to 0.1 ms, to be judged from there)
+    pauses = merged((v / 1000 - STORM_RETRY_AFTER_S + 0.001, v / 1000) for v in watch.seen)
     a_seen = arrivals(a, url_flow_key(a))
-    b_times = [x["t"] for x in arrivals(a, url_flow_key(b))]
+    a_ids = [p.job_id for p in plan if p.url.startswith(a + "/")]
+    b_ids = [p.job_id for p in plan if p.url.startswith(b + "/")]
     storm_hits: dict[str, list[float]] = collections.defaultdict(list)
     for x in a_seen:
         if x["job"] in recs and x["job"].startswith("storm-"):
             storm_hits[x["job"]].append(x["t"])
     assert sorted(storm_hits) == sorted(p.job_id for p in storm)
-    # each storm job's 429 pauses A: from its answer (+ grace) until Retry-After later, nothing of A
-    pauses = sorted(
-        (
-            hits[0] + LATENCY_MS / 1000 + STORM_GRACE_S,
-            hits[0] + LATENCY_MS / 1000 + STORM_RETRY_AFTER_S,
-        )
-        for hits in storm_hits.values()
-    )
-    in_pause = [
-        (round(x["t"] - lo, 3), x["job"]) for lo, hi in pauses for x in a_seen if lo < x["t"] < hi
+    claimed_in_pause = [
+        (i, round(starts[i] - lo, 3), round(hi - lo, 3))  # (job, s into the pause, its length)
+        for i in a_ids
+        for lo, hi in pauses
+        if lo <= starts[i] < hi
     ]
-    quiet_from, quiet_to = pauses[0]
-    b_in_pause = [t for t in b_times if quiet_from < t < quiet_to]
-    expected_b = 20 * (quiet_to - quiet_from)
+
+    def claimed_in(x: dict[str, Any], lo: float) -> bool:
+        """Whether the fetch ``x`` was claimed at ``lo`` or later. A storm job's record keeps its
+        retry's claim only: its first fetch (claimed before its own 429) is not judged."""
+        hits = storm_hits.get(x["job"])
+        return (hits is None or x["t"] != hits[0]) and starts[x["job"]] >= lo
+
+    fetched_in_pause = [
+        (x["job"], claimed_in(x, lo))  # (job, claimed in the pause)
+        for x in a_seen
+        for lo, hi in pauses
+        if lo < x["t"] < hi
+    ]
+    sent_in_pause = [job for job, during in fetched_in_pause if during]
+    first_from, first_to = pauses[0]
+    half = first_from + (first_to - first_from) / 2
+    b_due = [i for i in b_ids if first_from <= producer.sent[i] < half]
+    b_started = [i for i in b_ids if first_from <= starts[i] < first_to]
     print(
-        f"{len(pauses)} pauses; A arrivals in them {in_pause}; B arrivals in the first "
-        f"{len(b_in_pause)} (its pace: {expected_b:.0f})"
+        f"A paused {[(round(lo - first_from, 2), round(hi - first_from, 2)) for lo, hi in pauses]}"
+        f" s from the first 429 recorded; A claimed in a pause {claimed_in_pause}, fetched in "
+        f"one {len(fetched_in_pause)} ({len(fetched_in_pause) - len(sent_in_pause)} claimed "
+        f"before it: on their way); B started {len(b_started)} in the first "
+        f"({len(b_due)} sent in its first half)"
     )
-    assert not in_pause, (
-        f"A was fetched during its pause (s after the pause began, job): {in_pause[:10]}"
+    assert not claimed_in_pause, (
+        f"A's jobs (id, s into it, pause) claimed in a pause: {claimed_in_pause}"
     )
-    assert len(b_in_pause) >= 0.8 * expected_b, (len(b_in_pause), expected_b)
+    assert not sent_in_pause, f"A's jobs claimed and fetched during its pause: {sent_in_pause}"
+    assert b_due and len(b_started) >= len(b_due), (len(b_started), len(b_due))
     assert {i: recs[i]["attempts"] for i in storm_hits} == dict.fromkeys(storm_hits, 2)
     others = {p.job_id for p in plan} - set(storm_hits)
     assert {recs[i]["attempts"] for i in others} == {1}
     for job_id, hits in storm_hits.items():  # retried once the Retry-After had passed
-        assert len(hits) == 2 and hits[1] >= hits[0] + STORM_RETRY_AFTER_S - 0.05, (job_id, hits)
+        answered = hits[0] + LATENCY_MS / 1000
+        assert len(hits) == 2 and hits[1] >= answered + STORM_RETRY_AFTER_S - 0.05, (job_id, hits)

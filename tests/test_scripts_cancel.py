@@ -11,6 +11,9 @@ from durable import keys
 from pipeline.jobs import Job
 from tests.support.scripts_kit import RESULT_TTL, Lua, between, contract, token
 
+# a hang-stopper, not a measurement: the script published before its reply came back
+MESSAGE_WAIT_S = 10.0
+
 
 @pytest.fixture
 async def lua(redis_url: str) -> AsyncIterator[Lua]:
@@ -96,10 +99,10 @@ async def test_a_running_job_is_cancelled_and_its_worker_told(lua: Lua) -> None:
     pubsub = lua.redis.pubsub()
     await pubsub.subscribe(keys.CANCEL)
     try:
-        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+        assert (await pubsub.get_message(timeout=MESSAGE_WAIT_S))["type"] == "subscribe"
         t0 = await lua.now_ms()
         assert await lua.cancel(job.id) == (1, "running")
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=MESSAGE_WAIT_S)
         assert message is not None and message["data"] == job.id.encode()
     finally:
         await pubsub.aclose()

@@ -13,6 +13,9 @@ from durable import keys
 from durable.claims import EXTRA_CANDIDATES
 from tests.support.scripts_kit import Lua, between, contract, token
 
+# a hang-stopper, not a measurement: the script published before its reply came back
+MESSAGE_WAIT_S = 10.0
+
 
 @pytest.fixture
 async def lua(redis_url: str) -> AsyncIterator[Lua]:
@@ -86,9 +89,9 @@ async def test_a_claim_announces_room_on_the_room_channel(lua: Lua) -> None:
     pubsub = lua.redis.pubsub()
     await pubsub.subscribe(keys.ROOM)
     try:
-        assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+        assert (await pubsub.get_message(timeout=MESSAGE_WAIT_S))["type"] == "subscribe"
         await lua.claim(lua.worker(), [j.id for j in jobs])
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=MESSAGE_WAIT_S)
         assert message is not None and message["data"] == b"2"
     finally:
         await pubsub.aclose()

@@ -165,6 +165,32 @@ def test_fresh_client_is_served_while_hundreds_of_slow_clients_hang_on(service: 
             sock.close()
 
 
+def test_a_client_still_sending_oversized_headers_reads_the_431_then_a_clean_close(
+    service: int,
+) -> None:
+    """A client still sending its headers when the 431 is written (600 KB of them, more than the
+    server reads at once) has all of it taken, reads the 431 JSON and then an orderly close,
+    never a reset: the server half-closes and drains before it closes (RFC 9112, 9.6)."""
+    request = b"GET /stats HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 600_000 + b"\r\n\r\n"
+    with connect(service) as sock:
+        sock.sendall(request)
+        answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert json.loads(body)["field"] == "headers"
+
+
+def test_a_client_still_sending_after_the_408_is_drained_not_reset(service: int) -> None:
+    """A client that goes on sending after its 408 (a slow upload still under way) can: the
+    server half-closed after the 408 and reads what still comes until the client closes its
+    side, so the client's writes never meet a reset (RFC 9112, 9.6)."""
+    with connect(service) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+        assert_408_json(read_until_closed(sock))  # the answer, then the server's FIN
+        for _ in range(3):  # a closed socket answers the first with a reset, failing the next
+            sock.sendall(b"a" * 1000)
+
+
 def test_serve_applies_request_timeout(processes: Processes) -> None:
     """`serve` reads REQUEST_TIMEOUT: a silent connection to a real serve process is closed."""
     _, api = processes.serve(QUEUE_BACKEND="inmemory", REQUEST_TIMEOUT="0.5")

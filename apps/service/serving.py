@@ -23,6 +23,14 @@ uvicorn calls inside its ``except h11.RemoteProtocolError``): headers over h11's
 (``MAX_HEADER_BYTES``, 16 KiB, as uvicorn's ``h11_max_incomplete_event_size``) are ``431`` with
 ``"field": "headers"``; any other malformed request is ``400`` with ``"field": "request"``.
 Either way the connection is closed, as uvicorn does.
+
+After each of these answers (400, 431, 408) the connection closes in stages (RFC 9112, section
+9.6): the answer is written and our side half-closed (FIN after the answer), then what the client
+still sends is read and dropped until it closes its side, ``LINGER_S`` pass or
+``LINGER_MAX_BYTES`` arrive, and only then is the socket closed. A socket closed at once sends a
+reset for input it had not read or that comes after, and a client still sending (headers too
+large, a slow upload) got that reset instead of the answer, or after it instead of an orderly
+end.
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ READY_TIMEOUT_S = 30
 # app.HeaderLimit allows however they arrive
 MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# after a 400/431/408, how long and how much of what the client still sends is read and dropped
+LINGER_S = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
 _REQUEST_DONE = (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
 _TIMEOUT_BODY = b'{"error": "request timeout: the request was not complete in time", "field": null}'
 _TIMEOUT_RESPONSE = (
@@ -77,6 +88,8 @@ class DeadlineH11Protocol(H11Protocol):
 
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S
     _deadline: asyncio.TimerHandle | None = None
+    _linger: asyncio.TimerHandle | None = None  # set once answered and half-closed: draining
+    _drained = 0
 
     @classmethod
     def with_timeout(cls, seconds: float) -> type[DeadlineH11Protocol]:
@@ -88,6 +101,11 @@ class DeadlineH11Protocol(H11Protocol):
         self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:  # the request was refused: drop what still comes
+            self._drained += len(data)
+            if self._drained > LINGER_MAX_BYTES:
+                self.transport.close()
+            return
         super().data_received(data)
         self._watch()
 
@@ -97,14 +115,19 @@ class DeadlineH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request h11 cannot parse, as JSON: 431 for headers over the
-        limit (h11's ``error_status_hint``), else 400. Called inside uvicorn's ``except``."""
+        limit (h11's ``error_status_hint``), else 400. Called inside uvicorn's ``except``.
+        The connection then closes in stages (module docstring): half-closed now, closed when
+        the client closes its side (``eof_received``), after ``LINGER_S`` or past
+        ``LINGER_MAX_BYTES``."""
         self._cancel()
         self.transport.write(_unreadable_response(sys.exception()))
-        self.transport.close()
+        self._close_in_stages()
 
     def _watch(self) -> None:
         """Arm the deadline while a request is incomplete; disarm it once it is complete."""
@@ -122,9 +145,26 @@ class DeadlineH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self._unanswered():
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+        if not self._unanswered():
+            self.transport.close()
+            return
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self._close_in_stages()
+
+    def _close_in_stages(self) -> None:
+        """After an answer of ours (400, 431, 408): half-close, then read and drop what the client
+        still sends until it closes its side (``eof_received``: uvicorn's lets the transport
+        close), ``LINGER_S`` pass or ``LINGER_MAX_BYTES`` arrive; then close (module docstring).
+        A request the app is still waiting on sees a disconnect, and its answer is dropped."""
+        if not self.transport.can_write_eof():  # TLS: no half-close
+            self.transport.close()
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.write_eof()
+        self.transport.resume_reading()  # uvicorn may have paused it for a large body
+        self._linger = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _unanswered(self) -> bool:
         """Whether the request being received has had no byte of a response yet."""
