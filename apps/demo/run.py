@@ -32,17 +32,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
-import redis
 
 from apps.demo import chart as demo_chart
+from apps.demo.redis_target import NotEmpty, require_empty, resolve_redis, with_db
 from apps.demo.state import SCENARIOS, DemoState, Options, Run, Scenario
 from apps.harness.processes import ChildExited, Proc, Processes, child_env
-from apps.harness.redis_launcher import RedisProcess, redis_server_path, start_redis
-from pipeline import redis_url as urls
+from apps.harness.redis_launcher import RedisProcess
 from pipeline.backend import MAX_PAGE
 
 STOCK_POLL_S = 0.05
@@ -50,52 +49,6 @@ DEMO_JOB_TIMEOUT_S = 3  # short, so stock arq's recovery (timeout + 1 + 10 s) fi
 POLL_S = 0.1
 NEAR_KILL_POLL_S = 0.01  # within one round of the workers of the kill mark: watch closely
 SUBMIT_CONCURRENCY = 16
-
-
-def with_db(url: str, offset: int) -> str:
-    if urls.is_sentinel(url):
-        return urls.with_db(url, urls.parse_sentinel(url).db + offset)
-    parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0) + offset
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
-def _sync_client(url: str) -> redis.Redis:
-    """A blocking client of ``url``: through its Sentinels to the primary for a Sentinel URL."""
-    if not urls.is_sentinel(url):
-        return redis.Redis.from_url(url)
-    from redis.sentinel import Sentinel
-
-    parsed = urls.parse_sentinel(url)
-    manager = Sentinel(list(parsed.sentinels), socket_timeout=2)  # type: ignore[no-untyped-call]
-    found: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-        parsed.service,
-        db=parsed.db,
-        username=parsed.username,
-        password=parsed.password,
-        ssl=parsed.tls,
-    )
-    return found
-
-
-class NotEmpty(RuntimeError):
-    """The demo was pointed at a Redis database that holds data it did not create."""
-
-
-def require_empty(url: str) -> None:
-    """Refuse a database that holds any key: the demo never touches data it did not create."""
-    client = _sync_client(url)
-    try:
-        keys = cast(int, client.dbsize())  # the sync client: an int, typed Awaitable | Any
-    finally:
-        client.close()
-    if keys:
-        raise NotEmpty(
-            f"{url} holds {keys} keys the crash demo did not create; it runs only on an empty "
-            "database: point REDIS_URL at an unused one (e.g. redis://host:6379/15), unset "
-            "REDIS_URL to let the demo start a private redis-server, or pass --allow-nonempty-db "
-            "to run there anyway (it deletes nothing)"
-        )
 
 
 class Submitter:
@@ -511,31 +464,6 @@ async def _tick(state: DemoState, on_tick: Callable[[DemoState], None]) -> None:
     while True:
         on_tick(state)
         await asyncio.sleep(0.25)
-
-
-def resolve_redis(
-    choice: str = "auto", allow_nonempty: bool = False
-) -> tuple[str, RedisProcess | None, str]:
-    """auto: REDIS_URL when set, else a private redis-server, else the embedded stand-in."""
-    import os
-
-    given = os.environ.get("REDIS_URL")
-    if given and choice == "auto":
-        checked = (
-            "may hold other data (--allow-nonempty-db): the demo deletes nothing"
-            if allow_nonempty
-            else "an empty database, checked before the demo starts"
-        )
-        return given, None, f"REDIS_URL={given} (yours: {checked})"
-    if choice == "redis-server" and not redis_server_path():
-        raise RuntimeError("--redis redis-server: no redis-server on PATH")
-    prefer = "embedded" if choice == "embedded" else "redis-server"
-    proc = start_redis(persistence="always", prefer=prefer)
-    note = proc.description
-    if proc.kind == "embedded":
-        why = "as asked" if choice == "embedded" else "no redis-server installed"
-        note += f" — {why}; the stand-in keeps data in memory only"
-    return proc.url, proc, note
 
 
 def write_outputs(state: DemoState, as_json: bool) -> str:
