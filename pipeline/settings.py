@@ -176,6 +176,9 @@ class Settings(BaseSettings):
             raise SettingsError(_one_line(exc, environ)) from None
 
 
+SECRET_BEARING = ("REDIS_URL",)  # settings whose value may hold a password: shown masked
+
+
 def _one_line(exc: ValidationError, environ: Mapping[str, str] | None) -> str:
     import os
 
@@ -183,4 +186,6 @@ def _one_line(exc: ValidationError, environ: Mapping[str, str] | None) -> str:
     err = exc.errors()[0]
     name = str(err["loc"][0]).upper() if err["loc"] else "settings"
     value = env.get(name, env.get(name.lower(), err.get("input")))
+    if name in SECRET_BEARING and isinstance(value, str):
+        value = redis_url.describe(value)  # its password never reaches a log
     return f"invalid {name}={value!r}: {err['msg']}"

@@ -119,3 +119,13 @@ def test_arq_settings_for_a_sentinel_url() -> None:
     )
     plain = arq_settings("redis://localhost:6390/4")
     assert (plain.sentinel, plain.port, plain.database) == (False, 6390, 4)
+
+
+def test_a_bad_redis_url_is_refused_without_showing_its_password() -> None:
+    """The one-line settings error names REDIS_URL and what is wrong, with the password masked."""
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"REDIS_URL": "redis+sentinel://:s3cret@s1:26379"})
+    assert "REDIS_URL" in str(refused.value) and "s3cret" not in str(refused.value)
+    with pytest.raises(SettingsError) as plain:
+        Settings.from_env({"REDIS_URL": "http://user:s3cret@host/0"})
+    assert "REDIS_URL" in str(plain.value) and "s3cret" not in str(plain.value)
