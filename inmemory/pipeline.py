@@ -32,6 +32,10 @@ Delivery is at most once. Every record lives in this process's memory: if the pr
 queued, scheduled and in-flight jobs are gone. So do the dead letters (jobs that ended ``failed``):
 they can be re-queued while this process lives, and a restart forgets them. A poison job that
 crashes the process takes every other job with it.
+
+One module (~510 lines): the queue, the workers and the bound are one object whose invariants
+(every waiting job holds one place in the room until a worker takes it) span all its methods;
+the pieces that stand alone already live beside it (room, timers, flowgate, records, index).
 """
 
 from __future__ import annotations

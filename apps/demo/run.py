@@ -19,6 +19,11 @@ beside effects applied (exactly once per job on the durable backends).
 
 Redis: ``REDIS_URL`` when given; otherwise a private ``redis-server`` (AOF, fsync always) if one is
 installed, else the embedded stand-in (fakeredis's TCP server in its own process).
+Which Redis is chosen, and one database of it per scenario: ``apps.demo.redis_target``.
+
+One module (~510 lines): a scenario's phases (start, submit, kill, restart, count) share the
+processes and the one snapshot the columns are read from; the table, the page and the picture
+live beside it (terminal, page, chart), the state they show in ``state``.
 """
 
 from __future__ import annotations
