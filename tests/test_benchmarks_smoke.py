@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from benchmarks.common import bench_command
 from benchmarks.transports import VARIANTS
+from tests.support.helpers import run_as_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,13 +24,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One ``python -m benchmarks --quick`` run, its results.json loaded."""
     out = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
-    proc = subprocess.run(
+    proc = run_as_group(
         [*bench_command("benchmarks"), "--quick", "--quiet", "--out", str(out)],
+        800,
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=800,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Targets" in proc.stdout
@@ -163,14 +161,7 @@ def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-flow")
     env = {k: v for k, v in os.environ.items() if k not in {"QUEUE_BACKEND", "REDIS_URL"}}
     args = ["--quick", "--quiet", "--section", "flow", "--out", str(out)]
-    proc = subprocess.run(
-        [*bench_command("benchmarks"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=800,
-    )
+    proc = run_as_group([*bench_command("benchmarks"), *args], 800, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "9a. Flow control" in proc.stdout
     assert "9c. Flow control: two hosts" in (out / "RESULTS.md").read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apps.harness.redis_launcher import free_port
-from tests.support.helpers import child_env, need_redis_server
+from tests.support.helpers import child_env, need_redis_server, run_as_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
@@ -36,14 +36,7 @@ def run_block(
     if "8000" in ports:  # serve's default port, and the client commands' default --api
         env["PORT"] = str(ports["8000"])
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
-        ["bash", "-c", f"set -e\n{block}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_as_group(["bash", "-c", f"set -e\n{block}"], 120, cwd=tmp_path, env=env)
 
 
 @pytest.mark.slow  # a Redis, the upstream, serve and a worker, as the README starts them
@@ -53,7 +46,14 @@ def test_the_durable_copy_paste_block_runs_two_jobs_to_done(tmp_path: Path) -> N
     need_redis_server()
     assert shutil.which("curl"), "the README's block waits with curl"
     ports = {"6390": free_port(), "8000": free_port(), "8081": free_port()}
-    done = run_block(readme_block("REDIS_URL=redis://127.0.0.1:6390/0"), tmp_path, ports)
+    try:
+        done = run_block(readme_block("REDIS_URL=redis://127.0.0.1:6390/0"), tmp_path, ports)
+    finally:  # the block's Redis daemonizes (a session of its own): stop it if the block did not
+        subprocess.run(
+            ["redis-cli", "-p", str(ports["6390"]), "shutdown", "nosave"],
+            capture_output=True,
+            timeout=10,
+        )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert len(re.findall(r" done http=200 attempts=1 ", out)) == 2, out

@@ -4,8 +4,12 @@ reaped by PID."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -54,11 +58,34 @@ __all__ = [
     "get_json",
     "need_redis_server",
     "records",
+    "run_as_group",
     "start_private_redis",
     "statuses",
     "wait_until",
     "witness_jobs",
 ]
+
+
+def run_as_group(
+    argv: list[str], timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` in a process group of its own, which is killed (SIGKILL, every member)
+    once the command exits or times out: what it started in the background, a benchmark's
+    servers or a shell block's ``&`` jobs, never outlives the test. Output goes to files, not
+    pipes, so a background child holding them open cannot make the wait outlast the command."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            argv, start_new_session=True, stdout=out, stderr=err, text=True, **kwargs
+        )
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
 
 
 def allow(*urls: str) -> str:
