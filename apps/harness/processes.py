@@ -35,6 +35,14 @@ def cli_command() -> list[str]:
 
 
 CLI = cli_command()
+
+
+def as_user(uid: int | None) -> dict[str, object]:
+    """``Popen`` arguments that run a child as ``uid`` (that gid too, no supplementary groups:
+    an image's unprivileged ``USER``); none for ``None``, this process's own user."""
+    return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+
+
 STOP_TIMEOUT_S = 15.0
 LAST_LINES = 5
 
@@ -66,9 +74,6 @@ class Proc:
     def start(self, ready: str, timeout: float = 30) -> re.Match[str]:
         """Start and wait for a line matching ``ready``; fail with :class:`ChildExited` if it
         exits first, or with its output if it stays silent past ``timeout``."""
-        as_user: dict[str, object] = (
-            {} if self.user is None else {"user": self.user, "group": self.user, "extra_groups": []}
-        )
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
             self.args,
             env=self.env,
@@ -76,7 +81,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            **as_user,
+            **as_user(self.user),
         )
         threading.Thread(target=self._pump, daemon=True).start()
         pattern = re.compile(ready)

@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apps.harness.processes import as_user
+
 INSTRUCTION = re.compile(r"^([A-Z]+)\s+(.*)$")
 
 
@@ -49,11 +51,13 @@ class Image:
 
     def run(self, argv: list[str], env: dict[str, str], timeout: float = 30) -> int:
         """Run a command in the image (its user, its work dir); return the exit code."""
-        as_user: dict[str, object] = (
-            {} if self.uid is None else {"user": self.uid, "group": self.uid, "extra_groups": []}
-        )
         done = subprocess.run(  # type: ignore[call-overload]
-            argv, env=env, cwd=self.workdir, capture_output=True, timeout=timeout, **as_user
+            argv,
+            env=env,
+            cwd=self.workdir,
+            capture_output=True,
+            timeout=timeout,
+            **as_user(self.uid),
         )
         return int(done.returncode)
 
@@ -139,7 +143,7 @@ def _interpreter(minor: str, uid: int | None) -> tuple[str, int | None, str]:
         probe = [candidate, "-c", "import venv, ensurepip"]
         try:
             done = subprocess.run(  # type: ignore[call-overload]
-                probe, capture_output=True, timeout=30, user=uid, group=uid, extra_groups=[]
+                probe, capture_output=True, timeout=30, **as_user(uid)
             )
         except OSError:
             continue
