@@ -36,11 +36,15 @@ class Claimed:
     payload: bytes | None
     exhausted: bool
     foreign: bool
+    redelivered: bool = False  # its last attempt's worker died (or froze) before it ended
 
     @classmethod
     def parse(cls, raw: list[Any]) -> Claimed:
-        job_id, attempt, payload, exhausted, foreign = raw
-        return cls(job_id.decode(), int(attempt), payload, bool(exhausted), bool(foreign))
+        job_id, attempt, payload, exhausted, foreign, *rest = raw
+        redelivered = bool(rest and rest[0])
+        return cls(
+            job_id.decode(), int(attempt), payload, bool(exhausted), bool(foreign), redelivered
+        )
 
 
 @dataclass
