@@ -249,7 +249,9 @@ class DurableWorker(WorkerPool):
         finisher = self.finisher
         try:
             job, early = finisher.job(claimed)
-            working_on(job, claimed.attempt, self.worker_id, claimed.redelivered)
+            working_on(
+                job, claimed.attempt, self.worker_id, claimed.redelivered, claimed.flow_wait_s
+            )
             if claimed.foreign and job.url:
                 await finisher.describe_foreign(job)
             self.counters.started += 1

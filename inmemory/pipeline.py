@@ -401,7 +401,9 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
         job, attempt = entry.job, entry.attempt
-        working_on(job, attempt, task.get_name())  # for log lines (and the attempt's span)
+        waited, entry.parked_at = entry.parked_at, None
+        held = self.timers.now() - waited if waited is not None else 0.0
+        working_on(job, attempt, task.get_name(), flow_wait_s=held)  # log lines, the attempt span
         entry.where, entry.run = Where.RUNNING, AttemptRun()
         self._queued -= 1
         self.room.give()

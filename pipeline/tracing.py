@@ -117,8 +117,8 @@ def consuming(handler: Handler) -> Handler:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            if note is not None and note.redelivered:
-                span.add_event("re-delivered", {"queue_contrast.attempt": attempt})
+            if note is not None and note.job_id == job.id:
+                _note_events(span, note, job)
             try:
                 outcome = await handler(job, attempt)
             except asyncio.CancelledError:
@@ -132,6 +132,16 @@ def consuming(handler: Handler) -> Handler:
             return outcome
 
     return traced
+
+
+def _note_events(span: trace.Span, note: WorkingOn, job: Job) -> None:
+    if note.redelivered:
+        span.add_event("re-delivered", {"queue_contrast.attempt": note.attempt})
+    if note.flow_wait_s > 0:
+        span.add_event(
+            "flow-key wait",
+            {"queue_contrast.flow_key": job.flow(), "queue_contrast.flow_wait_s": note.flow_wait_s},
+        )
 
 
 def _describe(span: trace.Span, outcome: Outcome) -> None:
@@ -238,6 +248,7 @@ class WorkingOn:
     worker: str
     trace: tuple[tuple[str, str], ...] = ()
     redelivered: bool = False
+    flow_wait_s: float = 0.0
 
 
 _working: contextvars.ContextVar[WorkingOn | None] = contextvars.ContextVar(
@@ -245,9 +256,12 @@ _working: contextvars.ContextVar[WorkingOn | None] = contextvars.ContextVar(
 )
 
 
-def working_on(job: Job, attempt: int, worker: str, redelivered: bool = False) -> None:
-    """Note the job this task now works on (until it takes the next): its log lines carry it."""
-    _working.set(WorkingOn(job.id, attempt, worker, job.trace, redelivered))
+def working_on(
+    job: Job, attempt: int, worker: str, redelivered: bool = False, flow_wait_s: float = 0.0
+) -> None:
+    """Note the job this task now works on (until it takes the next): its log lines carry it, and
+    its attempt's span (the worker, a re-delivery, how long its flow key held it back)."""
+    _working.set(WorkingOn(job.id, attempt, worker, job.trace, redelivered, flow_wait_s))
 
 
 def log_fields() -> dict[str, Any]:

@@ -15,6 +15,7 @@ context, marked re-delivered.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -149,10 +150,13 @@ def check_attempt(
 def test_a_job_and_its_retry_in_one_trace(
     backend: str, processes: Processes, receiver: OtlpReceiver, own_redis: RedisProcess
 ) -> None:
-    """Submit → attempt(s) → fetch → upstream in the client's trace, a retry included."""
+    """Submit → attempt(s) → fetch → upstream in the client's trace, a retry and a flow-key wait
+    included."""
     _, upstream = processes.upstream(latency_ms=10)
+    host = upstream.removeprefix("http://")
     env: dict[str, Any] = {"QUEUE_BACKEND": backend, "ALLOWED_HOSTS": allow(upstream)}
     env.update(RETRY_BASE_DELAY=0.05, RETRY_MAX_DELAY=0.1)
+    env["FLOW_LIMITS"] = json.dumps({host: {"parallelism": 1}})  # one fetch at a time: one waits
     if backend == "durable":
         env["REDIS_URL"] = own_redis.url
     _, api = processes.serve(**env, **otel_env(receiver, "qc-api"))
@@ -162,7 +166,7 @@ def test_a_job_and_its_retry_in_one_trace(
         worker_service = "qc-worker"
 
     ok_trace, ok_client_span, ok_parent = client_context()
-    submit(api, f"{upstream}/ok", "ok-job", ok_parent)
+    submit(api, f"{upstream}/ok?latency_ms=300", "ok-job", ok_parent)
     retry_trace, retry_client_span, retry_parent = client_context()
     submit(api, f"{upstream}/flaky?fail_times=1&status=503", "retried-job", retry_parent)
 
@@ -202,6 +206,18 @@ def test_a_job_and_its_retry_in_one_trace(
         f"00-{retry_trace}-{second_fetch.span_id}-01",
     ]
     assert get_json(f"{api}/jobs/retried-job")["trace_id"] == retry_trace
+
+    # the job submitted second waited for the first's fetch: its flow key held it back
+    waits = [
+        attrs
+        for s in receiver.spans()
+        if s.kind == "CONSUMER"
+        for name, attrs in s.events
+        if name == "flow-key wait"
+    ]
+    assert waits, "an attempt held back by its flow key says so"
+    assert all(w["queue_contrast.flow_key"] == host for w in waits)
+    assert all(0 < w["queue_contrast.flow_wait_s"] < TIMEOUT_S for w in waits)
 
 
 def test_redelivery_after_sigkill_joins_the_same_trace(
