@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,6 +245,7 @@ def test_redelivery_after_sigkill_joins_the_same_trace(
         "the first fetch to reach the upstream",
     )
     doomed.signal(signal.SIGKILL)
+    killed_ns = time.time_ns()
     doomed.wait(timeout=10)
     processes.worker(**env, **otel_env(receiver, "qc-worker-2"))
 
@@ -267,9 +269,9 @@ def test_redelivery_after_sigkill_joins_the_same_trace(
     assert get_json(f"{api}/jobs/killed-job")["trace_id"] == trace_id
     picture = os.environ.get("QC_TRACE_PICTURE")
     if picture:  # docs/tracing-kill.svg is drawn from this run's spans
-        from tests.support.trace_timeline import killed_attempt, write_svg
+        from tests.support.trace_timeline import Lost, write_svg
 
-        lost = killed_attempt(
-            upstream_traceparents(upstream, "killed-job")[0], get_json(f"{upstream}/jobs")
-        )
-        write_svg(picture, receiver.spans(trace_id), lost)
+        first = get_json(f"{upstream}/requests?job=killed-job")["requests"][0]
+        lost = Lost("process jobs (attempt 1) → GET", int(first["arrived"] * 1e9), killed_ns)
+        title = f"One job across a worker SIGKILL (durable backend), client span {client_span}"
+        write_svg(picture, receiver.spans(trace_id), lost, title)
