@@ -38,7 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 
 from pipeline.jobs import Job, Outcome, Status, Submitted, trace_id_of
 
@@ -119,6 +119,7 @@ def consuming(handler: Handler) -> Handler:
         ) as span:
             if note is not None and note.job_id == job.id:
                 _note_events(span, note, job)
+                _working.set(dataclasses.replace(note, span=span.get_span_context()))
             try:
                 outcome = await handler(job, attempt)
             except asyncio.CancelledError:
@@ -249,6 +250,7 @@ class WorkingOn:
     trace: tuple[tuple[str, str], ...] = ()
     redelivered: bool = False
     flow_wait_s: float = 0.0
+    span: SpanContext | None = None  # the attempt's process span, once it started
 
 
 _working: contextvars.ContextVar[WorkingOn | None] = contextvars.ContextVar(
@@ -266,12 +268,15 @@ def working_on(
 
 def log_fields() -> dict[str, Any]:
     """What a structured log line adds: the job, attempt and worker this task works on, and the
-    current trace and span ids (else the job's trace id), when there are any."""
+    trace and span ids: the current span's, else the attempt's (a line after it ended), else the
+    job's creation trace (a line before it started), when there are any."""
     fields: dict[str, Any] = {}
     note = _working.get()
     if note is not None:
         fields.update(job_id=note.job_id, attempt=note.attempt, worker=note.worker)
     context = trace.get_current_span().get_span_context()
+    if not context.is_valid and note is not None and note.span is not None:
+        context = note.span
     if context.is_valid:
         fields["trace_id"] = trace.format_trace_id(context.trace_id)
         fields["span_id"] = trace.format_span_id(context.span_id)

@@ -275,3 +275,45 @@ def test_redelivery_after_sigkill_joins_the_same_trace(
         lost = Lost("process jobs (attempt 1) → GET", int(first["arrived"] * 1e9), killed_ns)
         title = f"One job across a worker SIGKILL (durable backend), client span {client_span}"
         write_svg(picture, receiver.spans(trace_id), lost, title)
+
+
+def test_json_log_lines_carry_the_job_and_its_trace(
+    processes: Processes, receiver: OtlpReceiver
+) -> None:
+    """LOG_FORMAT=json: one JSON object per line; a job's lines name the job, the attempt, the
+    worker, and the attempt's trace and span ids (as exported)."""
+    _, upstream = processes.upstream(latency_ms=10)
+    env = {"QUEUE_BACKEND": "inmemory", "ALLOWED_HOSTS": allow(upstream), "LOG_FORMAT": "json"}
+    serve, api = processes.serve(**env, **otel_env(receiver, "qc-api"))
+    trace_id, _, traceparent = client_context()
+    submit(api, f"{upstream}/logged", "logged-job", traceparent)
+    spans = wait_for_spans(
+        receiver, trace_id, {("CONSUMER", "process jobs"): 1}, "the job's attempt span"
+    )
+    process = one(spans, "CONSUMER", **{"messaging.message.id": "logged-job"})
+
+    def job_lines() -> list[dict[str, Any]]:
+        return [e for e in log_entries(serve.output) if e.get("job_id") == "logged-job"]
+
+    wait_until(
+        lambda: any(e["message"].startswith("←") for e in job_lines()), TIMEOUT_S, "its end line"
+    )
+    start, end = job_lines()[0], next(e for e in job_lines() if e["message"].startswith("←"))
+    assert start["message"].startswith("→ logged-job try=1")
+    for entry in (start, end):
+        assert entry["attempt"] == 1 and entry["worker"].startswith("worker-")
+        assert entry["trace_id"] == trace_id
+        assert entry["level"] == "INFO" and entry["logger"] == "queue_contrast.inmemory"
+    assert "span_id" not in start  # before the attempt's span: the job's trace only
+    assert end["span_id"] == process.span_id  # after it: the attempt's span
+
+
+def log_entries(output: str) -> list[dict[str, Any]]:
+    """Every log line of a LOG_FORMAT=json process (its stdout's ready line is not one)."""
+    entries = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            entries.append(json.loads(line))
+        else:
+            assert " ready: " in line or not line.strip(), f"not a JSON log line: {line!r}"
+    return entries

@@ -69,7 +69,7 @@ def render_svg(spans: list[ReceivedSpan], lost: Lost | None = None, title: str =
         'font-family="DejaVu Sans, Arial, sans-serif" font-size="12">',
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
         'patternTransform="rotate(45)"><rect width="3" height="6" fill="#e45756"/></pattern></defs>',
-        f'<rect width="100%" height="100%" fill="white"/>',
+        '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
         f'<text x="10" y="42" fill="#555">trace {escape(rows[0][1].trace_id)} · '
         f"{(t1 - t0) / 1e9:.2f} s · one row per span, indented under its parent</text>",
