@@ -76,7 +76,7 @@ def serve(host: str | None, port: int | None) -> None:
     """
     settings = load_settings(host=host, port=port)
     setup_logging(log_format=settings.log_format)
-    configure_tracing()
+    configure_tracing("queue-contrast-serve")
     asyncio.run(_serve(settings))
 
 
@@ -137,7 +137,7 @@ def worker(engine: str) -> None:
     """
     settings = load_settings()
     setup_logging(log_format=settings.log_format)
-    configure_tracing()
+    configure_tracing("queue-contrast-worker")
     try:
         asyncio.run(_worker(settings, engine))
     except SettingsError as exc:  # inmemory has no separate workers; an evicting Redis

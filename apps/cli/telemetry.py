@@ -8,9 +8,10 @@ exporter); without it a warning says so and nothing else changes.
 
 Everything else is the SDK's own reading of the standard variables: the resource from
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` (``service.name`` defaults to
-``queue-contrast`` here, not ``unknown_service``), the sampler from ``OTEL_TRACES_SAMPLER`` and
-``OTEL_TRACES_SAMPLER_ARG``, the batch processor from ``OTEL_BSP_*``, the exporter's endpoint,
-headers, timeout and compression from ``OTEL_EXPORTER_OTLP_*``. Spans still queued are exported
+``queue-contrast-serve`` or ``queue-contrast-worker`` here, not ``unknown_service``), the
+sampler from ``OTEL_TRACES_SAMPLER`` and ``OTEL_TRACES_SAMPLER_ARG``, the batch processor from
+``OTEL_BSP_*``, the exporter's endpoint, headers, timeout and compression from
+``OTEL_EXPORTER_OTLP_*``. Spans still queued are exported
 when the process exits normally (the SDK's own exit hook); a SIGKILL loses them, as it loses
 everything else the process held.
 """
@@ -23,8 +24,20 @@ from collections.abc import Mapping
 
 log = logging.getLogger("queue_contrast.tracing")
 
-DEFAULT_SERVICE_NAME = "queue-contrast"
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# The standard variables docker-compose.yml and .env.example pass through (read by the SDK, or
+# here, never by Settings); the SDK reads the rest of OTEL_* too.
+STANDARD_VARIABLES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+)
 
 
 def wanted(environ: Mapping[str, str]) -> str | None:
@@ -42,8 +55,11 @@ def wanted(environ: Mapping[str, str]) -> str | None:
     return "otlp" if any(environ.get(name) for name in ENDPOINT_VARS) else None
 
 
-def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
-    """Install the SDK's tracer provider when the environment asks for tracing; True if it did."""
+def configure_tracing(
+    default_service: str = "queue-contrast", environ: Mapping[str, str] | None = None
+) -> bool:
+    """Install the SDK's tracer provider when the environment asks for tracing; True if it did.
+    ``default_service`` is the ``service.name`` unless the environment names one."""
     env = os.environ if environ is None else environ
     exporter_name = wanted(env)
     if exporter_name is None:
@@ -70,7 +86,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> bool:
     if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get(
         "OTEL_RESOURCE_ATTRIBUTES", ""
     ):
-        resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
+        resource = resource.merge(Resource({SERVICE_NAME: default_service}))
     exporter: SpanExporter
     if exporter_name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
