@@ -149,7 +149,7 @@ def check_attempt(
 
 @pytest.mark.parametrize("backend", ["inmemory", "durable"])
 def test_a_job_and_its_retry_in_one_trace(
-    backend: str, processes: Processes, receiver: OtlpReceiver, own_redis: RedisProcess
+    backend: str, processes: Processes, receiver: OtlpReceiver, request: pytest.FixtureRequest
 ) -> None:
     """Submit → attempt(s) → fetch → upstream in the client's trace, a retry and a flow-key wait
     included."""
@@ -158,8 +158,8 @@ def test_a_job_and_its_retry_in_one_trace(
     env: dict[str, Any] = {"QUEUE_BACKEND": backend, "ALLOWED_HOSTS": allow(upstream)}
     env.update(RETRY_BASE_DELAY=0.05, RETRY_MAX_DELAY=0.1)
     env["FLOW_LIMITS"] = json.dumps({host: {"parallelism": 1}})  # one fetch at a time: one waits
-    if backend == "durable":
-        env["REDIS_URL"] = own_redis.url
+    if backend == "durable":  # a private Redis only where it is used
+        env["REDIS_URL"] = request.getfixturevalue("own_redis").url
     _, api = processes.serve(**env, **otel_env(receiver, "qc-api"))
     worker_service = "qc-api"
     if backend == "durable":
