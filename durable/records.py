@@ -38,6 +38,8 @@ def fields(job: Job) -> list[str]:
         value = getattr(job, name)
         if value is not None:
             out += [name, repr(value)]
+    if record.trace_id:
+        out += ["trace_id", record.trace_id]
     return out
 
 
@@ -107,4 +109,5 @@ def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
         timeout_s=_float(d.get("timeout_s")),
         max_tries=_int(d.get("max_tries")) or None,
         finished_at=_float(d.get("finished_at")),
+        trace_id=d.get("trace_id") or None,
     )

@@ -72,6 +72,7 @@ from pipeline.jobs import (
 )
 from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
+from pipeline.tracing import working_on
 
 log = logging.getLogger("queue_contrast.inmemory")
 
@@ -118,6 +119,7 @@ def _changed(
         r.timeout_s,
         r.max_tries,
         finished_at,
+        r.trace_id,
     )
 
 
@@ -399,6 +401,9 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
         job, attempt = entry.job, entry.attempt
+        waited, entry.parked_at = entry.parked_at, None
+        held = self.timers.now() - waited if waited is not None else 0.0
+        working_on(job, attempt, task.get_name(), flow_wait_s=held)  # log lines, the attempt span
         entry.where, entry.run = Where.RUNNING, AttemptRun()
         self._queued -= 1
         self.room.give()

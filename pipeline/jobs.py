@@ -90,7 +90,9 @@ class Job:
     otherwise) or ``text`` (``text/plain; charset=utf-8``). ``timeout_s`` and ``max_tries``
     override the service's ``JOB_TIMEOUT`` / ``MAX_TRIES`` for this job (never above them).
     ``run_at`` (unix seconds) delays the first attempt. ``flow_key`` names the flow-control key;
-    without one, the key is the URL's ``host:port`` (:meth:`flow`)."""
+    without one, the key is the URL's ``host:port`` (:meth:`flow`). ``trace`` is the job's
+    creation context as W3C trace-context headers (``traceparent``, ``tracestate``), set by the
+    producer when tracing is on (``pipeline.tracing``); every attempt's span links to it."""
 
     url: str
     priority: int = DEFAULT_PRIORITY
@@ -104,6 +106,7 @@ class Job:
     run_at: float | None = None
     flow_key: str | None = None
     created_at: float = field(default_factory=time.time)
+    trace: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (the durable payload, dead letters); defaults are left out."""
@@ -117,6 +120,8 @@ class Job:
             if value is not None:
                 d[name] = value
         d["created_at"] = self.created_at
+        if self.trace:
+            d["trace"] = dict(self.trace)
         return d
 
     @classmethod
@@ -135,6 +140,7 @@ class Job:
             run_at=data.get("run_at"),
             flow_key=data.get("flow_key"),
             created_at=float(data.get("created_at") or 0.0),
+            trace=_trace_carrier(data.get("trace")),
         )
 
     def flow(self) -> str:
@@ -156,7 +162,26 @@ class Job:
             created_at=self.created_at,
             timeout_s=self.timeout_s,
             max_tries=self.max_tries,
+            trace_id=trace_id_of(self.trace) if self.trace else None,
         )
+
+
+def _trace_carrier(value: Any) -> tuple[tuple[str, str], ...]:
+    """The trace-context headers of a stored job (anything else in the field is ignored)."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str))
+
+
+def trace_id_of(carrier: tuple[tuple[str, str], ...]) -> str | None:
+    """The trace id (32 hex digits) in a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``);
+    None when there is none."""
+    for name, value in carrier:
+        if name == "traceparent":
+            parts = value.split("-")
+            if len(parts) >= 4 and len(parts[1]) == 32:
+                return parts[1]
+    return None
 
 
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
@@ -280,6 +305,7 @@ class JobRecord:
     timeout_s: float | None = None
     max_tries: int | None = None
     finished_at: float | None = None
+    trace_id: str | None = None  # the job's trace (pipeline.tracing); None when tracing is off
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,6 +324,7 @@ class JobRecord:
             "timeout_s": self.timeout_s,
             "max_tries": self.max_tries,
             "result": self.result.to_dict() if self.result else None,
+            "trace_id": self.trace_id,
         }
 
 

@@ -232,6 +232,11 @@ class Record(BaseModel):
     timeout_s: float | None
     max_tries: int | None
     result: Result | None
+    trace_id: str | None = Field(
+        None,
+        description="the job's OpenTelemetry trace id (32 hex digits); null when tracing is off",
+        pattern="^[0-9a-f]{32}$",
+    )
 
 
 class JobPage(BaseModel):
