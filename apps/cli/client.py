@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from pipeline.times import rfc3339
 
 MAX_RETRY_WAIT_S = 10.0
 FINAL = ("done", "failed", "cancelled")
@@ -341,9 +342,8 @@ def format_job(record: Mapping[str, Any]) -> str:
 
 
 def _when(ts: Any) -> str:
-    if not isinstance(ts, int | float) or not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A unix time as the API's ``*_iso`` fields write it (one formatter for both)."""
+    return (rfc3339(ts) if ts else None) or "-"
 
 
 def describe_job(record: Mapping[str, Any]) -> list[str]:
