@@ -85,4 +85,5 @@ async def test_records_show_the_url_masked_and_iso_times_as_the_cli_prints_them(
     printed = {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
     assert printed["created"] == record["created_at_iso"]
     assert printed["finished"] == record["finished_at_iso"]
+    assert printed["attempt 1"].endswith(f"ended {record['tries'][0]['ended_at_iso']}")
     assert SECRET not in "\n".join(lines)

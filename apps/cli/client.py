@@ -370,9 +370,18 @@ def describe_job(record: Mapping[str, Any]) -> list[str]:
     if record.get("run_at"):
         rows.append(("run at", _when(record["run_at"])))
     rows.append(("finished", _when(record.get("finished_at"))))
+    rows += [(f"attempt {t.get('attempt')}", _describe_try(t)) for t in record.get("tries") or []]
     rows += _describe_result(record.get("result"))
     width = max(len(name) for name, _ in rows) + 2
     return [f"{name + ':':<{width}}{value}" for name, value in rows]
+
+
+def _describe_try(tried: Mapping[str, Any]) -> str:
+    """How one attempt ended, as the dashboard's job view shows it."""
+    http = tried.get("http_status")
+    line = f"{tried.get('end')}, {f'HTTP {http}' if http is not None else 'no HTTP answer'}"
+    line += f", {float(tried.get('elapsed_s') or 0):.3f} s, ended {_when(tried.get('ended_at'))}"
+    return f"{line}, error {tried['error']!r}" if tried.get("error") else line
 
 
 def _describe_result(result: Mapping[str, Any] | None) -> list[tuple[str, str]]:
