@@ -58,7 +58,8 @@ async def test_records_show_the_url_masked_and_iso_times_as_the_cli_prints_them(
     make_harness: MakeHarness,
 ) -> None:
     """GET /jobs/{id}, GET /jobs and GET /dead-letters show the URL with its key masked while the
-    upstream received it; every unix time has its RFC 3339 text beside it, which is what
+    upstream received it; every unix time (heartbeats in /stats too) has its RFC 3339 text beside
+    it, which is what
     ``queue-contrast jobs show`` prints."""
     h = await make_harness(workers=2, max_tries=1)
     await h.start_workers()
@@ -69,6 +70,7 @@ async def test_records_show_the_url_masked_and_iso_times_as_the_cli_prints_them(
         record: dict[str, Any] = (await api.get(f"/jobs/{ok.id}")).json()
         listed = {j["id"]: j for j in (await api.get("/jobs")).json()["jobs"]}
         letters = (await api.get("/dead-letters")).json()["dead_letters"]
+        beats = (await api.get("/stats")).json().get("worker_processes", [])
     assert [r["query"] for r in await h.requests(ok.id)] == [f"access_token={SECRET}&page=2"]
 
     assert record["url"] == f"{h.upstream}/report/7?access_token=***&page=2"
@@ -81,6 +83,10 @@ async def test_records_show_the_url_masked_and_iso_times_as_the_cli_prints_them(
     assert record["run_at_iso"] is None and record["finished_at_iso"] is not None
     assert [t["ended_at_iso"] for t in record["tries"]] == [record["finished_at_iso"]]
     assert letters[0]["failed_at_iso"] == rfc3339(letters[0]["failed_at"])
+    assert len(beats) == (1 if h.settings.queue_backend == "durable" else 0)  # heartbeats
+    for beat in beats:
+        assert beat["beat_iso"] == rfc3339(beat["beat"])
+        assert beat["started_iso"] == rfc3339(beat["started"])
     lines = describe_job(record)
     printed = {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
     assert printed["created"] == record["created_at_iso"]
