@@ -59,8 +59,7 @@ async def test_records_show_the_url_masked_and_iso_times_as_the_cli_prints_them(
 ) -> None:
     """GET /jobs/{id}, GET /jobs and GET /dead-letters show the URL with its key masked while the
     upstream received it; every unix time (heartbeats in /stats too) has its RFC 3339 text beside
-    it, which is what
-    ``queue-contrast jobs show`` prints."""
+    it, which is what ``queue-contrast status`` prints."""
     h = await make_harness(workers=2, max_tries=1)
     await h.start_workers()
     ok = await h.submit(f"/report/7?access_token={SECRET}&page=2")
