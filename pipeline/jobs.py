@@ -348,7 +348,8 @@ class JobRecord:
         tries = list(self.retried)
         status, result = self.status, self.result
         if status in (Status.DONE, Status.FAILED) and result is not None:
-            tries.append(Try.of(self.attempts, status.value, result, self.finished_at or 0.0))
+            attempt = max(self.attempts, 1)  # a damaged record may say 0
+            tries.append(Try.of(attempt, status.value, result, self.finished_at or 0.0))
         return tries
 
     def to_dict(self) -> dict[str, Any]:
