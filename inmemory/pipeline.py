@@ -69,6 +69,7 @@ from pipeline.jobs import (
     Stats,
     Status,
     Submitted,
+    Try,
 )
 from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
@@ -102,7 +103,10 @@ def _changed(
     finished_at: float | None = None,
 ) -> JobRecord:
     """``r`` in ``status``; built directly, as ``dataclasses.replace`` costs several times more
-    on this per-job path."""
+    on this per-job path. A ``result`` back to ``queued`` is attempt ``r.attempts`` retried."""
+    retried = r.retried
+    if result is not None and status is Status.QUEUED:
+        retried = (*retried, Try.of(r.attempts, "retry", result, time.time()))
     return JobRecord(
         r.id,
         r.url,
@@ -120,6 +124,7 @@ def _changed(
         r.max_tries,
         finished_at,
         r.trace_id,
+        retried,
     )
 
 
