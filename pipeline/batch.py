@@ -22,6 +22,7 @@ import enum
 from dataclasses import dataclass
 
 MAX_BATCH = 1000  # jobs in one POST /jobs/batch (and one script call of the durable backend)
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024  # its request body: MAX_BATCH jobs of ~16 KiB each
 
 
 class Placement(enum.StrEnum):

@@ -7,13 +7,26 @@ redis-server, one ``enqueue_batch.lua`` call per batch), through the real servic
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from apps.cli.common import EXIT_FAILED, EXIT_OVER_LIMIT
 from pipeline.batch import MAX_BATCH
-from tests.support.helpers import async_wait_until
+from tests.support.helpers import (
+    CLI,
+    Processes,
+    allow,
+    async_wait_until,
+    child_env,
+    wait_until,
+    witness_jobs,
+)
 from tests.support.service_api import Api, open_api
 
 BATCH = "/jobs/batch"
@@ -182,3 +195,85 @@ async def test_an_empty_or_oversized_batch_is_refused_whole(
     assert response.status_code == 422, response.text
     assert response.json()["field"] == field
     assert await queued_records(small) == []
+
+
+# -- queue-contrast submit --file, end to end against a real serve and worker --------------------
+
+
+def cli(*args: str, **env: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        env=child_env(**env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def durable_serve(processes: Processes, redis_url: str, upstream: str, maxsize: int) -> str:
+    _, url = processes.serve(
+        QUEUE_BACKEND="durable",
+        REDIS_URL=redis_url,
+        QUEUE_MAXSIZE=maxsize,
+        SUBMIT_TIMEOUT=1,  # over_limit answers say retry_after 1
+        ALLOWED_HOSTS=allow(upstream),
+    )
+    return url
+
+
+def test_submit_file_sends_batches_waits_out_the_limit_and_reports_each_job(
+    processes: Processes, redis_url: str, upstream: str, tmp_path: Path
+) -> None:
+    """`submit --file` (JSON lines and plain URLs) through a queue of 5: every valid job is
+    accepted once, in order, after waiting out over_limit answers; the invalid one is named on
+    stderr and the exit code is 1; the witness sees each accepted job exactly once."""
+    api = durable_serve(processes, redis_url, upstream, maxsize=5)
+    processes.worker(QUEUE_BACKEND="durable", REDIS_URL=redis_url, WORKERS=2, **_allowed(upstream))
+    lines = [json.dumps({"url": f"{upstream}/f/{i}", "id": f"f-{i}"}) for i in range(20)]
+    lines.insert(7, json.dumps({"url": f"{upstream}/bad", "priority": 12}))
+    lines += [f"{upstream}/plain/1", "# a comment", "", f"{upstream}/plain/2"]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    done = cli("submit", "--file", str(path), "--api", api, "--batch-size", "8", "--timeout", "90")
+    assert done.returncode == EXIT_FAILED, done.stderr
+    refused = [line for line in done.stderr.splitlines() if "refused" in line]
+    assert len(refused) == 1 and "job #8 refused: 422 priority:" in refused[0], done.stderr
+    assert "wait for room under QUEUE_MAXSIZE" in done.stderr  # the limit was met, and waited out
+    accepted = [line.split() for line in done.stdout.splitlines()]
+    assert [a[0] for a in accepted[:20]] == [f"f-{i}" for i in range(20)]
+    assert [a[-1] for a in accepted] == [
+        *(f"{upstream}/f/{i}" for i in range(20)),
+        f"{upstream}/plain/1",
+        f"{upstream}/plain/2",
+    ]
+    ids = [a[0] for a in accepted]
+
+    def all_seen() -> dict[str, dict[str, Any]] | None:
+        jobs = witness_jobs(upstream, ids)
+        return jobs if len(jobs) == len(ids) else None
+
+    seen = wait_until(all_seen, 60, "every accepted job at the witness")
+    assert {i: seen[i]["hits"] for i in ids} == dict.fromkeys(ids, 1)
+
+
+def test_submit_file_exits_4_naming_the_jobs_still_over_the_limit(
+    processes: Processes, redis_url: str, upstream: str, tmp_path: Path
+) -> None:
+    """With no worker and room for 2, `submit --file` of 5 jobs accepts 2, then exits 4 at
+    --timeout naming the 3 jobs still over the limit; nothing else was stored."""
+    api = durable_serve(processes, redis_url, upstream, maxsize=2)
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps([{"url": f"{upstream}/o/{i}", "id": f"o-{i}"} for i in range(5)]))
+    done = cli("submit", "--file", str(path), "--api", api, "--timeout", "2")
+    assert done.returncode == EXIT_OVER_LIMIT, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["o-0", "o-1"]
+    over = [line for line in done.stderr.splitlines() if "over_limit" in line]
+    assert [line.split()[3] for line in over] == ["o-2", "o-3", "o-4"], done.stderr
+    listed = httpx.get(f"{api}/jobs", trust_env=False, timeout=10).json()["jobs"]
+    assert [j["id"] for j in listed] == ["o-0", "o-1"]
+
+
+def _allowed(upstream: str) -> dict[str, str]:
+    return {"ALLOWED_HOSTS": allow(upstream)}

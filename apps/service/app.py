@@ -35,13 +35,14 @@ from apps.service.dashboard import add_dashboard
 from apps.service.dead_letters import add_dead_letter_routes
 from apps.service.flows_api import add_flow_routes
 from apps.service.jobs_api import add_job_routes
-from apps.service.jobs_batch import BATCH_PATH, MAX_BATCH_BODY_BYTES, add_batch_route
+from apps.service.jobs_batch import BATCH_PATH, add_batch_route
 from apps.service.methods import HeadAsGet, allowed_methods
 from apps.service.openapi import answers, install
 from apps.service.responses import error, invalid_field
 from apps.service.schemas import Health, Stats
 from apps.service.serving import MAX_HEADER_BYTES
 from pipeline.backend import Producer
+from pipeline.batch import MAX_BATCH_BODY_BYTES
 from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, NotReplicated, QueueFull
 from pipeline.fetch.validate import MAX_HEADERS_TOTAL
 from pipeline.jobs import MAX_URL_LENGTH

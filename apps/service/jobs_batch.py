@@ -33,13 +33,11 @@ from apps.service.openapi import RETRY_AFTER, answers
 from apps.service.responses import error, invalid_field
 from apps.service.schemas import ID_PATTERN
 from pipeline.backend import Producer
-from pipeline.batch import MAX_BATCH, Placed, Placement
+from pipeline.batch import MAX_BATCH, MAX_BATCH_BODY_BYTES, Placed, Placement
 from pipeline.errors import InvalidJob, NotReplicated
 from pipeline.jobs import Job
 
 BATCH_PATH = "/jobs/batch"
-# a batch's request body cap: MAX_BATCH jobs of ~16 KiB each (a single POST /jobs: app.body_cap)
-MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024
 _ID = re.compile(ID_PATTERN)
 BATCH = f"""Queue up to {MAX_BATCH} HTTP requests in one call, each exactly what `POST /jobs`
 takes. Always 200 once the list was read: `jobs` answers each one in submission order, with its
