@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -163,6 +164,7 @@ def create_app(producer: Producer) -> FastAPI:
     add_dead_letter_routes(app, producer)
     add_flow_routes(app, producer)
     add_dashboard(app)
+    _submit_routes_first(app)
     cap = body_cap(producer.settings.max_request_body_bytes)
     app.add_middleware(BodyLimit, limit=cap, paths={BATCH_PATH: max(cap, MAX_BATCH_BODY_BYTES)})
     app.add_middleware(HeaderLimit)
@@ -172,6 +174,21 @@ def create_app(producer: Producer) -> FastAPI:
     app.add_middleware(HeadAsGet)  # outermost: everything after it sees the GET a HEAD mirrors
     install(app, producer.settings, DESCRIPTION)
     return app
+
+
+def _submit_routes_first(app: FastAPI) -> None:
+    """Move ``POST /jobs`` and ``POST /jobs/batch`` to the head of the route list: Starlette tries
+    routes in order, and the docs routes FastAPI adds first cost every submission a regex match
+    each (~10 µs of a ~120 µs in-process request). No other route shares their paths and methods,
+    so the order changes nothing else (the job routes keep their own order)."""
+    hot = [
+        r
+        for r in app.router.routes
+        if isinstance(r, APIRoute)
+        and r.path in ("/jobs", BATCH_PATH)
+        and "POST" in (r.methods or ())
+    ]
+    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
 
 
 def _retry_after(producer: Producer) -> str:

@@ -70,7 +70,13 @@ class BatchIn(BaseModel):
         Field(
             min_length=1,
             max_length=MAX_BATCH,
-            json_schema_extra={"items": {"$ref": "#/components/schemas/JobIn"}},
+            json_schema_extra={
+                "items": {
+                    "description": "a job as POST /jobs takes it (JobIn); anything else is "
+                    "refused in its own answer, and the request is still 200",
+                    "anyOf": [{"$ref": "#/components/schemas/JobIn"}, {}],
+                }
+            },
         ),
     ]
 
