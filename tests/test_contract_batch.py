@@ -197,6 +197,20 @@ async def test_an_empty_or_oversized_batch_is_refused_whole(
     assert await queued_records(small) == []
 
 
+async def test_jobs_batch_is_the_batch_route_alone(small: Api) -> None:
+    """/jobs/batch answers POST only (other methods: 405 naming POST), and no job may be called
+    "batch", so no job is ever hidden behind the route."""
+    for method in ("GET", "DELETE", "PUT"):
+        response = await small.client.request(method, BATCH)
+        assert response.status_code == 405, (method, response.text)
+        assert response.headers["allow"] == "POST"
+    single = await small.client.post("/jobs", json={"url": f"{small.upstream}/x", "id": "batch"})
+    assert single.status_code == 422 and single.json()["field"] == "id"
+    body = await post_batch(small, [{"url": f"{small.upstream}/x", "id": "batch"}])
+    assert body["jobs"][0]["field"] == "id" and body["refused"] == 1
+    assert (await small.client.get("/jobs/batchx")).status_code == 404  # any other id: a job
+
+
 # -- queue-contrast submit --file, end to end against a real serve and worker --------------------
 
 
