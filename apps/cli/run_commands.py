@@ -53,7 +53,7 @@ def service_routes() -> list[tuple[str, str]]:
             (
                 " ".join(m for m in methods if m != "HEAD") or "HEAD",
                 # path_format: the path as documented ({job_id}, not {job_id:job_id})
-                getattr(route, "path_format", None) or getattr(route, "path", ""),
+                str(getattr(route, "path_format", None) or getattr(route, "path", "")),
             )
         )
     return rows
