@@ -12,7 +12,9 @@ reports its best round (the machine is shared). Redis's CPU per job (``INFO cpu`
 it: the script's own work, paid once per job in either form.
 
 Beside it, the same app under uvicorn's ``httptools`` protocol (``benchmarks.submit_server``; no
-request deadline there) takes the same single ``POST /jobs`` load: what the HTTP protocol costs.
+request deadline there) takes the same single ``POST /jobs`` load, and so does a bare ASGI app
+(reads the body, answers a fixed 202) under each protocol: what the HTTP protocol itself costs
+per request, under any app.
 
 The issue-24 targets: batch ≥ 20,000 jobs/s from one serve (≤ 0.05 ms serve CPU per job in
 batches of 1,000) and single ``POST /jobs`` ≤ 0.25 ms serve CPU per job.
@@ -35,8 +37,13 @@ from benchmarks.rawclient import Pool, RawClient
 CONNECTIONS = 8
 BATCH = 1000
 BATCH_CONNECTIONS = 2
-# the same app under other uvicorn HTTP protocols (benchmarks.submit_server), single POST /jobs
-ALTERNATIVES = ("httptools",)
+# the same app under other uvicorn HTTP protocols, and a bare app under each (the protocol's own
+# floor), single POST /jobs (benchmarks.submit_server): (server, module it needs)
+ALTERNATIVES = (
+    ("httptools", "httptools"),
+    ("ours-bare", "h11"),
+    ("httptools-bare", "httptools"),
+)
 TARGET_BATCH_JOBS_S = 20_000
 TARGET_BATCH_MS = 0.05
 TARGET_SINGLE_MS = 0.25
@@ -171,9 +178,9 @@ async def run(
     ours = await _server_rounds("ours", ("single", "batch"), redis_url, sizes, rounds, step)
     single, batch = _best(ours["single"]), _best(ours["batch"])
     servers: dict[str, Any] = {"ours": single}
-    for alternative in ALTERNATIVES:
-        if importlib.util.find_spec(alternative) is None:
-            servers[alternative] = {"skipped": f"{alternative} is not installed"}
+    for alternative, needs in ALTERNATIVES:
+        if importlib.util.find_spec(needs) is None:
+            servers[alternative] = {"skipped": f"{needs} is not installed"}
             continue
         rows = await _server_rounds(alternative, ("single",), redis_url, sizes, rounds, step)
         servers[alternative] = _best(rows["single"])

@@ -148,7 +148,7 @@ def test_submit_section(results: dict) -> None:
     for kind in ("single", "batch"):
         assert s[kind]["jobs"] > 0 and s[kind]["serve_ms_per_job"] > 0, kind
     assert s["batch"]["jobs"] % s["batch_size"] == 0
-    assert set(s["servers"]) == {"ours", "httptools"}
+    assert set(s["servers"]) == {"ours", "httptools", "ours-bare", "httptools-bare"}
     checks = [c["target"] for c in results["checks"]]
     assert sum("batch submission" in c or "single POST /jobs" in c for c in checks) == 3
 

@@ -8,6 +8,11 @@ from typing import Any
 from benchmarks.views.base import Check, Section, Table, fmt
 
 TITLE = "10. Submitting: single POST /jobs vs batches of 1,000"
+LABELS = {
+    "httptools": "POST /jobs, the same app under uvicorn httptools (no request deadline)",
+    "ours-bare": "floor: a bare ASGI app (fixed 202) under DeadlineH11Protocol",
+    "httptools-bare": "floor: a bare ASGI app (fixed 202) under uvicorn httptools",
+}
 
 
 def checks(r: dict[str, Any], check: Check) -> None:
@@ -47,7 +52,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
     for name, row in s["servers"].items():
         if name == "ours":
             continue
-        label = f"POST /jobs, the same app under uvicorn {name} (no request deadline)"
+        label = LABELS.get(name, name)
         rows.append(
             [label, row["skipped"], "", "", "", ""] if "skipped" in row else _row(label, row)
         )
