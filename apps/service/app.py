@@ -91,6 +91,11 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
+def _too_large(limit: int) -> JSONResponse:
+    """The 413 (built only when it is the answer: not on every request)."""
+    return error(413, f"request body over {limit} bytes", "body")
+
+
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before parsing;
     ``paths`` gives a path a cap of its own (``POST /jobs/batch``: MAX_BATCH_BODY_BYTES)."""
@@ -107,12 +112,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.paths.get(scope["path"], self.limit)
-        too_large = error(413, f"request body over {limit} bytes", "body")
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and not length.isdigit():
             return await error(400, "invalid Content-Length header", "body")(scope, receive, send)
         if length is not None and int(length) > limit:
-            return await too_large(scope, receive, send)
+            return await _too_large(limit)(scope, receive, send)
         # Read the (small) body here, before the app: a streamed body over the limit is refused
         # with 413 by us, not half-read by the framework's parser, which answers a bare 400.
         chunks, size = [], 0
@@ -123,7 +127,7 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                return await too_large(scope, receive, send)
+                return await _too_large(limit)(scope, receive, send)
             if not message.get("more_body", False):
                 break
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}

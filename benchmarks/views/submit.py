@@ -31,8 +31,8 @@ def checks(r: dict[str, Any], check: Check) -> None:
         batch["jobs_s"],
         targets["batch_jobs_s"],
         ">=",
-        note=f"{batch['jobs']:,} jobs; serve {batch['serve_cores']:g} cores (wall rate: the "
-        "machine is shared)",
+        note=f"{batch['jobs']:,} jobs; serve got {batch['serve_cores']:g} cores of the shared "
+        f"machine; {1 / batch['serve_ms_per_job'] * 1e3:,.0f} jobs per serve CPU-second",
     )
     check(
         "single POST /jobs, serve CPU per job, ms",
