@@ -291,3 +291,19 @@ def test_submit_file_exits_4_naming_the_jobs_still_over_the_limit(
 
 def _allowed(upstream: str) -> dict[str, str]:
     return {"ALLOWED_HOSTS": allow(upstream)}
+
+
+def test_submit_file_wait_reports_each_job_as_it_ends(
+    processes: Processes, redis_url: str, upstream: str, tmp_path: Path
+) -> None:
+    """`submit --file --wait` prints one outcome line per job as it ends, exit 0 when all are
+    done; a job given twice in the file is one job, reported once."""
+    api = durable_serve(processes, redis_url, upstream, maxsize=10)
+    processes.worker(QUEUE_BACKEND="durable", REDIS_URL=redis_url, WORKERS=2, **_allowed(upstream))
+    lines = [json.dumps({"url": f"{upstream}/w/{i}", "id": f"w-{i}"}) for i in range(3)]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join([*lines, lines[0]]) + "\n")
+    done = cli("submit", "--file", str(path), "--api", api, "--wait", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    ended = sorted(line.split()[:2] for line in done.stdout.splitlines())
+    assert ended == [["w-0", "done"], ["w-1", "done"], ["w-2", "done"]]
