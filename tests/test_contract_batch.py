@@ -115,6 +115,7 @@ async def test_partly_refused_partly_over_the_limit_exactly_and_nothing_half_sto
     api = small
     known = await api.submit("/known", id="known")
     bad_url = {"url": "ftp://example.com/file", "id": "bad-url"}
+    private = {"url": "http://10.0.0.1/x"}  # the URL guard refuses it (no id given: none shown)
     bad_priority = {"url": f"{api.upstream}/p", "priority": 12}
     jobs: list[Any] = [
         {"url": f"{api.upstream}/1", "id": "new-1"},
@@ -127,6 +128,7 @@ async def test_partly_refused_partly_over_the_limit_exactly_and_nothing_half_sto
         "not an object",
         {"url": f"{api.upstream}/5", "id": "over-5"},
         {"url": f"{api.upstream}/1", "id": "new-1"},  # the same id again: existing
+        private,
     ]
     response = await api.client.post(BATCH, json={"jobs": jobs})
     assert response.status_code == 200, response.text
@@ -143,11 +145,12 @@ async def test_partly_refused_partly_over_the_limit_exactly_and_nothing_half_sto
         (None, "refused"),
         ("over-5", "over_limit"),
         ("new-1", "existing"),
+        (None, "refused"),
     ]
-    assert (body["accepted"], body["existing"], body["refused"], body["over_limit"]) == (3, 2, 3, 2)
+    assert (body["accepted"], body["existing"], body["refused"], body["over_limit"]) == (3, 2, 4, 2)
     assert body["retry_after"] >= 1
     assert response.headers["retry-after"] == str(body["retry_after"])
-    for index, single in ((1, bad_url), (5, bad_priority)):  # the words of POST /jobs's 422
+    for index, single in ((1, bad_url), (5, bad_priority), (10, private)):  # POST /jobs's words
         alone = await api.client.post("/jobs", json=single)
         assert alone.status_code == 422
         answer = body["jobs"][index]

@@ -122,6 +122,13 @@ def read_jobs(items: list[Any], now: float) -> list[Job | Placed]:
     return out
 
 
+def _own(placed: Placed, item: Any) -> Placed:
+    """A job the contract refused names only the id its item gave (not one made up for it)."""
+    if placed.placement is not Placement.REFUSED:
+        return placed
+    return Placed.refused(_given_id(item), placed.field or "", placed.error or "")
+
+
 def _entry(placed: Placed) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": placed.id, "outcome": placed.placement.value}
     if placed.status is not None:
@@ -182,4 +189,8 @@ def add_batch_route(app: FastAPI, producer: Producer, retry_after: int) -> None:
         except NotReplicated as exc:
             ids = [j.id for j in jobs]
             return error(503, str(exc), None, extra={"ids": ids}, headers={"Retry-After": "1"})
-        return answer([next(placed) if isinstance(j, Job) else j for j in read], retry_after)
+        answers = [
+            _own(next(placed), item) if isinstance(j, Job) else j
+            for j, item in zip(read, data.jobs, strict=True)
+        ]
+        return answer(answers, retry_after)
