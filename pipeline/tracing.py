@@ -10,7 +10,9 @@ The spans of one job::
     [client's span, if it sent traceparent]
       send jobs        PRODUCER  the submit (Producer.submit); its context is the job's creation
                                  context, stored IN the job (Job.trace: traceparent/tracestate),
-                                 so a job re-delivered after a crash still finds it
+                                 so a job re-delivered after a crash still finds it. A batch
+                                 (POST /jobs/batch) is one send span holding a ``create`` span
+                                 per job, whose context that job carries
         process jobs   CONSUMER  each attempt (AttemptRunner): a child of the creation context and
                                  linked to it; attempt number, re-delivery, worker, outcome
           GET          CLIENT    the fetch (Fetcher); sends traceparent/tracestate to the upstream,
@@ -32,7 +34,7 @@ import asyncio
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +52,7 @@ tracer = trace.get_tracer("queue_contrast")  # a proxy until an SDK provider is 
 
 T = TypeVar("T")
 Submit = Callable[[Job], Awaitable[Submitted]]
+SubmitBatch = Callable[[Sequence[Job]], Awaitable[list[Any]]]
 Handler = Callable[[Job, int], Awaitable[Outcome]]
 
 
@@ -88,6 +91,40 @@ def sending(submit: Submit, backend: str) -> Submit:
             span.set_attribute("queue_contrast.existing", not submitted.created)
             span.set_attribute("queue_contrast.status", submitted.record.status.value)
             return submitted
+
+    return traced
+
+
+def sending_batch(submit_batch: SubmitBatch, backend: str) -> SubmitBatch:
+    """``submit_batch`` with one ``send`` PRODUCER span for the batch and, inside it, one ``create``
+    span per job whose context goes into that job (the conventions' batch send: each message
+    keeps its own creation context, so each job's attempts join its own trace)."""
+    if not enabled():
+        return submit_batch
+
+    async def traced(jobs: Sequence[Job]) -> list[Any]:
+        attributes: dict[str, Any] = {
+            "messaging.system": SYSTEM,
+            "messaging.destination.name": DESTINATION,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.batch.message_count": len(jobs),
+            "queue_contrast.backend": backend,
+        }
+        with tracer.start_as_current_span(
+            f"send {DESTINATION}", kind=SpanKind.PRODUCER, attributes=attributes
+        ):
+            stamped = []
+            for job in jobs:
+                with tracer.start_as_current_span(
+                    f"create {DESTINATION}",
+                    kind=SpanKind.PRODUCER,
+                    attributes=_messaging("create", "create", job.id),
+                ):
+                    carrier: dict[str, str] = {}
+                    propagate.inject(carrier)
+                stamped.append(dataclasses.replace(job, trace=tuple(carrier.items())))
+            return await submit_batch(stamped)
 
     return traced
 

@@ -140,6 +140,19 @@ def test_jobcost_section(results: dict) -> None:
     assert stores == {(s, b) for s in ("redis", "in-process") for b in (0, 1024, 65536)}
 
 
+def test_submit_section(results: dict) -> None:
+    """Section 10: serve CPU per job for single POST /jobs and for batches, every job accepted,
+    and the same app under httptools beside it (a row, or why it was skipped)."""
+    s = results["submit"]
+    assert "error" not in s, s
+    for kind in ("single", "batch"):
+        assert s[kind]["jobs"] > 0 and s[kind]["serve_ms_per_job"] > 0, kind
+    assert s["batch"]["jobs"] % s["batch_size"] == 0
+    assert set(s["servers"]) == {"ours", "httptools", "ours-bare", "httptools-bare"}
+    checks = [c["target"] for c in results["checks"]]
+    assert sum("batch submission" in c or "single POST /jobs" in c for c in checks) == 3
+
+
 def test_outage_section(results: dict) -> None:
     """Return after a Redis outage: each fault ran on its own rig, every job ended done, and the
     figures are there (a time may be None: not reached; no timing is asserted)."""

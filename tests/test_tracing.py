@@ -221,6 +221,53 @@ def test_a_job_and_its_retry_in_one_trace(
     assert all(0 < w["queue_contrast.flow_wait_s"] < TIMEOUT_S for w in waits)
 
 
+@pytest.mark.parametrize("backend", ["inmemory", "durable"])
+def test_a_batch_gives_each_job_its_own_creation_context(
+    backend: str, processes: Processes, receiver: OtlpReceiver, request: pytest.FixtureRequest
+) -> None:
+    """POST /jobs/batch: one ``send`` span for the batch (under the client's span, with the
+    batch's size), one ``create`` span per job under it; each job's attempt is a child of, and
+    linked to, its own create span, and the upstream saw that job's trace."""
+    _, upstream = processes.upstream(latency_ms=10)
+    env: dict[str, Any] = {"QUEUE_BACKEND": backend, "ALLOWED_HOSTS": allow(upstream)}
+    if backend == "durable":
+        env["REDIS_URL"] = request.getfixturevalue("own_redis").url
+    _, api = processes.serve(**env, **otel_env(receiver, "qc-api"))
+    worker_service = "qc-api"
+    if backend == "durable":
+        processes.worker(**env, **otel_env(receiver, "qc-worker"))
+        worker_service = "qc-worker"
+    trace_id, client_span, traceparent = client_context()
+    ids = ["batch-a", "batch-b"]
+    r = httpx.post(
+        api + "/jobs/batch",
+        json={"jobs": [{"url": f"{upstream}/{i}", "id": i} for i in ids]},
+        headers={"traceparent": traceparent},
+        timeout=10,
+        trust_env=False,
+    )
+    assert r.status_code == 200, r.text
+    spans = wait_for_spans(
+        receiver,
+        trace_id,
+        {("PRODUCER", "send jobs"): 1, ("PRODUCER", "create jobs"): 2, ("CLIENT", "GET"): 2},
+        "the batch's spans",
+    )
+    send = one(spans, "PRODUCER", **{"messaging.batch.message_count": 2})
+    assert send.name == "send jobs" and send.service == "qc-api"
+    by_id = {s.span_id: s for s in spans}
+    parent = send.parent_span_id
+    while parent in by_id:  # under the API's own request spans, if FastAPI made any
+        parent = by_id[parent].parent_span_id
+    assert parent == client_span
+    for job_id in ids:
+        create = one(spans, "PRODUCER", **{"messaging.message.id": job_id})
+        assert create.name == "create jobs" and create.parent_span_id == send.span_id
+        _, fetch = check_attempt(spans, create, 1, "done", worker_service)
+        assert upstream_traceparents(upstream, job_id) == [f"00-{trace_id}-{fetch.span_id}-01"]
+        assert get_json(f"{api}/jobs/{job_id}")["trace_id"] == trace_id
+
+
 def test_redelivery_after_sigkill_joins_the_same_trace(
     processes: Processes, receiver: OtlpReceiver, own_redis: RedisProcess
 ) -> None:

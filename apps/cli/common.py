@@ -19,6 +19,7 @@ from pipeline.errors import SettingsError
 from pipeline.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OVER_LIMIT = 4  # submit --file: jobs still over QUEUE_MAXSIZE when --timeout ran out
 
 
 def fail(message: str, code: int) -> NoReturn:

@@ -51,7 +51,11 @@ def service_routes() -> list[tuple[str, str]]:
     for route in app.routes:
         methods = sorted(getattr(route, "methods", None) or ()) or ["*"]
         rows.append(
-            (" ".join(m for m in methods if m != "HEAD") or "HEAD", getattr(route, "path", ""))
+            (
+                " ".join(m for m in methods if m != "HEAD") or "HEAD",
+                # path_format: the path as documented ({job_id}, not {job_id:job_id})
+                str(getattr(route, "path_format", None) or getattr(route, "path", "")),
+            )
         )
     return rows
 

@@ -89,7 +89,9 @@ URL_RULES = (
 # /jobs/.. would be /, and such an id or key could never be read back
 DOT_SEGMENTS = frozenset({".", ".."})
 _NOT_DOTS = r"(?!\.\.?$)"
-ID_PATTERN = rf"^{_NOT_DOTS}[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}$"
+# "batch" is not a job id: /jobs/batch is POST /jobs/batch's path, never a job's
+BATCH_ID = "batch"
+ID_PATTERN = rf"^{_NOT_DOTS}(?!{BATCH_ID}$)[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}$"
 FLOW_KEY_PATTERN = rf"^{_NOT_DOTS}[A-Za-z0-9._:\[\]-]{{1,{MAX_ID_LENGTH + 8}}}$"
 FLOW_KEY_OR_DEFAULT_PATTERN = (
     rf"^(?:\{DEFAULT_KEY}|{_NOT_DOTS}[A-Za-z0-9._:\[\]-]{{1,{MAX_ID_LENGTH + 8}}})$"

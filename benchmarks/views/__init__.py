@@ -13,6 +13,7 @@ from benchmarks.views import (
     outage,
     overhead,
     recovery,
+    submit,
     tracing,
 )
 from benchmarks.views.base import Check, Section, Table
@@ -27,6 +28,7 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    submit.SECTION,
     tracing.SECTION,
 )
 
