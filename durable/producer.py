@@ -32,6 +32,7 @@ from durable.redis_errors import map_redis_errors
 from durable.script_batch import ScriptBatch
 from durable.scripts import Scripts
 from pipeline.backend import Order, Producer
+from pipeline.budget import kept
 from pipeline.durations import Durations
 from pipeline.errors import BackendUnavailable, Conflict, NotReplicated, QueueFull
 from pipeline.jobs import (
@@ -347,6 +348,7 @@ class DurableProducer(Producer):
                 pipe.zrangebyscore(keys.WORKERS, time.time() * 1000, "+inf")
                 pipe.hlen(keys.DEAD)
                 pipe.hgetall(keys.DURATIONS)
+                pipe.zcard(keys.FINISHED)  # finished records kept (RESULT_BUDGET_RECORDS)
                 (
                     ready,
                     retrying,
@@ -357,6 +359,7 @@ class DurableProducer(Producer):
                     alive,
                     dead,
                     durations,
+                    finished,
                 ) = await pipe.execute()
             beats = await self._heartbeats([w.decode() for w in alive])
         counters = {k.decode(): int(float(v)) for k, v in raw.items()}
@@ -381,6 +384,7 @@ class DurableProducer(Producer):
                 "skipped_duplicates": counters.get("skipped_duplicates", 0),
                 "waiting_on_flow": parked,
                 "job_seconds": Durations.from_hash(durations).to_dict(),
+                "kept": kept(counters.get("kept_body_bytes", 0), finished, self.settings),
             },
         )
 

@@ -107,4 +107,5 @@ def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
         timeout_s=_float(d.get("timeout_s")),
         max_tries=_int(d.get("max_tries")) or None,
         finished_at=_float(d.get("finished_at")),
+        body_dropped=d.get("body_dropped") or None,  # trim_results.lua
     )

@@ -54,6 +54,7 @@ from inmemory.room import Room
 from inmemory.timers import Timers
 from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
+from pipeline.budget import Budget, kept
 from pipeline.durations import Durations
 from pipeline.errors import Conflict, InvalidJob, QueueFull
 from pipeline.fetch.handler import Handler
@@ -118,6 +119,7 @@ def _changed(
         r.timeout_s,
         r.max_tries,
         finished_at,
+        r.body_dropped,
     )
 
 
@@ -134,7 +136,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.room = Room(settings.queue_maxsize)
         self.timers = Timers()
         self.gate = FlowGate(settings.flow_limit_map, self.timers, self._release)
-        self.records = Records(settings.result_ttl)
+        self.records = Records(settings.result_ttl, Budget.of(settings))
         self.dead = DeadLetters()
         self.live: dict[str, Entry] = {}  # jobs not yet ended, by id
         self.counters = _Counters()
@@ -304,6 +306,7 @@ class InMemoryPipeline(Producer, WorkerPool):
                 "job_seconds": self.durations.to_dict(),
                 "waiting_on_flow": flows["waiting"],  # as the durable backend names it
                 "flows": flows,
+                "kept": kept(self.records.kept_bytes, self.records.finished, self.settings),
             },
         )
 

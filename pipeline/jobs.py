@@ -263,7 +263,8 @@ _OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """What ``GET /jobs/{id}`` shows: the job (secrets masked), its status, attempts so far, and
-    its last outcome (without the body: ``GET /jobs/{id}/result``)."""
+    its last outcome (without the body: ``GET /jobs/{id}/result``). ``body_dropped`` says why a
+    finished job's stored body is gone (``"space"``: ``pipeline.budget``), else None."""
 
     id: str
     url: str
@@ -280,6 +281,7 @@ class JobRecord:
     timeout_s: float | None = None
     max_tries: int | None = None
     finished_at: float | None = None
+    body_dropped: str | None = None  # "space": its stored body went to keep RESULT_BUDGET_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,6 +300,7 @@ class JobRecord:
             "timeout_s": self.timeout_s,
             "max_tries": self.max_tries,
             "result": self.result.to_dict() if self.result else None,
+            "body_dropped": self.body_dropped,
         }
 
 
