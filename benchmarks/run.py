@@ -57,6 +57,11 @@ class Sizes:
     outage_warmup_s: float = 1.0
     outage_steady_s: float = 3.0
     outage_after_s: float = 8.0
+    memory_jobs: int = 100_000  # issue 24 item 3: 100,000 jobs of 200 KB answers
+    memory_body_bytes: int = 200 * 1024
+    memory_samples: int = 20
+    memory_budget_bytes: int | None = None  # None: RESULT_BUDGET_BYTES's default
+    memory_budget_records: int | None = None  # None: RESULT_BUDGET_RECORDS's default
 
 
 QUICK = Sizes(
@@ -82,6 +87,11 @@ QUICK = Sizes(
     outage_warmup_s=0.5,
     outage_steady_s=1.0,
     outage_after_s=1.5,
+    memory_jobs=400,  # small budgets, so that a few jobs fill them
+    memory_body_bytes=20_000,
+    memory_samples=8,
+    memory_budget_bytes=1 << 20,
+    memory_budget_records=100,
 )
 
 
@@ -203,6 +213,22 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
+SECTIONS += ("memory",)  # 10 memory (issue 24 item 3: benchmarks/memory.py)
+
+
+async def section_memory(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    """Memory through many jobs with big answers: flat once the result budgets fill."""
+    from benchmarks import memory
+
+    return await memory.run(
+        redis_url,
+        s.memory_jobs,
+        s.memory_body_bytes,
+        s.memory_samples,
+        s.memory_budget_bytes,
+        s.memory_budget_records,
+        step,
+    )
 
 
 async def run_all(
@@ -243,6 +269,7 @@ async def run_all(
             ),
             "outage": lambda: section_outage(s, step),
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
+            "memory": lambda: section_memory(s, redis_proc.url, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 memory",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

@@ -10,6 +10,7 @@ from benchmarks.views import (
     io,
     jobcost,
     latency,
+    memory,
     outage,
     overhead,
     recovery,
@@ -26,6 +27,7 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    memory.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]
