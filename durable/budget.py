@@ -72,8 +72,14 @@ class Trimmer:
         return self.budget.over(kept_bytes, records)
 
     async def after_finish(self, script: Script, reply: Any) -> None:
-        """Trim when the finish's reply says a budget is exceeded."""
-        if len(reply) > 4 and self.due(reply[4]) and not self._busy.locked():
+        """Trim when ``finish.lua``'s reply says a budget is exceeded."""
+        if len(reply) > 4:
+            await self.after_state(script, reply[4])
+
+    async def after_state(self, script: Script, state: Any) -> None:
+        """Trim when a script's budget state says a budget is exceeded (unless a trim of this
+        process runs already)."""
+        if self.due(state) and not self._busy.locked():
             async with self._busy:
                 await self.trim(script)
 

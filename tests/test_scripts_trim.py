@@ -113,3 +113,16 @@ async def test_a_job_that_lives_again_keeps_its_record(lua: Lua) -> None:
     assert await lua.redis.zscore(keys.INDEX, again.id) is not None
     assert not await lua.redis.exists(keys.RECORD + newer[0].id)
     assert await lua.order(keys.FINISHED) == [newer[1].id]
+
+
+@contract("outcome")
+async def test_a_stock_arq_end_counts_its_body_and_answers_the_budget_state(lua: Lua) -> None:
+    """outcome.lua (a stock arq worker's end): done with a body is counted as finish.lua counts
+    it, and the reply carries (kept bytes, finished records) for the trim; a retry counts nothing."""
+    retried = await lua.submit_new()
+    assert await lua.outcome(retried, 1, "queued", default_outcome("retry", 1)) == 1
+    job = await lua.submit_new()
+    reply = await lua.outcome(job, 1, "done", body_of(700))
+    assert reply == [1, [700, 1]]
+    assert await lua.order(keys.KEPT) == [job.id]
+    assert await lua.hash(keys.KEPT_SIZE) == {job.id: "700"}

@@ -284,9 +284,9 @@ class Lua:
         """``flow_admin.lua`` through ``flow_store.admin``."""
         return int(await flow_store.admin(self.scripts, op, key, value))
 
-    async def outcome(self, job: Job, attempt: int, kind: str, outcome: Outcome | None) -> None:
-        """``outcome.lua`` through the stock-arq adapter's ``arq_compat.record``."""
-        await outcome_record(self.scripts, self.settings, job, attempt, kind, outcome)
+    async def outcome(self, job: Job, attempt: int, kind: str, outcome: Outcome | None) -> Any:
+        """``outcome.lua`` through the stock-arq adapter's ``arq_compat.record``: its reply."""
+        return await outcome_record(self.scripts, self.settings, job, attempt, kind, outcome)
 
     # -- flow state, written as its owners write it ----------------------------------------------
     async def limit(
