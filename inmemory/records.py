@@ -14,8 +14,8 @@ whatever ``RESULT_TTL`` says.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
+from dataclasses import replace
 
 from inmemory.index import Order, SeqIndex
 from pipeline.budget import DROPPED_FOR_SPACE, Budget
@@ -107,9 +107,10 @@ class Records:
             while self.kept_bytes > budget.body_low:
                 job_id, size = self._kept.popitem(last=False)
                 self.kept_bytes -= size
-                del self.bodies[job_id]
-                record = self.by_id[job_id]
-                self.by_id[job_id] = dataclasses.replace(record, body_dropped=DROPPED_FOR_SPACE)
+                self.bodies.pop(job_id, None)
+                record = self.by_id.get(job_id)
+                if record is not None:
+                    self.by_id[job_id] = replace(record, body_dropped=DROPPED_FOR_SPACE)
 
     def _forget(self, job_id: str) -> None:
         """A finished job's record and body go (expired, or dropped for the record budget)."""
