@@ -62,6 +62,11 @@ class Sizes:
     submit_rounds: int = 2
     tracing_jobs: int = 1000  # per mode and round (benchmarks/tracing_cost.py)
     tracing_rounds: int = 3
+    memory_jobs: int = 100_000  # issue 24 item 3: 100,000 jobs of 200 KB answers
+    memory_body_bytes: int = 200 * 1024
+    memory_samples: int = 20
+    memory_budget_bytes: int | None = None  # None: RESULT_BUDGET_BYTES's default
+    memory_budget_records: int | None = None  # None: RESULT_BUDGET_RECORDS's default
 
 
 QUICK = Sizes(
@@ -92,6 +97,11 @@ QUICK = Sizes(
     submit_rounds=1,
     tracing_jobs=40,
     tracing_rounds=1,
+    memory_jobs=400,  # small budgets, so that a few jobs fill them
+    memory_body_bytes=20_000,
+    memory_samples=8,
+    memory_budget_bytes=1 << 20,
+    memory_budget_records=100,
 )
 
 
@@ -214,7 +224,8 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
 SECTIONS += ("submit",)  # 10 submit (issue 24: benchmarks/submit.py)
-SECTIONS += ("tracing",)  # 11 tracing (issue 26: benchmarks/tracing_cost.py)
+SECTIONS += ("memory",)  # 11 memory (issue 24 item 3: benchmarks/memory.py)
+SECTIONS += ("tracing",)  # 12 tracing (issue 26: benchmarks/tracing_cost.py)
 
 
 async def section_submit(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
@@ -223,6 +234,21 @@ async def section_submit(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
 
     return await submit.run(
         redis_url, s.submit_single_jobs, s.submit_batches, s.submit_rounds, step
+    )
+
+
+async def section_memory(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    """Memory through many jobs with big answers: flat once the result budgets fill."""
+    from benchmarks import memory
+
+    return await memory.run(
+        redis_url,
+        s.memory_jobs,
+        s.memory_body_bytes,
+        s.memory_samples,
+        s.memory_budget_bytes,
+        s.memory_budget_records,
+        step,
     )
 
 
@@ -265,6 +291,7 @@ async def run_all(
             "outage": lambda: section_outage(s, step),
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
             "submit": lambda: section_submit(s, redis_proc.url, step),
+            "memory": lambda: section_memory(s, redis_proc.url, step),
             "tracing": lambda: tracing_cost.run(base, s.tracing_jobs, s.tracing_rounds, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
@@ -319,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
         "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 submit, "
-        "11 tracing",
+        "11 memory, 12 tracing",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

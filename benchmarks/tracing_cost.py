@@ -1,4 +1,4 @@
-"""Section 11: what tracing costs — off (the API installed, no SDK), sampled out, and on.
+"""Section 12: what tracing costs — off (the API installed, no SDK), sampled out, and on.
 
 One in-memory ``queue-contrast serve`` per mode and round (so ``POST /jobs``, the queue, the
 attempt and the fetch are all in the measured process), real ``GET``s of the upstream child at

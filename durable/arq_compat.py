@@ -22,10 +22,12 @@ from arq.connections import create_pool
 from arq.worker import Retry, Worker, func
 
 from durable import keys
+from durable.budget import Trimmer
 from durable.connection import arq_settings, redis_client
 from durable.finishing import safe_json
 from durable.scripts import Scripts
 from pipeline.backend import WorkerPool
+from pipeline.budget import Budget
 from pipeline.durations import bucket_label
 from pipeline.fetch.handler import Handler
 from pipeline.jobs import DeadLetter, Job
@@ -59,6 +61,7 @@ class StockArqWorker(WorkerPool):
         await scripts.load()
         s = self.settings
         handler = consuming(self.handler)  # a CONSUMER span per attempt, when tracing is on
+        trimmer = Trimmer(Budget.of(s))
 
         async def run_job(ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any]:
             job = Job.from_dict({**job_dict, "id": ctx["job_id"]})
@@ -70,7 +73,9 @@ class StockArqWorker(WorkerPool):
             if decision.end == "retry":
                 await record(scripts, s, job, attempt, "queued", outcome)
                 raise Retry(defer=decision.delay_s)
-            await record(scripts, s, job, attempt, decision.end, outcome)
+            written = await record(scripts, s, job, attempt, decision.end, outcome)
+            if isinstance(written, list):  # RESULT_BUDGET_*: trim when exceeded
+                await trimmer.after_state(scripts["trim_results"], written[1])
             return outcome.to_dict()
 
         pool = await create_pool(arq_settings(s.redis_url))
@@ -101,13 +106,13 @@ async def record(
     attempt: int,
     kind: str,
     outcome: Any = None,
-) -> None:
-    """Write what stock arq did to our record (``outcome.lua``)."""
+) -> Any:
+    """Write what stock arq did to our record (``outcome.lua``); returns its reply."""
     k = keys.job_keys(job.id)
     dead = ""
     if kind == "failed" and outcome is not None:
         dead = safe_json(DeadLetter.of(job, outcome, time.time(), attempts=attempt).to_storage())
-    await scripts["outcome"](
+    return await scripts["outcome"](
         [
             k["record"],
             k["body"],
@@ -117,6 +122,8 @@ async def record(
             keys.DEAD_INDEX,
             keys.FINISHED,
             keys.INDEX,
+            keys.KEPT,
+            keys.KEPT_SIZE,
         ],
         [
             kind,

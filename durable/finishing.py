@@ -26,10 +26,12 @@ from redis.exceptions import RedisError
 
 from durable import keys
 from durable.acks import Acks, call_acked
+from durable.budget import Trimmer
 from durable.claims import CLAIM_KEYS, EXTRA_CANDIDATES, ClaimReply, Claims, candidate_keys
 from durable.pubsub import Backoff
 from durable.redis_errors import is_transient
 from durable.worker_state import Attempt, Claimed, WorkerState
+from pipeline.budget import Budget
 from pipeline.durations import bucket_label
 from pipeline.errors import NotReplicated
 from pipeline.fetch.urlguard import URLGuard
@@ -70,6 +72,7 @@ class Finisher:
         self.claims = claims
         self.guard = guard
         self.acks = Acks.of(state.settings)
+        self.trimmer = Trimmer(Budget.of(state.settings))  # RESULT_BUDGET_BYTES / _RECORDS
 
     # -- the job a claim leased ------------------------------------------------------------------
     def job(self, claimed: Claimed) -> tuple[Job, Outcome | None]:
@@ -156,7 +159,8 @@ class Finisher:
                 continue
             backoff.ok(what)
             break
-        written, next_round = int(reply[0]), ClaimReply.parse(*first[1:])
+        written, next_round = int(reply[0]), ClaimReply.parse(*first[1:4])
+        await self.trimmer.after_finish(scripts["trim_results"], reply)  # durable/budget.py
         claims.note_queue_head(next_round.queue_head)
         claims.note_due(next_round.due_ms)
         state.counters.finished += 1
@@ -188,6 +192,8 @@ class Finisher:
             k["result"],
             k["body"],
             keys.WORKERS,
+            keys.KEPT,  # lib/budget.lua
+            keys.KEPT_SIZE,
         ]
         dead = ""
         if decision.end == "failed":

@@ -34,6 +34,7 @@ from durable.script_batch import ScriptBatch
 from durable.scripts import Scripts
 from pipeline.backend import Order, Producer
 from pipeline.batch import Placed, Placement
+from pipeline.budget import kept
 from pipeline.durations import Durations
 from pipeline.errors import BackendUnavailable, Conflict, NotReplicated, QueueFull
 from pipeline.jobs import (
@@ -406,6 +407,7 @@ class DurableProducer(Producer):
                 pipe.zrangebyscore(keys.WORKERS, time.time() * 1000, "+inf")
                 pipe.hlen(keys.DEAD)
                 pipe.hgetall(keys.DURATIONS)
+                pipe.zcard(keys.FINISHED)  # finished records kept (RESULT_BUDGET_RECORDS)
                 (
                     ready,
                     retrying,
@@ -416,6 +418,7 @@ class DurableProducer(Producer):
                     alive,
                     dead,
                     durations,
+                    finished,
                 ) = await pipe.execute()
             beats = await self._heartbeats([w.decode() for w in alive])
         counters = {k.decode(): int(float(v)) for k, v in raw.items()}
@@ -440,6 +443,7 @@ class DurableProducer(Producer):
                 "skipped_duplicates": counters.get("skipped_duplicates", 0),
                 "waiting_on_flow": parked,
                 "job_seconds": Durations.from_hash(durations).to_dict(),
+                "kept": kept(counters.get("kept_body_bytes", 0), finished, self.settings),
             },
         )
 

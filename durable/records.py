@@ -128,4 +128,5 @@ def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
         finished_at=_float(d.get("finished_at")),
         trace_id=d.get("trace_id") or None,
         retried=_retried(d),
+        body_dropped=d.get("body_dropped") or None,  # trim_results.lua
     )

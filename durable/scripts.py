@@ -35,6 +35,7 @@ NAMES = (
     "cancel",
     "flow_admin",
     "outcome",
+    "trim_results",
 )
 INCLUDE = re.compile(r"^--!include (lib/[a-z_]+\.lua)$", re.MULTILINE)
 CONSTANTS = {

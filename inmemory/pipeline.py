@@ -56,6 +56,7 @@ from inmemory.timers import Timers
 from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
 from pipeline.batch import Placed, Placement
+from pipeline.budget import Budget, kept
 from pipeline.durations import Durations
 from pipeline.errors import Conflict, InvalidJob, QueueFull
 from pipeline.fetch.handler import Handler
@@ -127,6 +128,7 @@ def _changed(
         finished_at,
         r.trace_id,
         retried,
+        r.body_dropped,
     )
 
 
@@ -143,7 +145,7 @@ class InMemoryPipeline(Producer, WorkerPool):
         self.room = Room(settings.queue_maxsize)
         self.timers = Timers()
         self.gate = FlowGate(settings.flow_limit_map, self.timers, self._release)
-        self.records = Records(settings.result_ttl)
+        self.records = Records(settings.result_ttl, Budget.of(settings))
         self.dead = DeadLetters()
         self.live: dict[str, Entry] = {}  # jobs not yet ended, by id
         self.counters = _Counters()
@@ -337,6 +339,7 @@ class InMemoryPipeline(Producer, WorkerPool):
                 "job_seconds": self.durations.to_dict(),
                 "waiting_on_flow": flows["waiting"],  # as the durable backend names it
                 "flows": flows,
+                "kept": kept(self.records.kept_bytes, self.records.finished, self.settings),
             },
         )
 

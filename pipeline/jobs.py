@@ -347,7 +347,9 @@ class Try:
 class JobRecord:
     """What ``GET /jobs/{id}`` shows: the job (secrets masked), its status, attempts so far, its
     last outcome (without the body: ``GET /jobs/{id}/result``) and how each attempt ended
-    (``tries``, oldest first: the ``retried`` ones, then the last if it ended the job)."""
+    (``tries``, oldest first: the ``retried`` ones, then the last if it ended the job).
+    ``body_dropped`` says why a finished job's stored body is gone (``"space"``:
+    ``pipeline.budget``), else None."""
 
     id: str
     url: str
@@ -366,6 +368,7 @@ class JobRecord:
     finished_at: float | None = None
     trace_id: str | None = None  # the job's trace (pipeline.tracing); None when tracing is off
     retried: tuple[Try, ...] = ()  # the attempts that failed and were tried again, oldest first
+    body_dropped: str | None = None  # "space": its stored body went to keep RESULT_BUDGET_BYTES
 
     def tries(self) -> list[Try]:
         """How each attempt ended: the retried ones, then the one that ended the job (its
@@ -397,6 +400,7 @@ class JobRecord:
             "result": self.result.to_dict() if self.result else None,
             "trace_id": self.trace_id,
             "tries": [t.to_dict() for t in self.tries()],
+            "body_dropped": self.body_dropped,
         }
 
 

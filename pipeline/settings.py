@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     result_ttl: int = Field(
         86_400, ge=1, description="seconds a job record is kept (after it finishes, in memory)"
     )
+    result_budget_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        le=1 << 40,
+        description="bytes of finished jobs' stored response bodies kept in all; past it the "
+        "oldest bodies are dropped (their records say body_dropped: space)",
+    )
+    result_budget_records: int = Field(
+        10_000,
+        ge=1,
+        le=100_000_000,
+        description="finished job records kept in all; past it the oldest are dropped (as if "
+        "RESULT_TTL had passed)",
+    )
     allowed_hosts: str = Field(
         "",
         description="comma-separated host, host:port or host:* entries (IPv6 in brackets) the "

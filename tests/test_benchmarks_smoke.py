@@ -167,6 +167,24 @@ def test_outage_section(results: dict) -> None:
     assert sum(c["target"].startswith("outage ") for c in results["checks"]) == 2 * len(o["rows"])
 
 
+def test_memory_section(results: dict) -> None:
+    """Section 11: both backends sampled through every job; at every sample (all jobs ended) the
+    bodies and records kept are within the run's budgets; the bound and its checks are listed
+    (memory itself is not asserted here: tests/test_contract_budget.py proves the eviction)."""
+    m = results["memory"]
+    assert "error" not in m, m
+    assert [c["backend"] for c in m["curves"]] == ["inmemory", "durable"]
+    for curve in m["curves"]:
+        samples = curve["samples"]
+        assert [s["jobs"] for s in samples][-1] == m["jobs"]
+        assert all(0 < s["kept_bytes"] <= m["budget_bytes"] for s in samples)
+        assert all(0 < s["kept_records"] <= m["budget_records"] for s in samples)
+        assert curve["filled_at_jobs"] is not None and curve["baseline"] > 0
+    assert m["bound"] > m["budget_bytes"]
+    mine = ("inmemory serve RSS", "durable Redis used_memory")
+    assert sum(c["target"].startswith(mine) for c in results["checks"]) == 4
+
+
 @pytest.fixture(scope="module")
 def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """``python -m benchmarks --quick --section flow`` on its own (so it adds nothing to the
@@ -206,7 +224,7 @@ def test_flow_section(flow_results: dict) -> None:
 
 
 def test_tracing_section(results: dict) -> None:
-    """Section 10 ran every mode (hooks bypassed, off, sampled out, on) on the same jobs, each
+    """Section 12 ran every mode (hooks bypassed, off, sampled out, on) on the same jobs, each
     with a positive CPU figure and a ratio to the bypassed hooks; its target is listed."""
     t = results["tracing"]
     assert "error" not in t, t

@@ -259,8 +259,8 @@ MUTATIONS = [
     ),
     M(
         "finish",
+        "local FIXED_KEYS = 29 ",
         "local FIXED_KEYS = 27 ",
-        "local FIXED_KEYS = 25 ",
         "the fixed keys miscounted: the next claim's candidate keys read from the wrong KEYS index",
     ),
     M(
@@ -424,6 +424,43 @@ MUTATIONS = [
         "return tonumber(t[1]) * 1000 + ",
         "return tonumber(t[1]) + ",
         "TIME's seconds taken as ms: every time a script keeps is decades in the past",
+    ),
+    # -- trim_results.lua and lib/budget.lua ----------------------------------------------------
+    M(
+        "trim_results",
+        "  if not status or is_final(status) then\n",
+        "  if true then\n",
+        "a record dropped without asking whether its job lives again (a re-queued dead letter)",
+    ),
+    M(
+        "trim_results",
+        "    redis.call('HSET', record, 'body_dropped', 'space')\n",
+        "",
+        "a body dropped silently: its record does not say why GET /jobs/{id}/result has none",
+    ),
+    M(
+        "trim_results",
+        "  while state[1] > byte_low do",
+        "  while state[1] > byte_budget do",
+        "a trim stops at the budget, not its low water: one trim per job once it is full",
+    ),
+    M(
+        "lib/budget.lua",
+        "'kept_body_bytes', -tonumber(size))",
+        "'kept_body_bytes', tonumber(size))",
+        "a forgotten body's bytes added to the sum instead of taken from it",
+    ),
+    M(
+        "lib/budget.lua",
+        "  if size > 0 then",
+        "  if size >= 0 then",
+        "a finished job without a body listed among the kept bodies",
+    ),
+    M(
+        "lib/budget.lua",
+        "          redis.call('ZCARD', K.finished)}",
+        "          redis.call('ZCARD', K.kept)}",
+        "the record count read from the kept bodies, not the finished records",
     ),
     # -- lib/flow.lua -----------------------------------------------------------------------------
     M(

@@ -66,7 +66,10 @@ async def test_done_is_final(lua: Lua) -> None:
     assert between(t0, round(float(record["finished_at"]) * 1000), t1)
     assert 0 < await lua.redis.ttl(keys.RECORD + job.id) <= RESULT_TTL
     assert 0 < await lua.redis.ttl(keys.BODY + job.id) <= RESULT_TTL
-    assert await lua.stats() == {"done": 1}
+    assert await lua.stats() == {
+        "done": 1,
+        "kept_body_bytes": 5,
+    }  # the body counted: lib/budget.lua
     assert between(t0, await lua.redis.zscore(keys.FINISHED, job.id), t1)
     durations = await lua.hash(keys.DURATIONS)
     assert (durations["count"], float(durations["sum"])) == ("1", pytest.approx(outcome.elapsed_s))
@@ -82,7 +85,7 @@ async def test_failed_writes_the_dead_letter(lua: Lua) -> None:
     t1 = await lua.now_ms()
     assert (await lua.record(job.id))["status"] == "failed"
     assert 0 < await lua.redis.ttl(keys.RECORD + job.id) <= RESULT_TTL
-    assert await lua.stats() == {"failed": 1}
+    assert await lua.stats() == {"failed": 1, "kept_body_bytes": 4}
     raw = await lua.redis.hget(keys.DEAD, job.id)
     assert raw is not None
     letter = DeadLetter.from_dict(json.loads(raw))
@@ -103,4 +106,4 @@ async def test_a_stock_arq_rerun_after_the_end_keeps_the_first_outcome(lua: Lua)
     record = await lua.record(job.id)
     assert (record["status"], record["attempts"]) == ("done", "1")
     assert json.loads(record["result"]) == first.to_dict()
-    assert await lua.stats() == {"done": 1, "duplicates": 1}
+    assert await lua.stats() == {"done": 1, "duplicates": 1, "kept_body_bytes": 5}

@@ -5,6 +5,7 @@
     GET    /jobs              200 {"jobs": [record...], "next_cursor": str|null}
     GET    /jobs/{id}         200 record                        404 unknown
     GET    /jobs/{id}/result  200 the stored body              404 unknown, or no stored body
+                              410 {..., "body_dropped": "space"} dropped for RESULT_BUDGET_BYTES
     DELETE /jobs/{id}         200 record ("cancelled")          404 unknown; 409 done/failed
 
 The request model is strict (``"priority": "1"`` is refused, not coerced) and closed (unknown
@@ -262,6 +263,17 @@ def unknown_job(producer: Producer, job_id: str) -> JSONResponse:
     )
 
 
+def dropped_body(job_id: str, record: JobRecord) -> JSONResponse:
+    """410: the job's body was kept, then dropped for space (its record is still answered)."""
+    return error(
+        410,
+        f"job {job_id[:80]!r} ended {record.status.value}; its stored response body was dropped "
+        "to keep RESULT_BUDGET_BYTES (the oldest finished bodies go first)",
+        "id",
+        extra={"status": record.status.value, "body_dropped": record.body_dropped},
+    )
+
+
 def add_job_routes(app: FastAPI, producer: Producer) -> None:
     """Add the job routes for ``producer`` to ``app``."""
 
@@ -351,9 +363,12 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
             },
             **answers(
                 404,
+                410,
                 422,
                 503,
                 _404='unknown job, or no stored body ("status" says where the job is)',
+                _410="the body was stored, then dropped to keep RESULT_BUDGET_BYTES "
+                '("body_dropped": "space"; the record stays)',
             ),
         },
     )
@@ -363,6 +378,8 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
         if record is None:
             return unknown_job(producer, job_id)
         stored = await producer.result(job_id)
+        if stored is None and record.body_dropped is not None:
+            return dropped_body(job_id, record)
         if stored is None:
             return error(
                 404,

@@ -44,6 +44,7 @@ DEFAULTS: dict[int, str] = {
     404: "not found",
     408: "the whole request did not arrive within REQUEST_TIMEOUT",
     409: "the job is already done or failed (status says which)",
+    410: "the job's stored body was dropped for space (body_dropped says why)",
     413: "request body over the cap (field: body)",
     422: "invalid input; field names the parameter or body field",
     431: "request headers over the server's limit (field: headers)",

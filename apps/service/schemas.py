@@ -184,7 +184,10 @@ class Error(BaseModel):
     error: str = Field(description="what was wrong, in words")
     field: str | None = Field(description="the parameter or body field it was about")
     status: Status | None = Field(
-        None, description="409, and 404 of GET /jobs/{id}/result: where the job is"
+        None, description="409, and 404 and 410 of GET /jobs/{id}/result: where the job is"
+    )
+    body_dropped: Literal["space"] | None = Field(
+        None, description="410 of GET /jobs/{id}/result: why the stored body is gone"
     )
     requeued: list[str] | None = Field(
         None, description="503 of POST /dead-letters/retry: the ids re-queued before it stopped"
@@ -269,6 +272,10 @@ class Record(BaseModel):
         pattern="^[0-9a-f]{32}$",
     )
     tries: list[Try] = Field(description="how each attempt ended, oldest first")
+    body_dropped: Literal["space"] | None = Field(
+        description='"space": the stored body was dropped to keep RESULT_BUDGET_BYTES '
+        "(GET /jobs/{id}/result answers 410); null otherwise"
+    )
 
 
 class JobPage(BaseModel):

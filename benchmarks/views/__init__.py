@@ -10,6 +10,7 @@ from benchmarks.views import (
     io,
     jobcost,
     latency,
+    memory,
     outage,
     overhead,
     recovery,
@@ -29,6 +30,7 @@ SECTIONS: tuple[Section, ...] = (
     jobcost.SECTION,
     flow.SECTION,
     submit.SECTION,
+    memory.SECTION,
     tracing.SECTION,
 )
 

@@ -1,4 +1,4 @@
-"""Section 11: what tracing costs per job — off, sampled out and on — against the hooks bypassed
+"""Section 12: what tracing costs per job — off, sampled out and on — against the hooks bypassed
 (benchmarks/tracing_cost.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.views.base import Check, Section, Table, fmt
 
-TITLE = "11. Tracing: CPU per job, off and on"
+TITLE = "12. Tracing: CPU per job, off and on"
 
 
 def checks(r: dict[str, Any], check: Check) -> None:
@@ -47,7 +47,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
         "request spans included: it traces itself once a tracer provider is set).",
     ]
     headers = ["mode", "CPU ms/job", "vs absent", "rounds", "spread", "jobs/s"]
-    return [("11a. CPU per job by tracing mode", headers, rows, notes)]
+    return [("12a. CPU per job by tracing mode", headers, rows, notes)]
 
 
 SECTION = Section("tracing", TITLE, checks, tables)

@@ -12,14 +12,16 @@
 --       13 flow starts   14 flow parked   15 flow waiting   16 durations   17 dead letters
 --       18 dead-letter index   19 job index   20 finished index
 --       21 record   22 arq job   23 arq in-progress   24 arq retry   25 arq result   26 body
---       27 workers   then per candidate: record, arq job, arq in-progress
+--       27 workers   28 kept bodies   29 kept body sizes (lib/budget.lua)
+--       then per candidate: record, arq job, arq in-progress
 -- ARGV  1 worker id   2 job id   3 attempt   4 end: done | failed | retry
 --       5 outcome JSON   6 body ('' none)   7 record TTL s (final records expire)
 --       8 dead letter JSON (failed) | ''   9 retry delay ms (retry)   10 throttle ms | ''
 --       11 duration bucket label | ''   12 duration seconds   13 arq result bytes | ''
 --       14 how many to claim next   15 in-progress TTL ms   16 default max tries
 --       17 room channel   18 how many candidates to return   19.. candidate job ids
--- Returns {written: 1 | 2 already | 0 fenced, claimed, candidates, next due}  (see claim.lua)
+-- Returns {written: 1 | 2 already | 0 fenced, claimed, candidates, next due, budget state}
+-- (see claim.lua; budget state: {kept body bytes, finished records}, lib/budget.lua)
 local K = {
   queue = KEYS[1], running = KEYS[2], hints = KEYS[3], stats = KEYS[4], scheduled = KEYS[5],
   retry = KEYS[6], delayed_score = KEYS[7], flow_limits = KEYS[8], flow_config = KEYS[9],
@@ -28,6 +30,7 @@ local K = {
   durations = KEYS[16], dead = KEYS[17], dead_index = KEYS[18], index = KEYS[19],
   finished = KEYS[20], record = KEYS[21], job = KEYS[22], in_progress = KEYS[23],
   arq_retry = KEYS[24], result = KEYS[25], body = KEYS[26], workers = KEYS[27],
+  kept = KEYS[28], kept_size = KEYS[29],
 }
 local wid, id, attempt, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local outcome_json, body, record_ttl_s, dead_letter = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -36,11 +39,12 @@ local duration_bucket, duration_s, arq_result = ARGV[11], ARGV[12], ARGV[13]
 local next_most, in_progress_ttl_ms = tonumber(ARGV[14]), tonumber(ARGV[15])
 local max_tries, room_channel, want_candidates = tonumber(ARGV[16]), ARGV[17], tonumber(ARGV[18])
 local FIXED_ARGS = 18  -- ARGV 1-18 above; the next claim's candidate ids follow
-local FIXED_KEYS = 27  -- KEYS 1-27 above (K); each candidate's three keys follow
+local FIXED_KEYS = 29  -- KEYS 1-29 above (K); each candidate's three keys follow
 local PRUNE_MOST = 10  -- expired records dropped from the job index per finish; the rest next
 --!include lib/time.lua
 --!include lib/flow.lua
 --!include lib/claim.lua
+--!include lib/budget.lua
 
 local now = now_ms()
 local token = wid .. '|' .. attempt .. '|'
@@ -98,6 +102,7 @@ local function finish()
     end
     if arq_result ~= '' then redis.call('SET', K.result, arq_result, 'EX', record_ttl_s) end
     redis.call('ZADD', K.finished, now, id)
+    budget_keep(id, #body, now)  -- counted against RESULT_BUDGET_BYTES (lib/budget.lua)
     local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf',
                                now - tonumber(record_ttl_s) * 1000, 'LIMIT', 0, PRUNE_MOST)
     for _, old in ipairs(expired) do
@@ -107,6 +112,7 @@ local function finish()
         or redis.call('HEXISTS', K.delayed_score, old) == 1
       if not live then redis.call('ZREM', K.index, old) end
       redis.call('ZREM', K.finished, old)
+      budget_forget(old)  -- its body expired with it
     end
   end
   flow_ended(fk, now)
@@ -116,4 +122,4 @@ end
 local written = finish()
 local round = claim_round(now, wid, next_most, in_progress_ttl_ms, max_tries, room_channel,
                           want_candidates, FIXED_ARGS + 1, FIXED_KEYS + 1)
-return {written, round[1], round[2], round[3]}
+return {written, round[1], round[2], round[3], budget_state()}

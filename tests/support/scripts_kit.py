@@ -3,7 +3,7 @@
 
 Every KEYS/ARGV layout comes from the caller's own code (``producer.enqueue_call``,
 ``producer.cancel_call``, the worker's ``claims.claim``, ``finisher.finish_call``,
-``leases.release`` and ``leases.heartbeat_call``,
+``leases.release`` and ``leases.heartbeat_call``, the ``Trimmer``'s ``trim``,
 ``flow_store.admin``, ``arq_compat.record``), never re-derived here: a caller and a script that
 disagree on a layout fail these tests.
 
@@ -34,9 +34,11 @@ from redis.asyncio import Redis
 
 from durable import flow_store, keys, producer
 from durable.arq_compat import record as outcome_record
+from durable.budget import Trimmer
 from durable.claims import ClaimReply, candidate_keys
 from durable.runner import Claimed, DurableWorker
 from durable.scripts import Scripts
+from pipeline.budget import Budget
 from pipeline.jobs import FlowLimit, Job, Outcome, Status
 from pipeline.retry import Decision
 from pipeline.settings import Settings
@@ -101,10 +103,12 @@ class Beat:
 
 @dataclass
 class Finished:
-    """A finish call's reply: written (1, 2 already, 0 fenced) and the claim round."""
+    """A finish call's reply: written (1, 2 already, 0 fenced), the claim round, and the budget
+    state (kept body bytes, finished records; lib/budget.lua)."""
 
     written: int
     round: ClaimReply
+    budget: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -247,7 +251,8 @@ class Lua:
             job_keys + candidate_keys(cands),
             [*args, 1 if claim_next else 0, *worker.claims.claim_args(), *cands],
         )
-        return Finished(int(reply[0]), ClaimReply.parse(*reply[1:]))
+        kept_bytes, records = reply[4]
+        return Finished(int(reply[0]), ClaimReply.parse(*reply[1:4]), (kept_bytes, records))
 
     async def release(
         self, worker: DurableWorker, jobs: list[tuple[str, str]], why: str = "orphan"
@@ -271,13 +276,17 @@ class Lua:
         code, status = await self.scripts["cancel"](job_keys, args)
         return int(code), text(status)
 
+    async def trim(self, budget: Budget) -> bool:
+        """``trim_results.lua`` as a worker's ``Trimmer`` calls it (from no known heads)."""
+        return await Trimmer(budget).trim(self.scripts["trim_results"])
+
     async def admin(self, op: str, key: str, value: str = "") -> int:
         """``flow_admin.lua`` through ``flow_store.admin``."""
         return int(await flow_store.admin(self.scripts, op, key, value))
 
-    async def outcome(self, job: Job, attempt: int, kind: str, outcome: Outcome | None) -> None:
-        """``outcome.lua`` through the stock-arq adapter's ``arq_compat.record``."""
-        await outcome_record(self.scripts, self.settings, job, attempt, kind, outcome)
+    async def outcome(self, job: Job, attempt: int, kind: str, outcome: Outcome | None) -> Any:
+        """``outcome.lua`` through the stock-arq adapter's ``arq_compat.record``: its reply."""
+        return await outcome_record(self.scripts, self.settings, job, attempt, kind, outcome)
 
     # -- flow state, written as its owners write it ----------------------------------------------
     async def limit(
