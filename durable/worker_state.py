@@ -36,11 +36,14 @@ class Claimed:
     payload: bytes | None
     exhausted: bool
     foreign: bool
+    # time.monotonic() just before the call that claimed it was sent: no later than the claim (its
+    # flow start's count); a send turn's deadline runs from it (pipeline.send_turn)
+    asked_at: float = 0.0
 
     @classmethod
-    def parse(cls, raw: list[Any]) -> Claimed:
+    def parse(cls, raw: list[Any], asked_at: float = 0.0) -> Claimed:
         job_id, attempt, payload, exhausted, foreign = raw
-        return cls(job_id.decode(), int(attempt), payload, bool(exhausted), bool(foreign))
+        return cls(job_id.decode(), int(attempt), payload, bool(exhausted), bool(foreign), asked_at)
 
 
 @dataclass
