@@ -45,6 +45,7 @@ import httpx
 import pytest
 import redis
 
+from apps.harness.processes import first_served
 from apps.harness.redis_launcher import RedisProcess
 from apps.harness.witness import max_arrivals_in_window
 from durable import keys
@@ -66,7 +67,8 @@ STOP_S = 30  # the longest any test waits for its producer
 @pytest.fixture
 def two_hosts(processes: Processes) -> list[str]:
     """One witness on two ports (the module's own: its counts are this test's alone)."""
-    _, urls = processes.upstream_hosts(latency_ms=LATENCY_MS, ports=2)
+    witness, urls = processes.upstream_hosts(latency_ms=LATENCY_MS, ports=2)
+    first_served(witness)  # its stamps not held back by the load it judges
     return urls
 
 
