@@ -23,7 +23,8 @@ one upstream on two ports with 100 ms latency, host A limited to parallelism 3 a
 1 s, host B to parallelism 10; B alone for a while (its baseline), then A at 30/s and B at 40/s.
 Durable: ``serve`` and 3 ``worker`` processes of 10 slots; in-memory: one ``serve`` of 30. From
 the witness: each host's highest concurrency; the most arrivals in any sliding 1 s window (exactly:
-the promise is at most 20); A's throughput ÷ its configured 20/s while it had a backlog; B's wait
+the promise is at most 20); A's throughput while it had a backlog ÷ what its limiter allows (20
+per 1 s + ``SEND_MARGIN_S``); B's wait
 (send to arrival) beside A vs alone; and (durable) how many starts were counted again because a
 request could not leave within ``SEND_DEADLINE_S`` of its counted start.
 """
@@ -133,7 +134,10 @@ def _closeness(starts: list[float], limit: int, margin_s: float) -> dict[str, An
         "allowed_per_s": limit,  # as configured: R per 1 s
         "margin_s": margin_s,
         "limiter_per_s": round(limit / (1.0 + margin_s), 2),  # R per (1 s + margin)
-        "share": round(achieved / limit, 3),
+        "share": round(achieved / limit, 3),  # of the configured rate
+        "allowed_share": round(
+            achieved * (1.0 + margin_s) / limit, 3
+        ),  # of what the limiter allows
         "max_in_1s": max_arrivals_in_window(starts, 1.0),
     }
 
@@ -285,9 +289,11 @@ async def two_host_once(
             await r.aclose()
     a_row, a_first = _host_numbers(witness["hosts"], arrivals, key_a)
     b_row, b_first = _host_numbers(witness["hosts"], arrivals, key_b)
+    allowed = A_RATE / (1.0 + flows.SEND_MARGIN_S)  # R per (1 s + the send margin)
     a_row.update(
-        allowed_per_s=A_RATE,
-        share=round(a_row["per_s"] / A_RATE, 3),
+        allowed_per_s=round(allowed, 2),
+        configured_per_s=A_RATE,
+        share=round(a_row["per_s"] / allowed, 3),
         parallelism=A_PARALLELISM,
         rate=A_RATE,
         recounts=recounts,
