@@ -13,7 +13,7 @@ each is kept, and the ratio is with limits ÷ without.
 the jobs' key, R x (S + 1) no-op jobs queued at once, handler stamping each start: the first R
 start at once, then R more every window. Achieved = (jobs − R) ÷ (last start − first start), as a
 share of the configured R/s. Each backend runs twice in the same round: as shipped (starts
-counted against 1 s + ``SEND_MARGIN_S``: at most R per 1.05 s, the promise at the upstream), and
+counted against 1 s + ``SEND_MARGIN_S``: at most R per 1.1 s, the promise at the upstream), and
 "no margin", the limiter as it was before the margin (the bare period: what the upstream then
 saw exceed R per 1 s, see ``tests/test_flow_proof.py``): their ratio is the margin's throughput
 cost. Also the most starts in any 1 s by those stamps.
