@@ -46,7 +46,7 @@ MAX_THROTTLE_S = 3_600.0  # an upstream's Retry-After pauses its key at most thi
 # The send margin (see the module docstring): a start is counted against period_s + SEND_MARGIN_S,
 # and its request must leave within SEND_DEADLINE_S of it (else the start is counted again).
 SEND_MARGIN_S = 0.1
-SEND_DEADLINE_S = 0.02
+SEND_DEADLINE_S = 0.03
 
 
 def window_s(limit: FlowLimit) -> float:
