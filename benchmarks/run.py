@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import durability, flood, io_efficiency, overhead, recovery, report
+from benchmarks import durability, flood, io_efficiency, overhead, recovery, report, tracing_cost
 from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
@@ -57,6 +57,8 @@ class Sizes:
     outage_warmup_s: float = 1.0
     outage_steady_s: float = 3.0
     outage_after_s: float = 8.0
+    tracing_jobs: int = 1000  # per mode and round (benchmarks/tracing_cost.py)
+    tracing_rounds: int = 3
 
 
 QUICK = Sizes(
@@ -82,6 +84,8 @@ QUICK = Sizes(
     outage_warmup_s=0.5,
     outage_steady_s=1.0,
     outage_after_s=1.5,
+    tracing_jobs=40,
+    tracing_rounds=1,
 )
 
 
@@ -203,6 +207,7 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
+SECTIONS += ("tracing",)  # 10 tracing (issue 26: benchmarks/tracing_cost.py)
 
 
 async def run_all(
@@ -243,6 +248,7 @@ async def run_all(
             ),
             "outage": lambda: section_outage(s, step),
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
+            "tracing": lambda: tracing_cost.run(base, s.tracing_jobs, s.tracing_rounds, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
@@ -295,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 tracing",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

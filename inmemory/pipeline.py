@@ -70,9 +70,11 @@ from pipeline.jobs import (
     Stats,
     Status,
     Submitted,
+    Try,
 )
 from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
+from pipeline.tracing import working_on
 
 log = logging.getLogger("queue_contrast.inmemory")
 
@@ -102,7 +104,10 @@ def _changed(
     finished_at: float | None = None,
 ) -> JobRecord:
     """``r`` in ``status``; built directly, as ``dataclasses.replace`` costs several times more
-    on this per-job path."""
+    on this per-job path. A ``result`` back to ``queued`` is attempt ``r.attempts`` retried."""
+    retried = r.retried
+    if result is not None and status is Status.QUEUED:
+        retried = (*retried, Try.of(r.attempts, "retry", result, time.time()))
     return JobRecord(
         r.id,
         r.url,
@@ -119,6 +124,8 @@ def _changed(
         r.timeout_s,
         r.max_tries,
         finished_at,
+        r.trace_id,
+        retried,
     )
 
 
@@ -400,6 +407,9 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
         job, attempt = entry.job, entry.attempt
+        waited, entry.parked_at = entry.parked_at, None
+        held = self.timers.now() - waited if waited is not None else 0.0
+        working_on(job, attempt, task.get_name(), flow_wait_s=held)  # log lines, the attempt span
         entry.where, entry.run = Where.RUNNING, AttemptRun()
         self._queued -= 1
         self.room.give()

@@ -35,6 +35,7 @@ from pipeline.jobs import (
     Submitted,
 )
 from pipeline.settings import Settings
+from pipeline.tracing import sending
 
 Order = Literal["oldest", "newest"]
 MAX_PAGE = 1000
@@ -49,12 +50,13 @@ class Producer(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.guard = URLGuard.from_settings(settings)
+        self._send = sending(self._submit, self.name)  # a PRODUCER span, when tracing is on
 
     # -- jobs -----------------------------------------------------------------------------------
     async def submit(self, job: Job) -> Submitted:
         """Validate and enqueue. An id already known returns its record with ``created=False``."""
         validate(job, self.guard, self.settings)
-        return await self._submit(job)
+        return await self._send(job)
 
     @abstractmethod
     async def _submit(self, job: Job) -> Submitted: ...

@@ -192,3 +192,15 @@ def test_flow_section(flow_results: dict) -> None:
     checks = [c["target"] for c in flow_results["checks"]]
     assert any("with flow limits" in c for c in checks)
     assert sum("two hosts" in c for c in checks) == 6
+
+
+def test_tracing_section(results: dict) -> None:
+    """Section 10 ran every mode (hooks bypassed, off, sampled out, on) on the same jobs, each
+    with a positive CPU figure and a ratio to the bypassed hooks; its target is listed."""
+    t = results["tracing"]
+    assert "error" not in t, t
+    assert [row["mode"] for row in t["rows"]] == ["absent", "off", "sampled out", "on"]
+    for row in t["rows"]:
+        assert row["ms_per_job"] > 0 and len(row["rounds"]) == t["rounds"]
+        assert row["vs_absent"] > 0 and row["jobs_s"] > 0
+    assert any(c["target"].startswith("tracing off") for c in results["checks"])

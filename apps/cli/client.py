@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from pipeline.times import rfc3339
 
 MAX_RETRY_WAIT_S = 10.0
 FINAL = ("done", "failed", "cancelled")
@@ -341,9 +342,8 @@ def format_job(record: Mapping[str, Any]) -> str:
 
 
 def _when(ts: Any) -> str:
-    if not isinstance(ts, int | float) or not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A unix time as the API's ``*_iso`` fields write it (one formatter for both)."""
+    return (rfc3339(ts) if ts else None) or "-"
 
 
 def describe_job(record: Mapping[str, Any]) -> list[str]:
@@ -370,9 +370,18 @@ def describe_job(record: Mapping[str, Any]) -> list[str]:
     if record.get("run_at"):
         rows.append(("run at", _when(record["run_at"])))
     rows.append(("finished", _when(record.get("finished_at"))))
+    rows += [(f"attempt {t.get('attempt')}", _describe_try(t)) for t in record.get("tries") or []]
     rows += _describe_result(record.get("result"))
     width = max(len(name) for name, _ in rows) + 2
     return [f"{name + ':':<{width}}{value}" for name, value in rows]
+
+
+def _describe_try(tried: Mapping[str, Any]) -> str:
+    """How one attempt ended, as the dashboard's job view shows it."""
+    http = tried.get("http_status")
+    line = f"{tried.get('end')}, {f'HTTP {http}' if http is not None else 'no HTTP answer'}"
+    line += f", {float(tried.get('elapsed_s') or 0):.3f} s, ended {_when(tried.get('ended_at'))}"
+    return f"{line}, error {tried['error']!r}" if tried.get("error") else line
 
 
 def _describe_result(result: Mapping[str, Any] | None) -> list[tuple[str, str]]:

@@ -310,8 +310,9 @@ _id_argument = click.argument("job_id", metavar="ID")
 @_api_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as the service sent it.")
 def status_command(job_id: str, api: str | None, as_json: bool) -> None:
-    """Show job ID's record: status, request (credential header values as the service masks
-    them: ***), attempts, times and its last response. Exit 1 if the service has no such job."""
+    """Show job ID's record: status, request (credential header values and query parameters as
+    the service masks them: ***), attempts and how each ended, times (UTC, RFC 3339) and its last
+    response. Exit 1 if the service has no such job."""
     from apps.cli.client import describe_job, get_job
 
     with service_errors():

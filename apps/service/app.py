@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from apps.service import metrics
+from apps.service import metrics, shown
 from apps.service.auth import BearerAuth
 from apps.service.dashboard import add_dashboard
 from apps.service.dead_letters import add_dead_letter_routes
@@ -216,7 +216,7 @@ def _add_routes(app: FastAPI, producer: Producer) -> None:
     @app.get("/stats", response_model=None, responses={200: {"model": Stats}, **answers(503)})
     async def stats() -> dict[str, Any]:
         """Counters of the whole backend (every API and worker process of it)."""
-        return (await producer.stats()).to_dict()
+        return shown.stats(await producer.stats())
 
     @app.get(
         "/healthz",

@@ -46,6 +46,7 @@ from apps.service.schemas import (
     JobPage,
     Record,
 )
+from apps.service.shown import record as shown_record
 from pipeline.backend import MAX_PAGE, Order, Producer
 from pipeline.errors import InvalidJob
 from pipeline.fetch.urlguard import parse_url
@@ -285,7 +286,7 @@ def add_job_routes(app: FastAPI, producer: Producer) -> None:
         record = await producer.cancel(job_id)  # Conflict (409) for a job already done/failed
         if record is None:
             return unknown_job(producer, job_id)
-        return JSONResponse(record.to_dict())
+        return JSONResponse(shown_record(record))
 
 
 def _add_reads(app: FastAPI, producer: Producer) -> None:
@@ -303,7 +304,7 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
         """Jobs in submission order (``order=newest``: newest first), a page at a time."""
         page = await producer.list_jobs(status, limit, cursor, order)
         records: list[JobRecord] = page.items
-        return {"jobs": [r.to_dict() for r in records], "next_cursor": page.next_cursor}
+        return {"jobs": [shown_record(r) for r in records], "next_cursor": page.next_cursor}
 
     @app.get(
         "/jobs/{job_id}",
@@ -315,7 +316,7 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
         record = await producer.get(job_id)
         if record is None:
             return unknown_job(producer, job_id)
-        return JSONResponse(record.to_dict())
+        return JSONResponse(shown_record(record))
 
     @app.get(
         "/jobs/{job_id}/result",

@@ -13,6 +13,7 @@ from benchmarks.views import (
     outage,
     overhead,
     recovery,
+    tracing,
 )
 from benchmarks.views.base import Check, Section, Table
 
@@ -26,6 +27,7 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    tracing.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]
