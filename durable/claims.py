@@ -59,9 +59,10 @@ class ClaimReply:
     due_ms: float | None
 
     @classmethod
-    def parse(cls, claimed: Any, queue_head: Any, due: Any) -> ClaimReply:
+    def parse(cls, claimed: Any, queue_head: Any, due: Any, *, asked_at: float = 0.0) -> ClaimReply:
+        """``asked_at``: time.monotonic() just before the claiming call was sent."""
         return cls(
-            [Claimed.parse(c) for c in claimed],
+            [Claimed.parse(c, asked_at) for c in claimed],
             [c.decode() for c in queue_head],
             float(due) if due else None,
         )
@@ -126,11 +127,12 @@ class Claims:
     async def claim(self, most: int, candidates: list[str]) -> ClaimReply:
         state = self.state
         assert state.scripts is not None
+        asked_at = time.monotonic()
         reply = await state.scripts["claim"](
             [*CLAIM_KEYS, keys.WORKERS, *candidate_keys(candidates)],
             [state.worker_id, most, *self.claim_args(), *candidates],
         )
-        return ClaimReply.parse(*reply)
+        return ClaimReply.parse(*reply, asked_at=asked_at)
 
     async def claim_forever(self) -> None:
         state = self.state

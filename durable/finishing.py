@@ -129,6 +129,7 @@ class Finisher:
         what = f"recording {job.id}"
         backoff = Backoff()
         first: Any = None  # the first answered call's reply: its claim of the next job stands
+        asked_at = time.monotonic()  # before any of the calls: before that claim
         while True:
             # with ACK_REPLICAS a finish claims nothing: its reply waits for the replicas (up to
             # ACK_TIMEOUT), and meanwhile a lease it created is one the heartbeat cannot see
@@ -159,7 +160,8 @@ class Finisher:
                 continue
             backoff.ok(what)
             break
-        written, next_round = int(reply[0]), ClaimReply.parse(*first[1:4])
+        written = int(reply[0])
+        next_round = ClaimReply.parse(*first[1:4], asked_at=asked_at)
         await self.trimmer.after_finish(scripts["trim_results"], reply)  # durable/budget.py
         claims.note_queue_head(next_round.queue_head)
         claims.note_due(next_round.due_ms)

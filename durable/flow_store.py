@@ -10,6 +10,8 @@ run time is kept as ``"-"`` in ``qc:flow:limits`` so FLOW_LIMITS cannot bring it
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from durable import keys
 from durable.scripts import Scripts
 from pipeline import flows
 from pipeline.jobs import FlowLimit, FlowState
+from pipeline.send_turn import SendTurn
 from pipeline.settings import Settings
 
 # the order every script's KEYS layout lists them in
@@ -33,6 +36,8 @@ FLOW_KEYS = [
     keys.FLOW_WAITING,
 ]
 TOMBSTONE = "-"
+RECOUNT_KEYS = [*FLOW_KEYS, keys.RUNNING, keys.STATS]
+NOT_OURS_WAIT_S = 1.0  # a lease lost meanwhile: ask again this late (the heartbeat cancels it)
 
 
 def encode(limit: FlowLimit) -> str:
@@ -96,7 +101,8 @@ async def states(redis: Redis, only: list[str] | None = None) -> list[FlowState]
     async with redis.pipeline(transaction=False) as pipe:
         for key, limit, _ in chosen:
             pipe.execute_command("ZLEXCOUNT", keys.FLOW_PARKED, f"[{key}|", f"[{key}|~")
-            low = f"({key}|{now_ms - limit.period_s * 1000:017.3f}|~" if limit.rate else f"[{key}|~"
+            since = now_ms - flows.window_s(limit) * 1000
+            low = f"({key}|{since:017.3f}|~" if limit.rate else f"[{key}|~"
             pipe.execute_command("ZLEXCOUNT", keys.FLOW_STARTS, low, f"[{key}|~")
         counts = await pipe.execute()
     out = []
@@ -115,3 +121,31 @@ async def states(redis: Redis, only: list[str] | None = None) -> list[FlowState]
             )
         )
     return out
+
+
+async def recount(scripts: Scripts, job_id: str, attempt: int, token: str) -> int:
+    """Run ``flow_recount.lua`` once: 0 counted now, n > 0 ask again in n ms, -1 not our lease,
+    -2 no rate limit on its key."""
+    return int(
+        await scripts["flow_recount"](
+            [*RECOUNT_KEYS, keys.RECORD + job_id], [job_id, token, attempt]
+        )
+    )
+
+
+def send_turn(scripts: Scripts, job_id: str, attempt: int, token: str, asked_at: float) -> SendTurn:
+    """The send turn of a job this worker claimed (``asked_at``: just before the claiming call).
+    Counting it again runs ``flow_recount.lua``, waiting while the key's limits say wait; a key
+    without a rate limit has no deadline to keep (``counted_at`` becomes infinite)."""
+
+    async def again() -> float:
+        while True:
+            asked = time.monotonic()
+            wait_ms = await recount(scripts, job_id, attempt, token)
+            if wait_ms == 0:
+                return asked
+            if wait_ms == -2:
+                return math.inf
+            await asyncio.sleep(NOT_OURS_WAIT_S if wait_ms < 0 else wait_ms / 1000)
+
+    return SendTurn(asked_at, again)

@@ -82,6 +82,7 @@ from durable.leases import Leases
 from durable.pubsub import Backoff
 from durable.scripts import Scripts
 from durable.worker_state import Attempt, Claimed, Counters, WorkerState
+from pipeline import send_turn
 from pipeline.attempt import AttemptRunner
 from pipeline.backend import WorkerPool
 from pipeline.fetch.handler import Handler
@@ -276,8 +277,19 @@ class DurableWorker(WorkerPool):
     async def _fetch(self, job: Job, attempt: Attempt) -> Outcome:
         """Run the handler as ``pipeline.attempt`` does for both backends (a cancel, a raise, an
         overrun: each an outcome), so nothing ends the job silently."""
-        log.debug("→ %s try=%d %s %s", job.id, attempt.claim.attempt, job.method, job.url)
-        return await self.attempt_runner.run(job, attempt.claim.attempt, attempt.run)
+        claimed = attempt.claim
+        log.debug("→ %s try=%d %s %s", job.id, claimed.attempt, job.method, job.url)
+        assert self.state.scripts is not None
+        turn = flow_store.send_turn(
+            self.state.scripts, claimed.job_id, claimed.attempt, attempt.token, claimed.asked_at
+        )
+        reset = send_turn.CURRENT.set(turn)  # its flow limit's deadline to send (the handler's)
+        try:
+            return await self.attempt_runner.run(job, claimed.attempt, attempt.run)
+        finally:
+            send_turn.CURRENT.reset(reset)
+            if turn.recounts:
+                log.debug("%s: start counted again %d times", job.id, turn.recounts)
 
     # -- cancels --------------------------------------------------------------------------------
     def _abandon(self, job_id: str, why: str) -> None:

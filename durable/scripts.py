@@ -3,7 +3,8 @@
 Each file is one transition and opens with its KEYS/ARGV layout; shared Lua lives in
 ``durable/lua/lib/`` and is pulled in by ``--!include lib/<name>.lua`` lines. Constants shared with
 Python (``@RUNNING_SCORE@``, ``@PRIORITY_SPAN@`` from ``durable.keys``, ``@MAX_PRIORITY@`` and
-``@DEFAULT_PERIOD_MS@`` from ``pipeline.jobs``) are filled in at load time.
+``@DEFAULT_PERIOD_MS@`` from ``pipeline.jobs``, ``@SEND_MARGIN_MS@`` from ``pipeline.flows``) are
+filled in at load time.
 
 Scripts start with a ``#!lua`` line (Redis 7): a script without the ``allow-oom`` flag is then
 refused as a whole when Redis is out of memory, instead of failing half-way at its first write.
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from durable import keys
+from pipeline.flows import SEND_MARGIN_S
 from pipeline.jobs import MAX_PRIORITY, FlowLimit
 
 NAMES = (
@@ -34,6 +36,7 @@ NAMES = (
     "heartbeat",
     "cancel",
     "flow_admin",
+    "flow_recount",
     "outcome",
     "trim_results",
 )
@@ -43,6 +46,7 @@ CONSTANTS = {
     "@PRIORITY_SPAN@": str(keys.PRIORITY_SPAN),
     "@MAX_PRIORITY@": str(MAX_PRIORITY),  # the lowest priority (0 runs first)
     "@DEFAULT_PERIOD_MS@": str(round(FlowLimit().period_s * 1000)),  # a rate limit's own default
+    "@SEND_MARGIN_MS@": str(round(SEND_MARGIN_S * 1000)),  # flows' window: period + margin
 }
 
 

@@ -38,9 +38,12 @@ class Claimed:
     foreign: bool
     redelivered: bool = False  # its last attempt's worker died (or froze) before it ended
     flow_wait_s: float = 0.0  # how long its flow key held it back before this claim
+    # time.monotonic() just before the call that claimed it was sent: no later than the claim (its
+    # flow start's count); a send turn's deadline runs from it (pipeline.send_turn)
+    asked_at: float = 0.0
 
     @classmethod
-    def parse(cls, raw: list[Any]) -> Claimed:
+    def parse(cls, raw: list[Any], asked_at: float = 0.0) -> Claimed:
         job_id, attempt, payload, exhausted, foreign, *rest = raw
         redelivered = bool(rest and rest[0])
         flow_wait_s = int(rest[1]) / 1000 if len(rest) > 1 else 0.0
@@ -52,6 +55,7 @@ class Claimed:
             bool(foreign),
             redelivered,
             flow_wait_s,
+            asked_at,
         )
 
 

@@ -38,6 +38,7 @@ class Entry:
     attempt: int = 1  # the attempt the next fetch will be
     where: Where = Where.QUEUED
     reserved: bool = False  # released by its flow key; its start is already counted there
+    counted_at: float | None = None  # loop time its running fetch's start was counted (rate limits)
     cancelled: bool = False
     timer: Timer | None = None  # while SCHEDULED or RETRYING
     run: AttemptRun | None = None  # the attempt a worker runs, while RUNNING

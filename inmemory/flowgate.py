@@ -14,12 +14,18 @@ in flight (and like a start in the window) until a worker picks it up, so the li
 long it waits for a free worker; when it is picked up, the gate checks again (a pause or throttle
 that came meanwhile parks it once more). A freed slot releases at once; a window or a throttle
 releases from a timer armed for the exact moment (the pipeline's one timer heap). Starts are
-counted on the event loop's monotonic clock just before the fetch begins.
+counted on the event loop's monotonic clock when a worker is let go (:meth:`FlowGate.admit`),
+against the limit's period plus the send margin (``pipeline.flows.window_s``); the fetch then
+keeps its turn to send (:meth:`FlowGate.send_turn`, ``pipeline.send_turn``): a request that could
+not leave within ``SEND_DEADLINE_S`` of its counted start has its start counted again first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
+import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,11 +33,13 @@ from typing import Any
 
 from inmemory.entry import Entry, Where
 from inmemory.timers import Timer, Timers
-from pipeline.flows import DEFAULT_KEY, SlidingWindow, effective
+from pipeline.flows import DEFAULT_KEY, SlidingWindow, effective, window_s
 from pipeline.jobs import FlowLimit, FlowState
+from pipeline.send_turn import SendTurn
 
 # sweep idle keys once there are this many more than after the last sweep
 SWEEP_SLACK = 256
+RECOUNT_RECHECK_S = 0.1  # a start to count again, its key paused or its window held: look again
 
 
 @dataclass(slots=True, eq=False)
@@ -63,7 +71,7 @@ class Flow:
             return False
         return (
             limit.rate is None
-            or self.window.count(now, limit.period_s) + self.reserved < limit.rate
+            or self.window.count(now, window_s(limit)) + self.reserved < limit.rate
         )
 
     def wake_at(self, now: float) -> float | None:
@@ -83,7 +91,7 @@ class Flow:
             return None  # the reserved jobs' own starts come first
         if len(starts) <= room:
             return now
-        return starts[len(starts) - room - 1] + limit.period_s
+        return starts[len(starts) - room - 1] + window_s(limit)
 
     def top(self) -> Entry | None:
         """The best parked job (cancelled ones are dropped on the way)."""
@@ -96,7 +104,7 @@ class Flow:
         return (
             not (self.in_flight or self.reserved or self.waiting or self.paused)
             and now >= self.throttled_until
-            and (self.limit.rate is None or not self.window.count(now, self.limit.period_s))
+            and (self.limit.rate is None or not self.window.count(now, window_s(self.limit)))
         )
 
 
@@ -133,11 +141,58 @@ class FlowGate:
             self._dispatch(flow, now)
             return False
         flow.in_flight += 1
-        flow.window.trim(now, flow.limit.period_s)
-        flow.window.add(now)
+        entry.counted_at = None
+        if flow.limit.rate is not None:
+            flow.window.trim(now, window_s(flow.limit))
+            flow.window.add(now)
+            entry.counted_at = now
         if flow.waiting:
             self._dispatch(flow, now)  # a reserved start is now a real one: re-arm the timer
         return True
+
+    def send_turn(self, entry: Entry) -> SendTurn | None:
+        """The turn to send of ``entry``, just admitted (None: its key has no rate limit, so no
+        deadline to keep)."""
+        if entry.counted_at is None:
+            return None
+
+        async def recount() -> float:
+            for _ in itertools.count():  # ends when counted (the attempt's timeout bounds it)
+                wait = self.recount(entry)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            return entry.counted_at if entry.counted_at is not None else math.inf
+
+        return SendTurn(entry.counted_at, recount)
+
+    def recount(self, entry: Entry) -> float:
+        """Count ``entry``'s start (its fetch running, its request not sent) again now: its old
+        start leaves the window (no request went out for it). Returns 0 when counted now
+        (``entry.counted_at``; None if its key has no rate limit any more), else how long to
+        wait before asking again (paused, throttled, or its window full)."""
+        flow = self._flow(entry.key)
+        now = self.timers.now()
+        if entry.counted_at is not None:
+            flow.window.remove(entry.counted_at)
+            entry.counted_at = None
+        if flow.paused:
+            return RECOUNT_RECHECK_S
+        if flow.throttled(now):
+            return flow.throttled_until - now
+        limit = flow.limit
+        if limit.rate is None:
+            return 0.0
+        span = window_s(limit)
+        starts = flow.window.starts
+        room = limit.rate - flow.reserved - 1  # starts the window may hold beside this one
+        if flow.window.count(now, span) > room:
+            if room < 0:
+                return RECOUNT_RECHECK_S
+            return max(starts[len(starts) - room - 1] + span - now, 0.001)
+        flow.window.add(now)
+        entry.counted_at = now
+        return 0.0
 
     def finish(self, entry: Entry, throttle_s: float | None = None) -> None:
         """``entry``'s fetch ended (or was abandoned); ``throttle_s``: the upstream asked its whole
@@ -191,7 +246,7 @@ class FlowGate:
             own_limit=flow.own,
             in_flight=flow.in_flight,
             waiting=flow.waiting,
-            starts_in_window=flow.window.count(now, flow.limit.period_s),
+            starts_in_window=flow.window.count(now, window_s(flow.limit)),
             paused=flow.paused,
             throttled_until=flow.throttled_wall if flow.throttled(now) else None,
         )

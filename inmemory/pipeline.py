@@ -53,6 +53,7 @@ from inmemory.flowgate import FlowGate
 from inmemory.records import DeadLetters, Records
 from inmemory.room import Room
 from inmemory.timers import Timers
+from pipeline import send_turn
 from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
 from pipeline.batch import Placed, Placement
@@ -444,11 +445,14 @@ class InMemoryPipeline(Producer, WorkerPool):
         self._running.add(task)
         self._set(job.id, Status.RUNNING, attempts=attempt)
         log.info("→ %s try=%d %s", job.id, attempt, job.url)
+        reset = send_turn.CURRENT.set(self.gate.send_turn(entry))  # the handler keeps it
         try:
             outcome = await self.attempt_runner.run(job, attempt, entry.run)
         except asyncio.CancelledError:  # shutdown
             self._fetch_ended(entry, task)
             raise
+        finally:
+            send_turn.CURRENT.reset(reset)
         decision = decide(outcome, attempt, self.settings, job)
         if decision.end == "cancelled":  # cancel() recorded it; this worker takes the next job
             log.info("✕ %s fetch abandoned (try=%d)", job.id, attempt)

@@ -3,10 +3,22 @@
 A job's flow key is its ``flow_key`` or its URL's ``host:port`` (``Job.flow``). A key's limit is
 its own (``FLOW_LIMITS`` or ``PUT /flows/{key}``), else the ``"*"`` default, else none. A limit
 caps the fetches of one key running at once (``parallelism``) and the fetch starts of one key in
-any **sliding** window of ``period_s`` seconds (``rate``): a start at time t is allowed when fewer
-than ``rate`` starts happened in ``(t - period_s, t]``. Every attempt counts: retries and
-re-deliveries like first attempts. A job whose key is at its limit waits without holding a worker
-slot; other keys' jobs pass it.
+any **sliding** window of ``period_s`` seconds (``rate``), as the upstream counts them: when the
+requests *arrive*. The limiter counts a start when it lets a job go (the claim, on Redis's clock;
+in memory, the event loop's), and a request reaches the upstream a little later: its connection
+is opened or taken from the pool, the worker's event loop gets to it, the network carries it. So
+the limiter counts each start against a window of ``period_s + SEND_MARGIN_S`` (a start at time t
+is allowed when fewer than ``rate`` starts happened in ``(t - period_s - SEND_MARGIN_S, t]``), and
+a worker writes a request only while it is within ``SEND_DEADLINE_S`` of its counted start; past
+it, the worker counts the start again, now (:mod:`pipeline.send_turn`), before it writes. Every
+request thus leaves in ``[start, start + SEND_DEADLINE_S]``; ``rate + 1`` counted starts span at
+least ``period_s + SEND_MARGIN_S``, so their requests leave at least ``period_s + SEND_MARGIN_S -
+SEND_DEADLINE_S`` apart, and arrive at least ``period_s`` apart as long as the time from leaving
+to being counted at the upstream (network, the upstream's own reading) varies by less than the
+rest of the margin (``SEND_MARGIN_S - SEND_DEADLINE_S``). The cost: a key held at its rate runs
+``period_s / (period_s + SEND_MARGIN_S)`` of it (91 % for 1 s, 99.8 % for a minute). Every attempt
+counts: retries and re-deliveries like first attempts. A job whose key is at its limit waits
+without holding a worker slot; other keys' jobs pass it.
 
 An upstream answer of 429, or 503 with ``Retry-After``, throttles the whole key (every worker
 process) until then (:func:`throttle_s`); the job that got it is retried per the retry policy.
@@ -31,6 +43,15 @@ MAX_PARALLELISM = 10_000
 MAX_RATE = 100_000
 MAX_PERIOD_S = 86_400.0
 MAX_THROTTLE_S = 3_600.0  # an upstream's Retry-After pauses its key at most this long
+# The send margin (see the module docstring): a start is counted against period_s + SEND_MARGIN_S,
+# and its request must leave within SEND_DEADLINE_S of it (else the start is counted again).
+SEND_MARGIN_S = 0.1
+SEND_DEADLINE_S = 0.03
+
+
+def window_s(limit: FlowLimit) -> float:
+    """The window the limiter counts ``limit``'s starts in: its period plus the send margin."""
+    return limit.period_s + SEND_MARGIN_S
 
 
 def check_key(key: str, *, default_ok: bool = False) -> str:
@@ -113,7 +134,8 @@ def throttle_s(outcome: Outcome, retry_delay_s: float | None) -> float | None:
 
 
 class SlidingWindow:
-    """Start times of one key within its last ``period_s``: the in-memory rate limiter."""
+    """Start times of one key within its last window (``window_s``): the in-memory rate limiter.
+    ``period_s`` below is that window, not the limit's bare period."""
 
     def __init__(self) -> None:
         self.starts: list[float] = []
@@ -127,9 +149,16 @@ class SlidingWindow:
 
     def next_allowed(self, now: float, limit: FlowLimit) -> float:
         """When a start is allowed under ``limit.rate`` (``now`` if it is already)."""
-        if limit.rate is None or self.count(now, limit.period_s) < limit.rate:
+        span = window_s(limit)
+        if limit.rate is None or self.count(now, span) < limit.rate:
             return now
-        return self.starts[-limit.rate] + limit.period_s
+        return self.starts[-limit.rate] + span
 
     def add(self, now: float) -> None:
         self.starts.append(now)
+
+    def remove(self, at: float) -> None:
+        """Forget the start counted at ``at`` (a start whose request never left); none if gone."""
+        i = bisect.bisect_left(self.starts, at)
+        if i < len(self.starts) and self.starts[i] == at:
+            del self.starts[i]

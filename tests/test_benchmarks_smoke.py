@@ -201,9 +201,9 @@ def flow_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_flow_section(flow_results: dict) -> None:
     """Section 9 ran: (a) every variant on both backends completed its no-op jobs, (b) both
-    backends started every job under the rate limit, (c) both two-host runs ended every job
-    done, with the witness's numbers for both hosts; its checks are listed (timings are not
-    asserted here: tests/test_flow_proof.py proves the limits)."""
+    backends started every job under the rate limit, with the send margin and without, (c) both
+    two-host runs ended every job done, with the witness's numbers for both hosts; its checks are
+    listed (timings are not asserted here: tests/test_flow_proof.py proves the limits)."""
     f = flow_results["flow"]
     assert "error" not in f, f
     for backend in ("durable", "inmemory"):
@@ -214,6 +214,8 @@ def test_flow_section(flow_results: dict) -> None:
         closeness = f["rate_limit"][backend]
         assert closeness["jobs"] == f["sizes"]["rate"] * (f["sizes"]["rate_seconds"] + 1)
         assert closeness["share"] > 0
+        assert closeness["no_margin"]["jobs"] == closeness["jobs"]  # the margin's price, same run
+        assert closeness["vs_no_margin"] > 0
     assert [row["backend"] for row in f["two_hosts"]] == ["durable", "inmemory"]
     for row in f["two_hosts"]:
         assert row["done"] == row["jobs"]

@@ -1,6 +1,7 @@
 """Flow control as claim.lua applies it (lib/flow.lua, the rules of pipeline/flows.py), against a
 real redis-server: parallelism, the sliding-window rate, pause, throttle, FIFO within a key, the
-"*" default, FLOW_LIMITS and the run-time tombstone."""
+"*" default, FLOW_LIMITS and the run-time tombstone. A rate's window is its period plus the send
+margin (``pipeline.flows.SEND_MARGIN_S``): ``WINDOW_MS`` below."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import pytest
 
 from durable import flow_store, keys
 from durable.runner import DurableWorker
+from pipeline.flows import SEND_MARGIN_S
 from pipeline.jobs import FlowLimit, Job
 from tests.support.scripts_kit import Lua, between, contract, pad
 
 RECHECK_MS = 1000  # lib/flow.lua's FLOW_RECHECK_MS
 PERIOD_S = 60.0  # a long window: a seeded start stays where the test put it
+WINDOW_MS = (PERIOD_S + SEND_MARGIN_S) * 1000  # the window starts are counted in
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ async def test_parallelism_parks_the_job_over_the_limit_and_other_keys_pass(lua:
 @contract("claim")
 async def test_a_rate_limited_key_records_each_start_and_parks_over_the_rate(lua: Lua) -> None:
     """Rate 2 per 60 s: two starts recorded ("key|ms|id:attempt"), the third job parked until the
-    first start leaves the window (first start + period, exactly)."""
+    first start leaves the window (first start + period + margin, exactly)."""
     await lua.limit("k", rate=2, period_s=PERIOD_S)
     jobs = [await lua.submit_new(flow_key="k") for _ in range(3)]
     t0 = await lua.now_ms()
@@ -74,21 +77,21 @@ async def test_a_rate_limited_key_records_each_start_and_parks_over_the_rate(lua
     assert [s.split("|")[2] for s in starts] == [f"{jobs[0].id}:1", f"{jobs[1].id}:1"]
     at = float(starts[0].split("|")[1])
     assert between(t0, at, t1)
-    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == at + PERIOD_S * 1000
+    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == at + WINDOW_MS
     assert await lua.parked_ids("k") == [jobs[2].id]
 
 
 @contract("claim")
 async def test_a_start_inside_the_window_counts(lua: Lua) -> None:
-    """Rate 1: a start 5 s into a 60 s window blocks; the job waits until that start + period."""
+    """Rate 1: a start 5 s into a 60 s window blocks; the job waits until it leaves the window."""
     await lua.limit("k", rate=1, period_s=PERIOD_S)
     now = await lua.now_ms()
-    start = now - PERIOD_S * 1000 + 5_000
+    start = now - WINDOW_MS + 5_000
     await seed_start(lua, "k", start)
     job = await lua.submit_new(flow_key="k")
     assert await claim_ids(lua, lua.worker(), [job]) == []
     assert await lua.parked_ids("k") == [job.id]
-    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == start + PERIOD_S * 1000
+    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == start + WINDOW_MS
 
 
 @contract("claim")
@@ -101,16 +104,17 @@ async def test_the_wait_is_for_the_start_that_frees_room(lua: Lua) -> None:
     await seed_start(lua, "k", now - 10_000, "b")
     job = await lua.submit_new(flow_key="k")
     assert await claim_ids(lua, lua.worker(), [job]) == []
-    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == now - 10_000 + PERIOD_S * 1000
+    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == now - 10_000 + WINDOW_MS
 
 
 @contract("claim")
-async def test_a_start_exactly_one_period_ago_is_outside_the_window(lua: Lua) -> None:
-    """The window is (t - period, t]: a claim at t forgets every start at or before t - period
-    and keeps every later one. (Starts are seeded at every ms around t0 - period; the claim's own
-    start says what t was inside the script, so the boundary is checked to the ms.)"""
+async def test_a_start_exactly_one_window_ago_is_outside_the_window(lua: Lua) -> None:
+    """The window is (t - period - margin, t]: a claim at t forgets every start at or before
+    t - period - margin and keeps every later one. (Starts are seeded at every ms around t0 -
+    period - margin; the claim's own start says what t was inside the script, so the boundary is
+    checked to the ms.)"""
     await lua.limit("k", rate=100_000, period_s=PERIOD_S)
-    period = PERIOD_S * 1000
+    period = WINDOW_MS
     job = await lua.submit_new(flow_key="k")
     t0 = await lua.now_ms()
     offsets = range(-50, 3000)
@@ -288,7 +292,7 @@ async def test_a_review_that_frees_part_of_the_window_looks_again_when_the_next_
     up to a second per window: A ran at 82 % of its rate.)"""
     await lua.limit("k", rate=2, period_s=PERIOD_S)
     now = await lua.now_ms()
-    oldest = now - PERIOD_S * 1000 + 500
+    oldest = now - WINDOW_MS + 500
     await seed_start(lua, "k", oldest, "a")
     await seed_start(lua, "k", now - 40_000, "b")
     jobs = [await lua.submit_new(flow_key="k") for _ in range(3)]
@@ -296,7 +300,7 @@ async def test_a_review_that_frees_part_of_the_window_looks_again_when_the_next_
     await lua.admin("set", "k", flow_store.encode(FlowLimit(None, 3, PERIOD_S)))
     assert await lua.parked_ids("k") == [jobs[1].id, jobs[2].id]
     assert await lua.redis.zscore(keys.HINTS, jobs[0].id) is not None
-    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == oldest + PERIOD_S * 1000
+    assert await lua.redis.zscore(keys.FLOW_WAITING, "k") == oldest + WINDOW_MS
 
 
 @contract("flow_admin", "claim")
@@ -305,7 +309,8 @@ async def test_a_review_whose_unparked_jobs_fill_the_window_looks_again_a_period
 ) -> None:
     """Rate 2 per 60 s, nothing in the window, 3 jobs parked behind a pause: resumed, two go back
     to the queue and fill the window themselves; the third is looked at a period later (when
-    those two starts, made from now on, leave it), not in FLOW_RECHECK_MS."""
+    those two starts, made from now on, leave it: a period and the margin), not in
+    FLOW_RECHECK_MS."""
     await lua.limit("k", rate=2, period_s=PERIOD_S)
     await lua.redis.hset(keys.FLOW_PAUSED, "k", "1")
     jobs = [await lua.submit_new(flow_key="k") for _ in range(3)]
@@ -314,5 +319,5 @@ async def test_a_review_whose_unparked_jobs_fill_the_window_looks_again_a_period
     await lua.admin("resume", "k")
     t1 = await lua.now_ms()
     assert await lua.parked_ids("k") == [jobs[2].id]
-    period = PERIOD_S * 1000
+    period = WINDOW_MS
     assert between(t0 + period, await lua.redis.zscore(keys.FLOW_WAITING, "k"), t1 + period)

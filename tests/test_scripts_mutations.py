@@ -512,6 +512,37 @@ MUTATIONS = [
         "",
         "FLOW_LIMITS (qc:flow:config) never read for a key",
     ),
+    M(
+        "lib/flow.lua",
+        "(tonumber(per) or DEFAULT_PERIOD_MS) + SEND_MARGIN_MS",
+        "(tonumber(per) or DEFAULT_PERIOD_MS)",
+        "the send margin left out of the window: arrivals at the upstream exceed the rate",
+    ),
+    # -- flow_recount.lua ---------------------------------------------------------------------
+    M(
+        "flow_recount",
+        "  if string.sub(m, -#suffix) == suffix then redis.call('ZREM', K.flow_starts, m) end\n",
+        "",
+        "the old start left in the window: the job's start counted twice",
+    ),
+    M(
+        "flow_recount",
+        "if n >= r then",
+        "if n > r then",
+        "off by one: a recount into a full window counts a start over the rate",
+    ),
+    M(
+        "flow_recount",
+        "if not held or string.sub(held, 1, #token) ~= token then return -1 end",
+        "if not held then return -1 end",
+        "a lease not checked: a worker that lost its job moves another's start",
+    ),
+    M(
+        "flow_recount",
+        "if until_ms and until_ms > now then return math.max(1, until_ms - now) end",
+        "",
+        "a throttle ignored: the request leaves while the upstream asked to wait",
+    ),
 ]
 
 

@@ -44,6 +44,7 @@ from httpx_aiohttp import AiohttpTransport
 from pipeline.errors import InvalidJob, URLRefused
 from pipeline.fetch.urlguard import URLGuard, literal_ip
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
+from pipeline.send_turn import before_send
 from pipeline.settings import Settings
 from pipeline.tracing import fetching
 
@@ -128,6 +129,20 @@ class GuardResolver(AbstractResolver):
 
     async def close(self) -> None:
         pass
+
+
+async def _on_request_headers(*_: object) -> None:
+    await before_send()
+
+
+def send_trace() -> aiohttp.TraceConfig:
+    """The hook that keeps a request's turn to send: aiohttp sends ``on_request_headers_sent``
+    once the connection is open and acquired (new, or from the pool) and *before* it writes the
+    headers (``StreamWriter.write_headers`` awaits the signal first; a request without a body is
+    then written in the same step, one with a body from a task aiohttp starts right after)."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_request_headers)
+    return trace
 
 
 # aiohttp's errors as httpx's, most specific first. httpx-aiohttp maps every ClientConnectionError
@@ -278,6 +293,7 @@ class Fetcher:
             )
             return aiohttp.ClientSession(
                 connector=connector,
+                trace_configs=[send_trace()],
                 trust_env=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
@@ -389,6 +405,8 @@ class Fetcher:
         shard = self._in_flight.index(min(self._in_flight))  # the least busy transport
         self._in_flight[shard] += 1
         try:
+            if self._client is not None:  # the test seam: no trace hook, no connection to wait for
+                await before_send()
             return await self._exchange_traced(job, self._sends[shard], request)
         finally:
             self._in_flight[shard] -= 1

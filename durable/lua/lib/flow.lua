@@ -4,22 +4,26 @@
 --
 -- A key's limit is "parallelism|rate|period_ms" (either count may be empty): its own (K.flow_limits,
 -- set at run time; "-" = none of its own), else FLOW_LIMITS (K.flow_config), else the "*" default.
--- Rate: a start at t is allowed when fewer than `rate` starts happened in (t - period, t]
--- (a sliding window; starts are kept in K.flow_starts as "key|ms|id:attempt", lexically sorted).
+-- Rate: a start at t is allowed when fewer than `rate` starts happened in (t - period - margin, t]
+-- (a sliding window; starts are kept in K.flow_starts as "key|ms|id:attempt", lexically sorted;
+-- the send margin: see pipeline/flows.py).
 -- A job that may not start is parked in K.flow_parked ("key|score|id") off the queue, holding no
 -- worker slot; K.flow_waiting says when each key with parked jobs is looked at again.
 
 local FLOW_RECHECK_MS = 1000  -- a paused or full key is looked at again this soon at the latest
 local DEFAULT_PERIOD_MS = @DEFAULT_PERIOD_MS@  -- a rate limit stored without its period (FlowLimit)
+local SEND_MARGIN_MS = @SEND_MARGIN_MS@  -- pipeline.flows.SEND_MARGIN_S
 local UNPARK_MOST = 100  -- parked jobs of one key moved back to the queue per review
 
 local function pad(n)
   return string.format('%017.3f', tonumber(n))
 end
 
+-- parallelism, rate and the window its starts are counted in: the period plus the send margin
+-- (pipeline.flows.SEND_MARGIN_S: a request leaves a little after its start is counted)
 local function parse_limit(v)
   local p, r, per = string.match(v, '^([^|]*)|([^|]*)|([^|]*)$')
-  return tonumber(p), tonumber(r), tonumber(per) or DEFAULT_PERIOD_MS
+  return tonumber(p), tonumber(r), (tonumber(per) or DEFAULT_PERIOD_MS) + SEND_MARGIN_MS
 end
 
 local function flow_limit(fk)
