@@ -1,0 +1,54 @@
+"""What a comparison engine's workers did, per job, in one Redis hash pair: ``status`` (``running``,
+``done`` or ``failed``, the last word) and ``starts`` (how many times a worker began the job).
+
+The engines have no record store of their own that both Celery and a bare AMQP consumer share, so
+their workers write here, as stock arq writes our records: the crash demo and the tests read the
+counts at the kill and after the restart from it, and the upstream witness says what was fetched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import redis
+
+STATUS = "qc-engine:status"
+STARTS = "qc-engine:starts"
+
+
+def started(client: redis.Redis, job_id: str) -> None:
+    """A worker begins ``job_id`` (one round trip: status and start count together)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(STATUS, job_id, "running")
+    pipe.hincrby(STARTS, job_id, 1)
+    pipe.execute()
+
+
+def finished(client: redis.Redis, job_id: str, ok: bool) -> None:
+    client.hset(STATUS, job_id, "done" if ok else "failed")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The ledger read at one moment: each job's status and start count."""
+
+    status: dict[str, str]
+    starts: dict[str, int]
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.status.values())
+
+    def running(self) -> set[str]:
+        return {i for i, s in self.status.items() if s == "running"}
+
+
+def read(client: redis.Redis) -> Snapshot:
+    pipe = client.pipeline(transaction=True)
+    pipe.hgetall(STATUS)
+    pipe.hgetall(STARTS)
+    status, starts = pipe.execute()
+    return Snapshot(
+        {k.decode(): v.decode() for k, v in status.items()},
+        {k.decode(): int(v) for k, v in starts.items()},
+    )
