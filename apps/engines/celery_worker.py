@@ -57,7 +57,7 @@ def _thread_loop() -> tuple[asyncio.AbstractEventLoop, Fetcher]:
     return _local.loop, _local.fetcher
 
 
-@app.task(name=TASK)  # type: ignore[misc]
+@app.task(name=TASK)  # type: ignore[untyped-decorator]
 def fetch(job: dict[str, Any]) -> None:
     loop, fetcher = _thread_loop()
     ledger.started(_ledger, job["id"])

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -143,18 +144,21 @@ async def submit(engine: Engine, broker_url: str, queue: str, jobs: list[dict[st
     return await asyncio.to_thread(send)
 
 
-def unacked_on_redis(broker_url: str) -> int:
-    """Messages kombu's Redis transport holds as delivered and not acknowledged."""
+def unacked_on_redis(broker_url: str) -> list[str]:
+    """The task ids of the messages kombu's Redis transport holds as delivered and not yet
+    acknowledged (each entry: ``[message, exchange, routing key]``, Celery's task id in the
+    message's headers)."""
     client = redis.Redis.from_url(broker_url)
     try:
-        return int(client.hlen(UNACKED_KEY))
+        entries = cast(list[bytes], client.hvals(UNACKED_KEY))
     finally:
         client.close()
+    return [str(json.loads(e)[0]["headers"]["id"]) for e in entries]
 
 
 def ready_on_redis(broker_url: str, queue: str) -> int:
     client = redis.Redis.from_url(broker_url)
     try:
-        return int(client.llen(queue))
+        return cast(int, client.llen(queue))
     finally:
         client.close()

@@ -3,6 +3,7 @@ its ``Idempotency-Key`` in the demo), one attempt, its start and end written to 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -37,3 +38,17 @@ async def fetch_once(fetcher: Fetcher, job: dict[str, Any]) -> bool:
     """One attempt at the job's request; True when it ended done (a 2xx answer)."""
     outcome = await fetcher(Job.from_dict(job), 1)
     return outcome.ok
+
+
+def payload(request: dict[str, Any]) -> dict[str, Any]:
+    """A job as the HTTP API takes it (``url``, ``id``, ``method``, ``json``) as the dict our
+    workers run (``Job.to_dict``): the JSON body serialized, as the service would."""
+    body = request.get("json")
+    job = Job(
+        url=request["url"],
+        id=request["id"],
+        method=request.get("method", "GET"),
+        body=None if body is None else json.dumps(body, separators=(",", ":")),
+        body_type=None if body is None else "json",
+    )
+    return job.to_dict()

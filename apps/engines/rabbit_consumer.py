@@ -21,6 +21,7 @@ import signal
 import aio_pika
 import redis.asyncio as aioredis
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aiormq.abc import FieldTable
 
 from apps.engines.job import (
     BROKER_ENV,
@@ -33,7 +34,7 @@ from apps.engines.job import (
 from apps.engines.ledger import STARTS, STATUS
 from pipeline.fetch.handler import Fetcher
 
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: FieldTable = {"x-queue-type": "quorum"}
 
 
 async def declare(channel: aio_pika.abc.AbstractChannel | AbstractRobustChannel, name: str) -> None:
@@ -58,15 +59,20 @@ async def consume(amqp_url: str, queue: str, ledger_url: str) -> None:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             job = json.loads(message.body)
-            await ledger.pipeline(transaction=True).hset(STATUS, job["id"], "running").hincrby(
-                STARTS, job["id"], 1
-            ).execute()
+            await (
+                ledger.pipeline(transaction=True)
+                .hset(STATUS, job["id"], "running")
+                .hincrby(STARTS, job["id"], 1)
+                .execute()
+            )
             ok = await fetch_once(fetcher, job)
             await ledger.hset(STATUS, job["id"], "done" if ok else "failed")
             await message.ack()
 
         await q.consume(on_message)
-        print(f"worker ready: rabbitmq consumer on {queue}, prefetch {settings.workers}", flush=True)
+        print(
+            f"worker ready: rabbitmq consumer on {queue}, prefetch {settings.workers}", flush=True
+        )
         connection.close_callbacks.add(lambda *_: stop.set())  # broker gone: end, as a crash
         await stop.wait()
     finally:

@@ -52,10 +52,8 @@ class RabbitNode:
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    pass
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the node's VM too
             self.proc.wait(timeout=STOP_TIMEOUT_S)
@@ -103,7 +101,9 @@ def start_private_node(timeout: float = START_TIMEOUT_S) -> RabbitNode:
         start_new_session=True,
     )
     url = f"amqp://guest:guest@127.0.0.1:{port}/"
-    node = RabbitNode(url, f"private rabbitmq-server node {name} (pid {proc.pid}) on {url}", proc, data)
+    node = RabbitNode(
+        url, f"private rabbitmq-server node {name} (pid {proc.pid}) on {url}", proc, data
+    )
     ready = threading.Event()
 
     def pump() -> None:
