@@ -46,6 +46,7 @@ class RabbitNode:
     proc: subprocess.Popen[str] | None = None
     data_dir: str = ""
     lines: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None  # reads its output until it exits
 
     def stop(self) -> None:
         """SIGTERM (the script stops the node cleanly), wait, SIGKILL the group; remove its dir."""
@@ -57,6 +58,8 @@ class RabbitNode:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the node's VM too
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+        if self.pump is not None:
+            self.pump.join(timeout=STOP_TIMEOUT_S)
         if self.data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -108,12 +111,14 @@ def start_private_node(timeout: float = START_TIMEOUT_S) -> RabbitNode:
 
     def pump() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            node.lines.append(line)
-            if READY in line:
-                ready.set()
+        with proc.stdout:  # closed once the node has exited and its output is read
+            for line in proc.stdout:
+                node.lines.append(line)
+                if READY in line:
+                    ready.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    node.pump = threading.Thread(target=pump, daemon=True)
+    node.pump.start()
     deadline = time.monotonic() + timeout
     while not (ready.is_set() and _accepts(port)):
         if proc.poll() is not None or time.monotonic() > deadline:
