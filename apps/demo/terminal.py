@@ -81,7 +81,7 @@ def _lost(run: Run) -> str:
     if run.error:
         return "[red]error[/red]"
     if run.skipped:
-        return "skipped"
+        return "skip"
     if run.held:
         return f"{_n(run.lost)} +{run.held} held"
     return _n(run.lost)
@@ -126,7 +126,9 @@ LEGEND = (
 
 
 def print_table(state: DemoState) -> None:
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    # 120 columns, wider by what a comparison row's name needs (celery-acks-late-amqp)
+    longest = max((len(r.backend) for r in state.runs.values()), default=0)
+    console = Console(width=None if sys.stdout.isatty() else 120 + max(0, longest - 9))
     table = Table(
         title="What each backend kept after SIGKILL + restart",
         title_justify="left",
