@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from benchmarks import durability, flood, io_efficiency, overhead, recovery, report
+from benchmarks import engines as engines_bench
 from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
@@ -203,6 +204,7 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
+SECTIONS += ("engines",)  # 10 Celery and RabbitMQ (issue 25: benchmarks/engines.py)
 
 
 async def run_all(
@@ -243,6 +245,7 @@ async def run_all(
             ),
             "outage": lambda: section_outage(s, step),
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
+            "engines": lambda: engines_bench.run(base, s == QUICK, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         for name in (n for n in SECTIONS if n in sections):
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 engines",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

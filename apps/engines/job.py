@@ -35,7 +35,10 @@ def required(name: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 async def fetch_once(fetcher: Fetcher, job: dict[str, Any]) -> bool:
-    """One attempt at the job's request; True when it ended done (a 2xx answer)."""
+    """One attempt at the job's request; True when it ended done (a 2xx answer). A job marked
+    ``"noop": true`` (the benchmarks' no-op throughput) does nothing and is done."""
+    if job.get("noop"):
+        return True
     outcome = await fetcher(Job.from_dict(job), 1)
     return outcome.ok
 

@@ -8,6 +8,7 @@ counts at the kill and after the restart from it, and the upstream witness says 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import redis
 
 STATUS = "qc-engine:status"
 STARTS = "qc-engine:starts"
+STARTED_AT = "qc-engine:started-at"  # unix time of the latest start (the benchmarks' latency)
 
 
 def started(client: redis.Redis, job_id: str) -> None:
@@ -22,6 +24,7 @@ def started(client: redis.Redis, job_id: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.hset(STATUS, job_id, "running")
     pipe.hincrby(STARTS, job_id, 1)
+    pipe.hset(STARTED_AT, job_id, repr(time.time()))
     pipe.execute()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 
 import aio_pika
 import redis.asyncio as aioredis
@@ -31,7 +32,7 @@ from apps.engines.job import (
     fetch_settings,
     required,
 )
-from apps.engines.ledger import STARTS, STATUS
+from apps.engines.ledger import STARTED_AT, STARTS, STATUS
 from pipeline.fetch.handler import Fetcher
 
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
@@ -63,6 +64,7 @@ async def consume(amqp_url: str, queue: str, ledger_url: str) -> None:
                 ledger.pipeline(transaction=True)
                 .hset(STATUS, job["id"], "running")
                 .hincrby(STARTS, job["id"], 1)
+                .hset(STARTED_AT, job["id"], repr(time.time()))
                 .execute()
             )
             ok = await fetch_once(fetcher, job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from benchmarks.views import (
     durability,
+    engines,
     flood,
     flow,
     io,
@@ -26,6 +27,7 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    engines.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]
