@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -222,6 +223,9 @@ async def start_engines(demo: Demo) -> tuple[Rows, Callable[[], None]]:
     """The engine rows of ``demo``, with RabbitMQ when a chosen row needs it (``AMQP_URL``, else
     a private node: :func:`apps.engines.rabbit_node.resolve_rabbit`); returns them and what
     stops that node."""
+    # every row waits on blocking calls in threads (a child's ready line, a reap): with seven rows
+    # the default pool (cores + 4 threads) runs out and the kill-mark readings queue behind them
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
     rabbit: RabbitNode | NoRabbit | None = None
     chosen = [SCENARIOS[k] for k in demo.opts.scenarios if SCENARIOS[k].backend == "engine"]
     if any(ENGINES[sc.engine].needs_rabbit for sc in chosen):
