@@ -32,7 +32,7 @@ def test_quorum_queue_consumer_loses_none_and_redelivers_on_connection_loss(
     rig = Rig.of(
         "rabbitmq", broker=rabbit.url, ledger_url=ledger_url, upstream=upstream, procs=processes
     )
-    slow = 4000
+    slow = 8000  # a generous job: the claim is "within one job's time", on a loaded machine too
     jobs = rig.jobs(rig.workers, slow, "quorum")  # one per slot of the first consumer
     ids = [j["id"] for j in jobs]
     first = rig.start()

@@ -40,7 +40,7 @@ DEFAULT_SCENARIOS = tuple(SCENARIOS)  # what runs without --backend
 ENGINE_SCENARIOS = {
     "celery": Scenario("celery", "Celery defaults (Redis)", "engine", "celery", 2),
     "celery-acks-late": Scenario(
-        "celery-acks-late", "Celery acks_late (Redis, vt 1 h)", "engine", "celery-acks-late", 4
+        "celery-acks-late", "Celery acks_late (Redis)", "engine", "celery-acks-late", 4
     ),
     "celery-acks-late-amqp": Scenario(
         "celery-acks-late-amqp",

@@ -19,13 +19,21 @@ STARTS = "qc-engine:starts"
 STARTED_AT = "qc-engine:started-at"  # unix time of the latest start (the benchmarks' latency)
 
 
+# A start: ``running`` unless the job is already done (a redelivery of a job that was finished but
+# not yet acknowledged is a duplicate run, counted at the witness; the job stays done), one more
+# start, and its time. KEYS: STATUS, STARTS, STARTED_AT; ARGV: job id, unix time.
+STARTED_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'done' then
+  redis.call('HSET', KEYS[1], ARGV[1], 'running')
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+"""
+
+
 def started(client: redis.Redis, job_id: str) -> None:
-    """A worker begins ``job_id`` (one round trip: status and start count together)."""
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(STATUS, job_id, "running")
-    pipe.hincrby(STARTS, job_id, 1)
-    pipe.hset(STARTED_AT, job_id, repr(time.time()))
-    pipe.execute()
+    """A worker begins ``job_id`` (one round trip: :data:`STARTED_LUA`)."""
+    client.eval(STARTED_LUA, 3, STATUS, STARTS, STARTED_AT, job_id, repr(time.time()))
 
 
 def finished(client: redis.Redis, job_id: str, ok: bool) -> None:

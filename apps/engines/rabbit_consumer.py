@@ -32,7 +32,7 @@ from apps.engines.job import (
     fetch_settings,
     required,
 )
-from apps.engines.ledger import STARTED_AT, STARTS, STATUS
+from apps.engines.ledger import STARTED_AT, STARTED_LUA, STARTS, STATUS
 from pipeline.fetch.handler import Fetcher
 
 QUORUM: FieldTable = {"x-queue-type": "quorum"}
@@ -60,13 +60,8 @@ async def consume(amqp_url: str, queue: str, ledger_url: str) -> None:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             job = json.loads(message.body)
-            await (
-                ledger.pipeline(transaction=True)
-                .hset(STATUS, job["id"], "running")
-                .hincrby(STARTS, job["id"], 1)
-                .hset(STARTED_AT, job["id"], repr(time.time()))
-                .execute()
-            )
+            now = repr(time.time())
+            await ledger.eval(STARTED_LUA, 3, STATUS, STARTS, STARTED_AT, job["id"], now)
             ok = await fetch_once(fetcher, job)
             await ledger.hset(STATUS, job["id"], "done" if ok else "failed")
             await message.ack()
