@@ -342,7 +342,8 @@ def crash_demo(
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
 
-    Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream,
+    Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream
+    (--backend all adds Celery and RabbitMQ, the [engines] extra: docs/other-engines.md),
     with live progress, then prints a table (or --json) and writes an SVG of jobs done over time.
     The kill comes once --kill-after of the jobs are done, while jobs are still being submitted if
     need be. Uses REDIS_URL if set (an empty database, unless --allow-nonempty-db); otherwise a
