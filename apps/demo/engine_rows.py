@@ -99,13 +99,14 @@ class Row:
             JOB_TIMEOUT=3,
         )
         self.client = redis.Redis.from_url(self.ledger_url)
+        self.ids: set[str] = set()
 
     def _start(self) -> Any:
         return start_worker(self.scene.procs, self.engine, self.demo.opts.workers, self.env)
 
     def _read(self) -> ledger.Snapshot:
         self.scene.check_running()
-        snap = ledger.read(self.client)
+        snap = self._ledger()
         self.run.timeline.append([self.run.t(), snap.counts()["done"]])
         return snap
 
@@ -115,6 +116,7 @@ class Row:
             worker = await asyncio.to_thread(self._start)
             jobs = [payload(j) for j in self.demo._jobs(self.scene.sc)]
             ids = [j["id"] for j in jobs]
+            self.ids = set(ids)
             run.phase = "submitting"
             run.t0 = time.time()
             run.timeline.append([0.0, 0])
@@ -124,7 +126,7 @@ class Row:
             at_kill = await self._until_kill_mark(kill_at)
             self.demo._kill(self.scene, worker)
             await asyncio.to_thread(worker.wait, 10)
-            at_kill = await asyncio.to_thread(ledger.read, self.client)
+            at_kill = await asyncio.to_thread(self._ledger)
             self._note_kill(at_kill)
             held_at_kill = len(self._unacked())
             run.phase = "killed worker; restarting"
@@ -132,7 +134,7 @@ class Row:
             run.restart_t = run.t()
             run.phase = "recovering"
             await self._until_settled(at_kill, held_at_kill)
-            final = await asyncio.to_thread(ledger.read, self.client)
+            final = await asyncio.to_thread(self._ledger)
             counts = final.counts()
             run.completed, run.failed = counts["done"], counts["failed"]
             run.never_submitted = opts.jobs - run.submitted
@@ -143,8 +145,14 @@ class Row:
         finally:
             self.client.close()
 
+    def _ledger(self) -> ledger.Snapshot:
+        """The ledger, of this run's jobs only (``--allow-nonempty-db`` may share a database)."""
+        return ledger.read(self.client).only(self.ids)
+
     def _unacked(self) -> list[str]:
-        return unacked_on_redis(self.broker) if self.engine.holds_until_timeout else []
+        if not self.engine.holds_until_timeout:
+            return []
+        return [i for i in unacked_on_redis(self.broker) if i in self.ids]
 
     def _held(self, snap: ledger.Snapshot) -> set[str]:
         """Jobs not done or failed whose message the Redis broker holds unacked (a job done but
@@ -202,7 +210,7 @@ class Row:
         return (
             not restarted_running
             and ready_on_redis(self.broker, self.queue) == 0
-            and len(unacked_on_redis(self.broker)) <= held
+            and len(self._unacked()) <= held
         )
 
     def _note_recovery(self, snap: ledger.Snapshot, at_kill: ledger.Snapshot) -> None:

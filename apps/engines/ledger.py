@@ -50,6 +50,13 @@ class Snapshot:
     def counts(self) -> Counter[str]:
         return Counter(self.status.values())
 
+    def only(self, ids: set[str]) -> Snapshot:
+        """The same reading, of these jobs only (a ledger that holds an earlier run's too)."""
+        return Snapshot(
+            {i: s for i, s in self.status.items() if i in ids},
+            {i: n for i, n in self.starts.items() if i in ids},
+        )
+
     def running(self) -> set[str]:
         return {i for i, s in self.status.items() if s == "running"}
 
