@@ -248,15 +248,25 @@ def upstream(
 # -- client commands: submit, status, result, cancel, jobs, dead-letters ------------------------
 
 
+# the default three, then the article's other answers (apps/engines), then every one
+DEMO_CHOICES = (
+    *("inmemory", "durable", "stock-arq"),
+    *("celery", "celery-acks-late", "celery-acks-late-amqp", "rabbitmq"),
+    "all",
+)
+
+
 @click.command("crash-demo")
 @click.option(
     "--backend",
     "backends",
     multiple=True,
-    type=click.Choice(["inmemory", "durable", "stock-arq", "all"]),
-    default=["all"],
+    type=click.Choice(DEMO_CHOICES),
+    default=["inmemory", "durable", "stock-arq"],
     show_default=True,
-    help="Scenario(s) to run; stock-arq is durable with arq's own (slow) recovery.",
+    help="Scenario(s) to run; stock-arq is durable with arq's own (slow) recovery; celery*, "
+    "rabbitmq: the article's other answers (the [engines] extra; RabbitMQ from AMQP_URL or a "
+    "private rabbitmq-server node); all: every one.",
 )
 @click.option(
     "--jobs",
@@ -340,7 +350,8 @@ def crash_demo(
 ) -> None:
     """Kill the process that runs the workers mid-run, restart it, and count what each backend kept.
 
-    Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream,
+    Runs inmemory, durable and durable-with-stock-arq-recovery side by side against a local upstream
+    (--backend all adds Celery and RabbitMQ, the [engines] extra: docs/other-engines.md),
     with live progress, then prints a table (or --json) and writes an SVG of jobs done over time.
     The kill comes once --kill-after of the jobs are done, while jobs are still being submitted if
     need be. Uses REDIS_URL if set (an empty database, unless --allow-nonempty-db); otherwise a

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape
 
 WIDTH, HEIGHT = 860, 420
 LEFT, RIGHT, TOP, BOTTOM = 60, 190, 40, 50
-COLORS = ["#d1495b", "#2e86ab", "#8a8a8a", "#edae49"]
+COLORS = ["#d1495b", "#2e86ab", "#8a8a8a", "#edae49", "#66a182", "#7b2d8b", "#1b4965"]
 
 
 def render(runs: Sequence[dict[str, Any]], title: str) -> str:
@@ -80,6 +80,13 @@ ERROR_CHARS = 26  # what fits in the legend's width; the table and --json say th
 def _outcome(run: dict[str, Any], x: float, y: float) -> str:
     """The legend's second line: ``done N, lost M``, or ``error: <reason>`` for a run that could
     not run to the end (never a ``lost 0`` it did not measure)."""
+    if run.get("skipped"):
+        return f'<text x="{x}" y="{y}" fill="#8a8a8a">{escape(str(run["skipped"])[:ERROR_CHARS])}</text>'
+    if run.get("held"):
+        return (
+            f'<text x="{x}" y="{y}">done {run.get("completed")}, lost {run.get("lost")}, '
+            f"held {run['held']}</text>"
+        )
     error = run.get("error")
     if error:
         short = error if len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + "…"

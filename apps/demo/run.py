@@ -110,6 +110,7 @@ class Demo:
         self.opts = state.options
         # on a database that may hold older records, job ids unique to this run cannot collide
         self.tag = f"{secrets.token_hex(3)}-" if self.opts.allow_nonempty_db else ""
+        self.engine_rows: Any = None  # apps.demo.engine_rows.Rows, when a comparison row runs
 
     def env(self, sc: Scenario) -> dict[str, str]:
         """The children's environment; ALLOWED_HOSTS names only the demo's own upstream (a
@@ -131,7 +132,10 @@ class Demo:
         run = self.state.runs[sc.key]
         scene = Scene(sc, run, Processes(), self.shared)
         try:
-            await self._run(scene)
+            if sc.backend == "engine":  # a comparison row (Celery, RabbitMQ): engine_rows
+                await self.engine_rows.run(scene)
+            else:
+                await self._run(scene)
         except Exception as exc:  # reported in the table, never swallowed silently
             # a child that died explains the failure better than what its death caused
             gone = exc if isinstance(exc, ChildExited) else scene.first_exited()
@@ -438,13 +442,16 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
     redis_proc: RedisProcess | None = None
     procs = Processes()
     ticker: asyncio.Task[None] | None = None
+    stop_engines: Callable[[], None] = _nothing
     try:
         redis_url, redis_proc, state.redis = await asyncio.to_thread(
             resolve_redis, opts.redis, opts.allow_nonempty_db
         )
         for key in opts.scenarios:
-            if SCENARIOS[key].backend == "durable" and not opts.allow_nonempty_db:
+            if SCENARIOS[key].backend != "inmemory" and not opts.allow_nonempty_db:
                 require_empty(with_db(redis_url, SCENARIOS[key].db_offset))
+                if SCENARIOS[key].backend == "engine":  # and its Redis broker's database
+                    require_empty(with_db(redis_url, SCENARIOS[key].db_offset + 1))
         _, upstream = await asyncio.to_thread(procs.upstream, opts.latency_ms)
         state.upstream = upstream
         for key in opts.scenarios:
@@ -453,6 +460,10 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
         if on_tick is not None:
             ticker = asyncio.create_task(_tick(state, on_tick))
         demo = Demo(state, redis_url, upstream, procs)
+        if any(SCENARIOS[k].backend == "engine" for k in opts.scenarios):
+            from apps.demo.engine_rows import start_engines
+
+            demo.engine_rows, stop_engines = await start_engines(demo)
         await asyncio.gather(*(demo.run(SCENARIOS[k]) for k in opts.scenarios))
     finally:
         state.finished = True
@@ -461,8 +472,13 @@ async def run_demo(state: DemoState, on_tick: Callable[[DemoState], None] | None
             await asyncio.gather(ticker, return_exceptions=True)
             on_tick and on_tick(state)
         await asyncio.to_thread(procs.stop_all)
+        await asyncio.to_thread(stop_engines)
         if redis_proc is not None:
             await asyncio.to_thread(redis_proc.stop)
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _tick(state: DemoState, on_tick: Callable[[DemoState], None]) -> None:
@@ -480,7 +496,7 @@ def write_outputs(state: DemoState, as_json: bool) -> str:
         )
         state.options.svg.write_text(demo_chart.render(runs, title))
     if as_json:
-        return json.dumps({"redis": state.redis, "runs": runs}, indent=2)
+        return json.dumps({"redis": state.redis, "rabbit": state.rabbit, "runs": runs}, indent=2)
     return ""
 
 

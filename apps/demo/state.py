@@ -14,7 +14,10 @@ from typing import Any
 @dataclass(frozen=True)
 class Scenario:
     """One column of the demo: a backend, and for durable which worker engine runs the jobs
-    (``ours``: our runner; ``stock-arq``: arq's own, unmodified Worker)."""
+    (``ours``: our runner; ``stock-arq``: arq's own, unmodified Worker). Backend ``engine`` is a
+    comparison row run by ``apps.demo.engine_rows`` (Celery or RabbitMQ, ``apps.engines``):
+    ``engine`` names it there, and ``db_offset`` is its ledger's database (a Redis broker's is
+    the next one)."""
 
     key: str
     label: str
@@ -32,6 +35,23 @@ SCENARIOS = {
     "durable": Scenario("durable", "durable (our runner, leases)", "durable"),
     "stock-arq": Scenario("stock-arq", "durable on stock arq's Worker", "durable", "stock-arq", 1),
 }
+DEFAULT_SCENARIOS = tuple(SCENARIOS)  # what runs without --backend
+# the article's other answers (apps.engines), run with --backend NAME or --backend all
+ENGINE_SCENARIOS = {
+    "celery": Scenario("celery", "Celery defaults (Redis)", "engine", "celery", 2),
+    "celery-acks-late": Scenario(
+        "celery-acks-late", "Celery acks_late (Redis)", "engine", "celery-acks-late", 4
+    ),
+    "celery-acks-late-amqp": Scenario(
+        "celery-acks-late-amqp",
+        "Celery acks_late (RabbitMQ)",
+        "engine",
+        "celery-acks-late-amqp",
+        6,
+    ),
+    "rabbitmq": Scenario("rabbitmq", "RabbitMQ quorum queue", "engine", "rabbitmq", 7),
+}
+SCENARIOS.update(ENGINE_SCENARIOS)
 
 
 @dataclass
@@ -83,6 +103,10 @@ class Run:
     timeline: list[list[float]] = field(default_factory=list)  # [t, done], from [0, 0]
     error: str | None = None  # why the scenario could not run to the end: one line
     error_output: list[str] = field(default_factory=list)  # a dead child's last output lines
+    skipped: str | None = None  # why a comparison row could not run here (no RabbitMQ): no counts
+    held: int | None = None  # Redis broker: unacked jobs waiting out the visibility timeout
+    visibility_timeout_s: float | None = None  # the Redis broker's, for the rows that have one
+    runs: str = ""  # how a comparison row's workers run the async fetch
     t0: float = field(default_factory=time.time)  # timeline, kill_t, restart_t count from here
     base: dict[str, Any] = field(default_factory=dict)  # /stats before submitting (older jobs)
 
@@ -100,6 +124,7 @@ class DemoState:
 
     options: Options
     redis: str = ""
+    rabbit: str = ""  # the RabbitMQ the comparison rows used, or why there was none
     upstream: str = ""
     started: float = field(default_factory=time.time)
     runs: dict[str, Run] = field(default_factory=dict)
@@ -111,6 +136,7 @@ class DemoState:
     def snapshot(self) -> dict[str, Any]:
         return {
             "redis": self.redis,
+            "rabbit": self.rabbit,
             "upstream": self.upstream,
             "elapsed_s": self.t(),
             "finished": self.finished,

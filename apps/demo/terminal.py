@@ -70,7 +70,21 @@ def _recovery(run: Run) -> str:
         return "—"
     if run.backend == "inmemory":
         return "never (gone)"
+    if run.recovery_s is None and run.held:  # waits for the Redis broker's visibility timeout
+        return f"≥{run.visibility_timeout_s or 0:g}"
+    if run.recovery_s is None and run.in_flight_at_kill and run.lost:
+        return "never (lost)"
     return "—" if run.recovery_s is None else f"{run.recovery_s:.1f}"
+
+
+def _lost(run: Run) -> str:
+    if run.error:
+        return "[red]error[/red]"
+    if run.skipped:
+        return "skip"
+    if run.held:
+        return f"{_n(run.lost)} +{run.held} held"
+    return _n(run.lost)
 
 
 def _done_before(run: Run) -> str:
@@ -112,7 +126,9 @@ LEGEND = (
 
 
 def print_table(state: DemoState) -> None:
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    # 120 columns, wider by what a comparison row's name needs (celery-acks-late-amqp)
+    longest = max((len(r.backend) for r in state.runs.values()), default=0)
+    console = Console(width=None if sys.stdout.isatty() else 120 + max(0, longest - 9))
     table = Table(
         title="What each backend kept after SIGKILL + restart",
         title_justify="left",
@@ -132,7 +148,7 @@ def print_table(state: DemoState) -> None:
             _n(run.submitted_after_kill),
             _n(run.done_after_restart),
             _n(run.failed),
-            "[red]error[/red]" if run.error else _n(run.lost),
+            _lost(run),
             _n(run.duplicates),
             _n(run.effects),
             _recovery(run),
@@ -143,7 +159,24 @@ def print_table(state: DemoState) -> None:
             console.print(f"[red]{run.backend}: error: {run.error}[/red]", highlight=False)
             for line in run.error_output:
                 console.print(f"    {line}", highlight=False, markup=False)
+    _notes(console, state)
+
+
+def _notes(console: Console, state: DemoState) -> None:
+    """The lines under the table: skipped and held rows, the brokers, each row's label."""
+    for run in state.runs.values():
+        if run.skipped:
+            console.print(f"{run.backend}: {run.skipped}", highlight=False)
+        if run.held:
+            console.print(
+                f"{run.backend}: {run.held} jobs the killed worker had taken wait unacknowledged "
+                f"in the Redis broker until its visibility_timeout "
+                f"({run.visibility_timeout_s or 0:g} s after delivery): held, not done, not lost",
+                highlight=False,
+            )
     console.print(f"Redis: {state.redis}", highlight=False)
+    if state.rabbit:
+        console.print(f"RabbitMQ: {state.rabbit}", highlight=False)
     for run in state.runs.values():
         if run.backend == "inmemory" and not run.error:
             fetched = run.fetched_by_upstream or 0
@@ -156,7 +189,8 @@ def print_table(state: DemoState) -> None:
                 highlight=False,
             )
     for run in state.runs.values():
-        console.print(f"  {run.backend}: {run.label}", highlight=False)
+        how = f" — workers: {run.runs}" if run.runs else ""
+        console.print(f"  {run.backend}: {run.label}{how}", highlight=False)
     console.print(LEGEND, highlight=False)
     if state.options.svg is not None:
         console.print(f"picture: {state.options.svg}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from benchmarks.views import (
     durability,
+    engines,
     flood,
     flow,
     io,
@@ -32,6 +33,7 @@ SECTIONS: tuple[Section, ...] = (
     submit.SECTION,
     memory.SECTION,
     tracing.SECTION,
+    engines.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]
