@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks import durability, flood, io_efficiency, overhead, recovery, report
+from benchmarks import ack_price, durability, flood, io_efficiency, overhead, recovery, report
 from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
@@ -203,6 +203,7 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
+SECTIONS += ("acks",)  # 10 acks (issue 23: benchmarks/ack_price.py)
 
 
 async def run_all(
@@ -245,6 +246,9 @@ async def run_all(
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
+        runs["acks"] = lambda: ack_price.run(
+            ack_price.QUICK if s == QUICK else ack_price.AckSizes(), step
+        )
         for name in (n for n in SECTIONS if n in sections):
             await _reset(base)
             try:
@@ -295,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 acks",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

@@ -4,6 +4,7 @@ per section, in the order the report shows them. ``benchmarks/report.py`` only r
 from __future__ import annotations
 
 from benchmarks.views import (
+    acks,
     durability,
     flood,
     flow,
@@ -26,6 +27,7 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    acks.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]
