@@ -4,9 +4,11 @@ A private Sentinel group on loopback (a primary, two replicas, three ``redis-ser
 ``apps.harness.sentinel_launcher``) and one upstream witness; one row per ``ACK_REPLICAS`` value,
 0 and 1, side by side: each row its own ``serve`` and ``worker`` on the Sentinel URL (its own
 database), the same jobs submitted at a steady pace. Once ``--kill-after`` of each row's jobs are
-accepted, the replicas stall (SIGSTOP: a slow replica link, as a busy network or disk makes one)
-for STALL_S; KILL_INTO_STALL_S into the stall the primary is SIGKILLed; then the replicas go on
-(SIGCONT) and Sentinel promotes one of them. Nothing is restarted by hand. A 503 is answered as it
+accepted, the replication link breaks: the replicas stall (SIGSTOP) for STALL_S and the primary
+drops their connections (``CLIENT KILL TYPE replica``: a stopped replica's socket would still
+buffer what the primary sends), so what the primary writes from then on reaches no replica;
+KILL_INTO_STALL_S into the stall the primary is SIGKILLed; then the replicas go on (SIGCONT) and
+Sentinel promotes one of them. Nothing is restarted by hand. A 503 is answered as it
 asks: the same id sent again after ``Retry-After``.
 
 Counted at the witness and in the records after the failover, per row: accepted (answered 202,
@@ -245,7 +247,10 @@ async def run_failover(opts: Options, progress: Any) -> dict[str, Any]:
 
         async def inject() -> None:
             await asyncio.gather(*(r.kill_mark.wait() for r in runs))
-            progress(f"replicas stalled (SIGSTOP) for {STALL_S:g} s; the primary SIGKILLed in it")
+            progress(
+                f"replication link broken: replicas stalled (SIGSTOP) for {STALL_S:g} s, their "
+                f"connections dropped; the primary SIGKILLed {KILL_INTO_STALL_S:g} s in"
+            )
             started.set()
             await fault.run()
             progress(
@@ -271,7 +276,7 @@ async def run_failover(opts: Options, progress: Any) -> dict[str, Any]:
         await asyncio.to_thread(procs.stop_all)
         await asyncio.to_thread(group.stop)
     return {
-        "scenario": "primary SIGKILLed during a replica stall",
+        "scenario": "replication link broken, then the primary SIGKILLed",
         "stall_s": STALL_S,
         "kill_into_stall_s": KILL_INTO_STALL_S,
         "promoted_after_kill_s": fault.promoted_after_s,
@@ -309,8 +314,9 @@ def print_table(result: dict[str, Any]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(
         title=(
-            f"Primary SIGKILLed {result['kill_into_stall_s']:g} s into a {result['stall_s']:g} s "
-            "replica stall; Sentinel promoted a replica"
+            f"Replication link broken (replicas stalled {result['stall_s']:g} s, their connections "
+            f"dropped), the primary SIGKILLed {result['kill_into_stall_s']:g} s in; Sentinel "
+            "promoted a replica"
         ),
         title_justify="left",
         show_edge=False,

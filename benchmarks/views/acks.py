@@ -56,7 +56,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
         f"{s['rounds']} × {s['burst']} submits with {s['concurrency']} in flight per value, "
         "alternating. With 1, each submit also waits for WAIT 1: one more round trip to a replica.",
         f"Failover (ACK_REPLICAS=1, serve + 1 worker, {f['rate']} new ids/s): the primary "
-        f"SIGKILLed; first 202 {fmt(f['first_202_s'], 2)} s and first fetch of a job accepted "
+        f"SIGKILLed; first 202 {fmt(f['first_202_s'], 2)} s and first fetch of a job submitted "
         f"after the kill {fmt(f['first_fetch_s'], 2)} s after it (Sentinel's down-after plus the "
         f"election); {f['accepted']} accepted, {f['lost']} never fetched; answers {f['answers']} "
         "(0: connection refused).",
