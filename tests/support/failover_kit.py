@@ -55,14 +55,20 @@ class Load:
     upstream: str
     accepted: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 2xx
     created: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 202
+    sent: dict[str, float] = field(default_factory=dict)  # id -> when its 202's request was sent
     unavailable: list[float] = field(default_factory=list)  # unix times of 503 answers
     refused: int = 0  # connection errors (the API process was down: never expected)
     stop: bool = False
+
+    def created_after(self, t: float) -> list[float]:
+        """The times of the 202s to requests sent after ``t``."""
+        return [self.created[i] for i, sent in self.sent.items() if sent > t]
 
     async def one(self, client: httpx.AsyncClient, job_id: str) -> None:
         body = {"url": self.upstream + "/", "id": job_id}
         deadline = time.monotonic() + ANSWER_DEADLINE_S
         while time.monotonic() < deadline:
+            sent = time.time()
             try:
                 answer = await client.post(self.api + "/jobs", json=body)
             except httpx.TransportError:
@@ -74,6 +80,7 @@ class Load:
                 self.accepted[job_id] = now
                 if answer.status_code == 202:
                     self.created[job_id] = now
+                    self.sent[job_id] = sent
                 return
             assert answer.status_code == 503, answer.text
             self.unavailable.append(time.time())
@@ -164,7 +171,8 @@ async def failover_run(
     end = fault_end(marks)
     fetches_after = [a["t"] for a in arrivals if a["t"] > end]
     one_down = [t for t in load.unavailable if t0 <= t < marks.get("no_replica", t0)]
-    created_after = [t for t in load.created.values() if t > end]
+    # a 202 to a request sent before the event was written before it, whenever it arrived
+    created_after = load.created_after(end)
     exited = [" ".join(p.args[-2:]) for p in [serve, *workers, upstream_proc] if not p.alive]
     figures = {
         "ack_replicas": ack_replicas,
@@ -266,7 +274,7 @@ async def _load_until_recovered(
         while True:
             if over.is_set():
                 end = fault_end(marks)
-                recovered = [t for t in load.created.values() if t > end]
+                recovered = load.created_after(end)
                 if recovered and time.time() > min(recovered) + AFTER_S:
                     break
                 if time.time() > end + ANSWER_DEADLINE_S:
