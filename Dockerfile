@@ -18,6 +18,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
         > requirements.txt \
     && pip install -r requirements.txt \
     && rm requirements.txt
+#    The optional `otel` extra too (OpenTelemetry's SDK and OTLP/HTTP exporter, a few MB): tracing
+#    stays off until OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/tracing.md).
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['otel']))" \
+        > otel.txt \
+    && pip install -r otel.txt \
+    && rm otel.txt
 
 # 2. The project itself (code changes rebuild only this small layer).
 COPY README.md ./

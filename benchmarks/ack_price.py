@@ -1,4 +1,4 @@
-"""Section 10: the price of ACK_REPLICAS: submit latency and throughput with 0 and 1, and the
+"""Section 12: the price of ACK_REPLICAS: submit latency and throughput with 0 and 1, and the
 time from a primary's death to the first 202 and the first fetch after the failover, in one run.
 
 A private Sentinel group on loopback (a primary, two replicas, three Sentinels:

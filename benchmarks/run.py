@@ -19,7 +19,16 @@ from typing import Any
 
 import httpx
 
-from benchmarks import ack_price, durability, flood, io_efficiency, overhead, recovery, report
+from benchmarks import (
+    ack_price,
+    durability,
+    flood,
+    io_efficiency,
+    overhead,
+    recovery,
+    report,
+    tracing_cost,
+)
 from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
 
@@ -57,6 +66,11 @@ class Sizes:
     outage_warmup_s: float = 1.0
     outage_steady_s: float = 3.0
     outage_after_s: float = 8.0
+    submit_single_jobs: int = 5000  # issue 24: single POST /jobs, serve CPU per job
+    submit_batches: int = 20  # issue 24: batches of 1,000 (POST /jobs/batch)
+    submit_rounds: int = 2
+    tracing_jobs: int = 1000  # per mode and round (benchmarks/tracing_cost.py)
+    tracing_rounds: int = 3
 
 
 QUICK = Sizes(
@@ -82,6 +96,11 @@ QUICK = Sizes(
     outage_warmup_s=0.5,
     outage_steady_s=1.0,
     outage_after_s=1.5,
+    submit_single_jobs=100,
+    submit_batches=2,
+    submit_rounds=1,
+    tracing_jobs=40,
+    tracing_rounds=1,
 )
 
 
@@ -203,7 +222,18 @@ async def section_outage(s: Sizes, step: Any) -> dict[str, Any]:
 
 SECTIONS = ("overhead", "io", "flood", "durability", "recovery", "outage", *ISSUE16_SECTIONS)
 SECTIONS += ("flow",)  # 9 flow (issue 15: benchmarks/flow.py)
-SECTIONS += ("acks",)  # 10 acks (issue 23: benchmarks/ack_price.py)
+SECTIONS += ("submit",)  # 10 submit (issue 24: benchmarks/submit.py)
+SECTIONS += ("tracing",)  # 11 tracing (issue 26: benchmarks/tracing_cost.py)
+SECTIONS += ("acks",)  # 12 acks (issue 23: benchmarks/ack_price.py)
+
+
+async def section_submit(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
+    """Issue 24 item 2: serve CPU per job, single POST /jobs vs batches (benchmarks.submit)."""
+    from benchmarks import submit
+
+    return await submit.run(
+        redis_url, s.submit_single_jobs, s.submit_batches, s.submit_rounds, step
+    )
 
 
 async def run_all(
@@ -244,6 +274,8 @@ async def run_all(
             ),
             "outage": lambda: section_outage(s, step),
             "flow": lambda: flow_bench.run(s == QUICK, redis_proc.url, step),
+            "submit": lambda: section_submit(s, redis_proc.url, step),
+            "tracing": lambda: tracing_cost.run(base, s.tracing_jobs, s.tracing_rounds, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
         runs["acks"] = lambda: ack_price.run(
@@ -299,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
-        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 acks",
+        "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 submit, "
+        "11 tracing, 12 acks",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

@@ -31,6 +31,7 @@ from pipeline.fetch.handler import Handler
 from pipeline.jobs import DeadLetter, Job
 from pipeline.retry import decide
 from pipeline.settings import Settings
+from pipeline.tracing import consuming, working_on
 
 
 class StockArqWorker(WorkerPool):
@@ -57,12 +58,14 @@ class StockArqWorker(WorkerPool):
         scripts = Scripts(redis)
         await scripts.load()
         s = self.settings
+        handler = consuming(self.handler)  # a CONSUMER span per attempt, when tracing is on
 
         async def run_job(ctx: dict[str, Any], job_dict: dict[str, Any]) -> dict[str, Any]:
             job = Job.from_dict({**job_dict, "id": ctx["job_id"]})
             attempt = int(ctx["job_try"])
             await record(scripts, s, job, attempt, "running")
-            outcome = await self.handler(job, attempt)
+            working_on(job, attempt, "stock-arq")
+            outcome = await handler(job, attempt)
             decision = decide(outcome, attempt, s, job)
             if decision.end == "retry":
                 await record(scripts, s, job, attempt, "queued", outcome)

@@ -23,7 +23,7 @@ ARQ_RETRY = retry_key_prefix  # + id: arq's try counter (stock arq workers use i
 FUNCTION = "fetch"  # the arq function name every job of ours runs
 
 # -- our own ---------------------------------------------------------------------------------
-RECORD = "qc:job:"  # + id: hash, the job's record (status, attempts, result, ...)
+RECORD = "qc:job:"  # + id: hash, the job's record (status, attempts, result, try:<n>, ...)
 BODY = "qc:body:"  # + id: the last attempt's response body (first RESULT_BODY_BYTES)
 RUNNING = "qc:running"  # hash id -> lease "worker|attempt|score|flow key"
 HINTS = "qc:hints"  # zset of job ids an idle worker may take (BZPOPMIN wakes it at once)

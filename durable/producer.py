@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from arq.jobs import serialize_job
@@ -32,6 +33,7 @@ from durable.redis_errors import map_redis_errors
 from durable.script_batch import ScriptBatch
 from durable.scripts import Scripts
 from pipeline.backend import Order, Producer
+from pipeline.batch import Placed, Placement
 from pipeline.durations import Durations
 from pipeline.errors import BackendUnavailable, Conflict, NotReplicated, QueueFull
 from pipeline.jobs import (
@@ -54,13 +56,18 @@ JOB_KEY_TTL_MS = 7 * 86_400_000  # arq drops a job not started within this ("job
 LIST_SCAN = 5000  # records looked at per GET /jobs page at most (a status filter skips others)
 
 
-def enqueue_call(job: Job, mode: str, maxsize: int) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV for ``enqueue.lua``."""
-    k = keys.job_keys(job.id)
-    now_ms = int(time.time() * 1000)
+def _arq_job(job: Job, now_ms: int) -> tuple[str, int, bytes]:
+    """The job's run_at in ms ('' = now), its arq job key's TTL in ms, and arq's job bytes."""
     run_at_ms = "" if job.run_at is None else str(int(job.run_at * 1000))
     ttl = JOB_KEY_TTL_MS + max(0, int((job.run_at or 0) * 1000) - now_ms)
     payload = serialize_job(keys.FUNCTION, (job.to_dict(),), {}, None, now_ms)
+    return run_at_ms, ttl, payload
+
+
+def enqueue_call(job: Job, mode: str, maxsize: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ``enqueue.lua``."""
+    k = keys.job_keys(job.id)
+    run_at_ms, ttl, payload = _arq_job(job, int(time.time() * 1000))
     job_keys = [
         k["record"],
         k["job"],
@@ -81,6 +88,31 @@ def enqueue_call(job: Job, mode: str, maxsize: int) -> tuple[list[str], list[Any
     ]
     args: list[Any] = [mode, job.id, maxsize, job.priority, run_at_ms, payload, ttl]
     return job_keys, args + records.fields(job)
+
+
+BATCH_KEYS = [
+    keys.QUEUE,
+    keys.SCHEDULED,
+    keys.RETRY,
+    keys.FLOW_PARKED,
+    keys.HINTS,
+    keys.INDEX,
+    keys.SEQ,
+    keys.DELAYED_SCORE,
+]
+
+
+def enqueue_batch_call(jobs: Sequence[Job], maxsize: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV for ``enqueue_batch.lua``."""
+    now_ms = int(time.time() * 1000)
+    job_keys = list(BATCH_KEYS)
+    args: list[Any] = [maxsize, len(jobs)]
+    for job in jobs:
+        job_keys += (keys.RECORD + job.id, keys.ARQ_JOB + job.id, keys.ARQ_RESULT + job.id)
+        run_at_ms, ttl, payload = _arq_job(job, now_ms)
+        fields = records.fields(job)
+        args += (job.id, job.priority, run_at_ms, payload, ttl, len(fields), *fields)
+    return job_keys, args
 
 
 def cancel_call(job_id: str, ttl_s: int) -> tuple[list[str], list[Any]]:
@@ -149,6 +181,33 @@ class DurableProducer(Producer):
             return Submitted(job.record(Status(status)), created=True)
         record = await self.get(job.id) or job.record(Status.QUEUED)
         return Submitted(record, created=False)
+
+    async def _submit_batch(self, jobs: Sequence[Job]) -> list[Placed]:
+        """One ``enqueue_batch.lua`` call (atomic: all placed or, on an error, none), then one
+        ``WAIT`` with ACK_REPLICAS."""
+        job_keys, args = enqueue_batch_call(jobs, self.settings.queue_maxsize)
+        with map_redis_errors("enqueueing a batch"):
+            reply, acked = await call_acked(
+                self.scripts["enqueue_batch"], self.acks, job_keys, args
+            )
+        if acked is not None and not self.acks.confirmed(acked):
+            raise NotReplicated(
+                f"the batch's jobs may have been queued, but {self.acks.shortfall(acked)}: they "
+                "may not survive a Redis failover; send the same jobs again with the same ids "
+                "(each is then existing or accepted, never a second job)",
+                acked,
+                self.acks.replicas,
+            )
+        placed = []
+        for job, code, raw in zip(jobs, reply[0::2], reply[1::2], strict=True):
+            status = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if code == 1:
+                placed.append(Placed(job.id, Placement(status), status))
+            elif code == 0:
+                placed.append(Placed(job.id, Placement.EXISTING, status))
+            else:
+                placed.append(Placed(job.id, Placement.OVER_LIMIT))
+        return placed
 
     async def _enqueue_waiting(self, job: Job, mode: str) -> tuple[int, str]:
         """Run the enqueue script until it answers, waiting out a full queue until the submit

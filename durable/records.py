@@ -14,7 +14,7 @@ import math
 import time
 from typing import Any
 
-from pipeline.jobs import DEFAULT_PRIORITY, Job, JobRecord, Outcome, Status
+from pipeline.jobs import DEFAULT_PRIORITY, Job, JobRecord, Outcome, Status, Try
 
 
 def fields(job: Job) -> list[str]:
@@ -38,6 +38,8 @@ def fields(job: Job) -> list[str]:
         value = getattr(job, name)
         if value is not None:
             out += [name, repr(value)]
+    if record.trace_id:
+        out += ["trace_id", record.trace_id]
     return out
 
 
@@ -86,6 +88,23 @@ def _headers(raw: str | None) -> dict[str, str]:
     return {}
 
 
+TRY_PREFIX = "try:"
+
+
+def _retried(d: dict[str, str]) -> tuple[Try, ...]:
+    """The attempts that were retried (``finish.lua``: ``try:<n>`` = ``"<unix s> <outcome>"``),
+    oldest first; a damaged one is left out."""
+    tries = []
+    for name, value in d.items():
+        if not name.startswith(TRY_PREFIX):
+            continue
+        when, _, outcome = value.partition(" ")
+        attempt, ended_at, result = _int(name[len(TRY_PREFIX) :]), _float(when), _result(outcome)
+        if attempt > 0 and ended_at is not None and result is not None:
+            tries.append(Try.of(attempt, "retry", result, ended_at))
+    return tuple(sorted(tries, key=lambda t: t.attempt))
+
+
 def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
     """The record from its Redis hash; None when there is none."""
     if not raw:
@@ -107,4 +126,6 @@ def decode(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
         timeout_s=_float(d.get("timeout_s")),
         max_tries=_int(d.get("max_tries")) or None,
         finished_at=_float(d.get("finished_at")),
+        trace_id=d.get("trace_id") or None,
+        retried=_retried(d),
     )

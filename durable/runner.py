@@ -89,6 +89,7 @@ from pipeline.fetch.urlguard import URLGuard
 from pipeline.jobs import Job, Outcome
 from pipeline.retry import decide
 from pipeline.settings import Settings
+from pipeline.tracing import working_on
 
 log = logging.getLogger("queue_contrast.durable")
 
@@ -248,6 +249,9 @@ class DurableWorker(WorkerPool):
         finisher = self.finisher
         try:
             job, early = finisher.job(claimed)
+            working_on(
+                job, claimed.attempt, self.worker_id, claimed.redelivered, claimed.flow_wait_s
+            )
             if claimed.foreign and job.url:
                 await finisher.describe_foreign(job)
             self.counters.started += 1

@@ -25,7 +25,17 @@ from redis.exceptions import NoScriptError, ResponseError
 from durable import keys
 from pipeline.jobs import MAX_PRIORITY, FlowLimit
 
-NAMES = ("enqueue", "claim", "finish", "release", "heartbeat", "cancel", "flow_admin", "outcome")
+NAMES = (
+    "enqueue",
+    "enqueue_batch",
+    "claim",
+    "finish",
+    "release",
+    "heartbeat",
+    "cancel",
+    "flow_admin",
+    "outcome",
+)
 INCLUDE = re.compile(r"^--!include (lib/[a-z_]+\.lua)$", re.MULTILINE)
 CONSTANTS = {
     "@RUNNING_SCORE@": str(keys.RUNNING_SCORE),

@@ -36,11 +36,23 @@ class Claimed:
     payload: bytes | None
     exhausted: bool
     foreign: bool
+    redelivered: bool = False  # its last attempt's worker died (or froze) before it ended
+    flow_wait_s: float = 0.0  # how long its flow key held it back before this claim
 
     @classmethod
     def parse(cls, raw: list[Any]) -> Claimed:
-        job_id, attempt, payload, exhausted, foreign = raw
-        return cls(job_id.decode(), int(attempt), payload, bool(exhausted), bool(foreign))
+        job_id, attempt, payload, exhausted, foreign, *rest = raw
+        redelivered = bool(rest and rest[0])
+        flow_wait_s = int(rest[1]) / 1000 if len(rest) > 1 else 0.0
+        return cls(
+            job_id.decode(),
+            int(attempt),
+            payload,
+            bool(exhausted),
+            bool(foreign),
+            redelivered,
+            flow_wait_s,
+        )
 
 
 @dataclass

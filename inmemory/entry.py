@@ -41,6 +41,7 @@ class Entry:
     cancelled: bool = False
     timer: Timer | None = None  # while SCHEDULED or RETRYING
     run: AttemptRun | None = None  # the attempt a worker runs, while RUNNING
+    parked_at: float | None = None  # when its flow key first held it back (the timers' clock)
 
     @property
     def rank(self) -> tuple[int, int]:

@@ -126,6 +126,8 @@ class FlowGate:
         best = flow.top() if flow.waiting else None
         if (best is not None and best.rank < entry.rank) or not flow.can_start(now):
             entry.where = Where.WAITING
+            if entry.parked_at is None:
+                entry.parked_at = now
             heapq.heappush(flow.line, (*entry.rank, entry))
             flow.waiting += 1
             self._dispatch(flow, now)

@@ -45,6 +45,7 @@ import functools
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from inmemory.entry import Entry, Where
@@ -54,6 +55,7 @@ from inmemory.room import Room
 from inmemory.timers import Timers
 from pipeline.attempt import AttemptRun, AttemptRunner
 from pipeline.backend import MAX_PAGE, Order, Producer, WorkerPool
+from pipeline.batch import Placed, Placement
 from pipeline.durations import Durations
 from pipeline.errors import Conflict, InvalidJob, QueueFull
 from pipeline.fetch.handler import Handler
@@ -69,9 +71,11 @@ from pipeline.jobs import (
     Stats,
     Status,
     Submitted,
+    Try,
 )
 from pipeline.retry import Decision, decide
 from pipeline.settings import Settings
+from pipeline.tracing import working_on
 
 log = logging.getLogger("queue_contrast.inmemory")
 
@@ -101,7 +105,10 @@ def _changed(
     finished_at: float | None = None,
 ) -> JobRecord:
     """``r`` in ``status``; built directly, as ``dataclasses.replace`` costs several times more
-    on this per-job path."""
+    on this per-job path. A ``result`` back to ``queued`` is attempt ``r.attempts`` retried."""
+    retried = r.retried
+    if result is not None and status is Status.QUEUED:
+        retried = (*retried, Try.of(r.attempts, "retry", result, time.time()))
     return JobRecord(
         r.id,
         r.url,
@@ -118,6 +125,8 @@ def _changed(
         r.timeout_s,
         r.max_tries,
         finished_at,
+        r.trace_id,
+        retried,
     )
 
 
@@ -157,11 +166,25 @@ class InMemoryPipeline(Producer, WorkerPool):
             return Submitted(existing, created=False)
         return await self._accept(job, None)
 
+    async def _submit_batch(self, jobs: Sequence[Job]) -> list[Placed]:
+        """Each new job takes a free place now or is over the limit: no await, so no place is
+        given back meanwhile, and once one job is over the limit every later one is too."""
+        placed = []
+        for job in jobs:
+            known = self.records.get(job.id)
+            if known is not None:
+                placed.append(Placed(job.id, Placement.EXISTING, known.status.value))
+            elif self.room.try_take():
+                record, seq = self._record(job)
+                self._admit(job, record, seq)
+                placed.append(Placed(job.id, Placement(record.status.value), record.status.value))
+            else:
+                placed.append(Placed(job.id, Placement.OVER_LIMIT))
+        return placed
+
     async def _accept(self, job: Job, previous: JobRecord | None) -> Submitted:
         """Record ``job``, wait for room (the backpressure), then schedule or queue it."""
-        scheduled = job.run_at is not None and job.run_at > time.time()
-        record = job.record(Status.SCHEDULED if scheduled else Status.QUEUED)
-        seq = self.records.add(record)  # before the wait, so a concurrent duplicate sees it
+        record, seq = self._record(job)  # before the wait, so a concurrent duplicate sees it
         try:
             await self._take_room()
         except BaseException:
@@ -171,14 +194,24 @@ class InMemoryPipeline(Producer, WorkerPool):
         if self.records.get(job.id) is not record:  # cancelled while it waited for room
             self.room.give()
             return Submitted(self.records.get(job.id) or record, created=True)
+        self._admit(job, record, seq)
+        return Submitted(record, created=True)
+
+    def _record(self, job: Job) -> tuple[JobRecord, int]:
+        """The new job's record, kept (queued, or scheduled for a later run_at); its sequence."""
+        scheduled = job.run_at is not None and job.run_at > time.time()
+        record = job.record(Status.SCHEDULED if scheduled else Status.QUEUED)
+        return record, self.records.add(record)
+
+    def _admit(self, job: Job, record: JobRecord, seq: int) -> None:
+        """A recorded job that holds its place in the room: schedule it or queue it."""
         entry = Entry(job, record.flow_key, seq)  # job.flow(), computed once
         self.live[job.id] = entry
         self._quiet.clear()
-        if scheduled:
+        if record.status is Status.SCHEDULED:
             self._schedule(entry)
         else:
             self._enqueue(entry)
-        return Submitted(record, created=True)
 
     async def _take_room(self) -> None:
         """A place within QUEUE_MAXSIZE, waiting up to SUBMIT_TIMEOUT; else QueueFull."""
@@ -399,6 +432,9 @@ class InMemoryPipeline(Producer, WorkerPool):
 
     async def _run(self, entry: Entry, task: asyncio.Task[None]) -> None:
         job, attempt = entry.job, entry.attempt
+        waited, entry.parked_at = entry.parked_at, None
+        held = self.timers.now() - waited if waited is not None else 0.0
+        working_on(job, attempt, task.get_name(), flow_wait_s=held)  # log lines, the attempt span
         entry.where, entry.run = Where.RUNNING, AttemptRun()
         self._queued -= 1
         self.room.give()

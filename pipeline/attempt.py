@@ -36,6 +36,7 @@ from typing import Any
 from pipeline.fetch.handler import Handler
 from pipeline.jobs import Job, Outcome, Status
 from pipeline.settings import Settings
+from pipeline.tracing import consuming
 
 log = logging.getLogger("queue_contrast.attempt")
 
@@ -88,7 +89,7 @@ class AttemptRunner:
     all of them (a timer every ``SWEEP_S`` while any runs, not one timer per attempt)."""
 
     def __init__(self, handler: Handler, settings: Settings) -> None:
-        self.handler = handler
+        self.handler = consuming(handler)  # a CONSUMER span per attempt, when tracing is on
         self.settings = settings
         self._deadlines: dict[AttemptRun, float] = {}  # running attempts: loop time to stop them
         self._sweep_timer: asyncio.TimerHandle | None = None

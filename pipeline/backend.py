@@ -1,12 +1,14 @@
 """The producer/worker interface every backend implements completely.
 
 A ``Producer`` accepts jobs (waiting while the queue is full, up to ``SUBMIT_TIMEOUT``, then raising
-QueueFull), answers what it knows about them (records, stored response bodies, listings), cancels
-them, keeps the jobs that ended ``failed`` as dead letters until someone re-queues or purges them,
-and holds the flow-control limits every worker obeys. A ``WorkerPool`` runs jobs through the handler
-with at most ``WORKERS`` at once until asked to stop, then finishes in-flight work within the grace
-period. The in-memory backend is both in one object (its queue lives in the serving process); the
-durable backend's producer and worker pool live in different processes and share only Redis.
+QueueFull), or a batch of them in one step (``submit_batch``: never waiting, answered per job, see
+``pipeline.batch``), answers what it knows about them (records, stored response bodies, listings),
+cancels them, keeps the jobs that ended ``failed`` as dead letters until someone re-queues or
+purges them, and holds the flow-control limits every worker obeys. A ``WorkerPool`` runs jobs
+through the handler with at most ``WORKERS`` at once until asked to stop, then finishes in-flight
+work within the grace period. The in-memory backend is both in one object (its queue lives in the
+serving process); the durable backend's producer and worker pool live in different processes and
+share only Redis.
 
 The backend-neutral bookkeeping lives here (validation, flow-key and limit checks, paging over
 dead letters); storage lives in each backend.
@@ -15,9 +17,11 @@ dead letters); storage lives in each backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Literal
 
-from pipeline.errors import QueueFull
+from pipeline.batch import MAX_BATCH, Placed
+from pipeline.errors import InvalidJob, QueueFull
 from pipeline.fetch.urlguard import URLGuard
 from pipeline.fetch.validate import validate
 from pipeline.flows import check_key
@@ -35,6 +39,7 @@ from pipeline.jobs import (
     Submitted,
 )
 from pipeline.settings import Settings
+from pipeline.tracing import sending, sending_batch
 
 Order = Literal["oldest", "newest"]
 MAX_PAGE = 1000
@@ -49,15 +54,46 @@ class Producer(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.guard = URLGuard.from_settings(settings)
+        self._send = sending(self._submit, self.name)  # a PRODUCER span, when tracing is on
+        self._send_batch = sending_batch(self._submit_batch, self.name)  # and per job, a create
 
     # -- jobs -----------------------------------------------------------------------------------
     async def submit(self, job: Job) -> Submitted:
         """Validate and enqueue. An id already known returns its record with ``created=False``."""
         validate(job, self.guard, self.settings)
-        return await self._submit(job)
+        return await self._send(job)
 
     @abstractmethod
     async def _submit(self, job: Job) -> Submitted: ...
+
+    async def submit_batch(self, jobs: Sequence[Job]) -> list[Placed]:
+        """Validate each job as :meth:`submit` does and place the valid ones in one step, without
+        waiting for room; one answer per job, in order (``pipeline.batch`` says what each means).
+        At most ``MAX_BATCH`` jobs (InvalidJob ``jobs`` otherwise). Raises BackendUnavailable when
+        the backend cannot take the batch: then none of it was stored (NotReplicated: all of it may
+        have been; the same jobs with the same ids are safe to send again)."""
+        if len(jobs) > MAX_BATCH:
+            raise InvalidJob("jobs", f"at most {MAX_BATCH} jobs in one batch")
+        answers: list[Placed | None] = []
+        valid: list[Job] = []
+        for job in jobs:
+            try:
+                validate(job, self.guard, self.settings)
+            except InvalidJob as exc:
+                job_id = None if exc.field == "id" else job.id
+                answers.append(Placed.refused(job_id, exc.field, str(exc)))
+                continue
+            answers.append(None)
+            valid.append(job)
+        placed = iter(await self._send_batch(valid) if valid else ())
+        return [answer or next(placed) for answer in answers]
+
+    @abstractmethod
+    async def _submit_batch(self, jobs: Sequence[Job]) -> list[Placed]:
+        """Place valid ``jobs`` in one step, in order: each new job queued or scheduled while
+        there is room under ``QUEUE_MAXSIZE`` (never waiting), then ``over_limit``; a known id
+        (also one given earlier in the batch) ``existing``. Nothing of an ``over_limit`` job is
+        stored. One answer per job, in order."""
 
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:

@@ -3,7 +3,8 @@
 A job is one HTTP request to make — a crawler's ``GET``, a ``POST`` of JSON to an AI inference
 API — and its outcome is the response: status, the headers a client needs, and the first
 ``RESULT_BODY_BYTES`` of the body. Header values that look like credentials are sent but never
-shown (:func:`mask_headers`): every record, listing, log line and dead letter shows ``***``.
+shown (:func:`mask_headers`): every record, listing, log line and dead letter shows ``***``; the
+service's answers mask query parameters named like them the same way (:func:`mask_url`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,34 @@ def mask_headers(headers: tuple[tuple[str, str], ...] | dict[str, str]) -> dict[
     return {name: SECRET if is_secret_header(name) else value for name, value in pairs}
 
 
+def mask_url(url: str) -> str:
+    """``url`` as shown to anyone: the value of each query parameter whose name looks like a
+    credential (the rule of :func:`is_secret_header`: ``api_key``, ``token``, ``signature``...) and any
+    password in the authority replaced by ``***``. The rest (path included) is left as it was
+    sent, byte for byte."""
+    if "?" not in url and "@" not in url:
+        return url  # nothing to mask: the usual case, without parsing
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if password is not None:
+        netloc = f"{parts.username or ''}:{SECRET}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(_mask_parameter(p) for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _mask_parameter(pair: str) -> str:
+    from urllib.parse import unquote_plus
+
+    name, sep, value = pair.partition("=")
+    return f"{name}={SECRET}" if sep and value and is_secret_header(unquote_plus(name)) else pair
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One HTTP request to make. Priority 0 is the most urgent, 9 the least.
@@ -90,7 +119,9 @@ class Job:
     otherwise) or ``text`` (``text/plain; charset=utf-8``). ``timeout_s`` and ``max_tries``
     override the service's ``JOB_TIMEOUT`` / ``MAX_TRIES`` for this job (never above them).
     ``run_at`` (unix seconds) delays the first attempt. ``flow_key`` names the flow-control key;
-    without one, the key is the URL's ``host:port`` (:meth:`flow`)."""
+    without one, the key is the URL's ``host:port`` (:meth:`flow`). ``trace`` is the job's
+    creation context as W3C trace-context headers (``traceparent``, ``tracestate``), set by the
+    producer when tracing is on (``pipeline.tracing``); every attempt's span links to it."""
 
     url: str
     priority: int = DEFAULT_PRIORITY
@@ -104,6 +135,7 @@ class Job:
     run_at: float | None = None
     flow_key: str | None = None
     created_at: float = field(default_factory=time.time)
+    trace: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (the durable payload, dead letters); defaults are left out."""
@@ -117,6 +149,8 @@ class Job:
             if value is not None:
                 d[name] = value
         d["created_at"] = self.created_at
+        if self.trace:
+            d["trace"] = dict(self.trace)
         return d
 
     @classmethod
@@ -135,6 +169,7 @@ class Job:
             run_at=data.get("run_at"),
             flow_key=data.get("flow_key"),
             created_at=float(data.get("created_at") or 0.0),
+            trace=_trace_carrier(data.get("trace")),
         )
 
     def flow(self) -> str:
@@ -156,7 +191,26 @@ class Job:
             created_at=self.created_at,
             timeout_s=self.timeout_s,
             max_tries=self.max_tries,
+            trace_id=trace_id_of(self.trace) if self.trace else None,
         )
+
+
+def _trace_carrier(value: Any) -> tuple[tuple[str, str], ...]:
+    """The trace-context headers of a stored job (anything else in the field is ignored)."""
+    if not isinstance(value, dict):
+        return ()
+    return tuple((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str))
+
+
+def trace_id_of(carrier: tuple[tuple[str, str], ...]) -> str | None:
+    """The trace id (32 hex digits) in a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``);
+    None when there is none."""
+    for name, value in carrier:
+        if name == "traceparent":
+            parts = value.split("-")
+            if len(parts) >= 4 and len(parts[1]) == 32:
+                return parts[1]
+    return None
 
 
 _ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*")
@@ -261,9 +315,39 @@ _OUTCOME_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 @dataclass(frozen=True, slots=True)
+class Try:
+    """One attempt's end as the record keeps it: its number, how it ended (``done``, ``retry``:
+    failed and tried again, ``failed``: no more tries), when (unix time), and its outcome's HTTP
+    status, time taken and error. An attempt whose worker died before recording anything has no
+    Try: its number is missing from the record's ``tries``."""
+
+    attempt: int
+    end: str
+    ended_at: float
+    http_status: int | None = None
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+    @classmethod
+    def of(cls, attempt: int, end: str, outcome: Outcome, ended_at: float) -> Try:
+        return cls(attempt, end, ended_at, outcome.http_status, outcome.elapsed_s, outcome.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "end": self.end,
+            "ended_at": self.ended_at,
+            "http_status": self.http_status,
+            "elapsed_s": self.elapsed_s,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
-    """What ``GET /jobs/{id}`` shows: the job (secrets masked), its status, attempts so far, and
-    its last outcome (without the body: ``GET /jobs/{id}/result``)."""
+    """What ``GET /jobs/{id}`` shows: the job (secrets masked), its status, attempts so far, its
+    last outcome (without the body: ``GET /jobs/{id}/result``) and how each attempt ended
+    (``tries``, oldest first: the ``retried`` ones, then the last if it ended the job)."""
 
     id: str
     url: str
@@ -280,6 +364,19 @@ class JobRecord:
     timeout_s: float | None = None
     max_tries: int | None = None
     finished_at: float | None = None
+    trace_id: str | None = None  # the job's trace (pipeline.tracing); None when tracing is off
+    retried: tuple[Try, ...] = ()  # the attempts that failed and were tried again, oldest first
+
+    def tries(self) -> list[Try]:
+        """How each attempt ended: the retried ones, then the one that ended the job (its
+        ``result``, at ``finished_at``). A cancelled job's last attempt, and one whose worker
+        died before it could record an end, have none."""
+        tries = list(self.retried)
+        status, result = self.status, self.result
+        if status in (Status.DONE, Status.FAILED) and result is not None:
+            attempt = max(self.attempts, 1)  # a damaged record may say 0
+            tries.append(Try.of(attempt, status.value, result, self.finished_at or 0.0))
+        return tries
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,6 +395,8 @@ class JobRecord:
             "timeout_s": self.timeout_s,
             "max_tries": self.max_tries,
             "result": self.result.to_dict() if self.result else None,
+            "trace_id": self.trace_id,
+            "tries": [t.to_dict() for t in self.tries()],
         }
 
 

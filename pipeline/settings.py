@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         description="seconds a client has to send a whole request (headers and body) before it is "
         "disconnected; also closes connections that send nothing",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text: one human line per event; json: one JSON object per line, with the "
+        "job id, attempt, worker, and trace/span ids when tracing is on",
+    )
     qc_test_hooks: bool = Field(
         False,
         description="tests only: the fetch handler exits the process (code 70) when the upstream "

@@ -231,3 +231,40 @@ async def test_the_next_job_runs_once_while_a_finish_waits_for_the_replica(
         assert worker.counters.fenced == 0  # type: ignore[attr-defined]
     finally:
         await h.close()
+
+
+async def test_a_batch_is_answered_once_the_replica_holds_it_and_503_names_every_id(
+    acked: Harness, pair: tuple[RedisProcess, RedisProcess]
+) -> None:
+    """POST /jobs/batch waits once for the replica: a 200 means every accepted job is on it.
+    With the replica stopped, 503 + Retry-After lists every job's id; sent again once it is
+    back, each id answers existing, and there is one job per id."""
+    primary, replica = pair
+    url = acked.upstream + "/"
+    async with acked.api() as api:
+        first = await api.post(
+            "/jobs/batch", json={"jobs": [{"url": url, "id": f"ab-{i}"} for i in range(3)]}
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["accepted"] == 3
+        assert all(on_replica(replica, f"ab-{i}") for i in range(3))
+        replica.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        jobs = [{"url": url, "id": i, "delay_s": 60} for i in ("ab-2", "ab-3", "ab-4")]
+        unconfirmed = await api.post("/jobs/batch", json={"jobs": jobs})
+        assert unconfirmed.status_code == 503, unconfirmed.text
+        assert unconfirmed.headers["retry-after"] == "1"
+        assert unconfirmed.json()["ids"] == ["ab-2", "ab-3", "ab-4"]
+        assert "may have been queued" in unconfirmed.json()["error"]
+        replica.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+        again = await async_wait_until(
+            lambda: _batch_unless_503(api, jobs), 20, "the batch sent again to be answered"
+        )
+    assert [j["outcome"] for j in again.json()["jobs"]] == ["existing"] * 3
+    with redis.Redis(port=primary.port) as r:
+        assert r.zcard(keys.INDEX) == 5
+    assert all(on_replica(replica, f"ab-{i}") for i in range(5))
+
+
+async def _batch_unless_503(api: object, jobs: list[dict[str, object]]) -> object | None:
+    answer = await api.post("/jobs/batch", json={"jobs": jobs})  # type: ignore[attr-defined]
+    return None if answer.status_code == 503 else answer

@@ -140,6 +140,19 @@ def test_jobcost_section(results: dict) -> None:
     assert stores == {(s, b) for s in ("redis", "in-process") for b in (0, 1024, 65536)}
 
 
+def test_submit_section(results: dict) -> None:
+    """Section 10: serve CPU per job for single POST /jobs and for batches, every job accepted,
+    and the same app under httptools beside it (a row, or why it was skipped)."""
+    s = results["submit"]
+    assert "error" not in s, s
+    for kind in ("single", "batch"):
+        assert s[kind]["jobs"] > 0 and s[kind]["serve_ms_per_job"] > 0, kind
+    assert s["batch"]["jobs"] % s["batch_size"] == 0
+    assert set(s["servers"]) == {"ours", "httptools", "ours-bare", "httptools-bare"}
+    checks = [c["target"] for c in results["checks"]]
+    assert sum("batch submission" in c or "single POST /jobs" in c for c in checks) == 3
+
+
 def test_outage_section(results: dict) -> None:
     """Return after a Redis outage: each fault ran on its own rig, every job ended done, and the
     figures are there (a time may be None: not reached; no timing is asserted)."""
@@ -192,8 +205,20 @@ def test_flow_section(flow_results: dict) -> None:
     assert sum("two hosts" in c for c in checks) == 6
 
 
+def test_tracing_section(results: dict) -> None:
+    """Section 10 ran every mode (hooks bypassed, off, sampled out, on) on the same jobs, each
+    with a positive CPU figure and a ratio to the bypassed hooks; its target is listed."""
+    t = results["tracing"]
+    assert "error" not in t, t
+    assert [row["mode"] for row in t["rows"]] == ["absent", "off", "sampled out", "on"]
+    for row in t["rows"]:
+        assert row["ms_per_job"] > 0 and len(row["rounds"]) == t["rounds"]
+        assert row["vs_absent"] > 0 and row["jobs_s"] > 0
+    assert any(c["target"].startswith("tracing off") for c in results["checks"])
+
+
 def test_acks_section(results: dict) -> None:
-    """Section 10 measured ACK_REPLICAS 0 and 1 in the same run (every submit answered 202, or the
+    """Section 12 measured ACK_REPLICAS 0 and 1 in the same run (every submit answered 202, or the
     run fails), and the primary's SIGKILL under ACK_REPLICAS=1: jobs accepted after it, none of
     the accepted ones unfetched at the witness, the gap figures present (not asserted)."""
     a = results["acks"]

@@ -33,6 +33,7 @@ import httpx
 import pytest
 import yaml
 
+from apps.cli.telemetry import STANDARD_VARIABLES
 from apps.harness.processes import Proc
 from apps.harness.redis_launcher import free_port
 from pipeline.settings import Settings
@@ -140,8 +141,9 @@ def test_backend_comes_from_the_environment_with_durable_default() -> None:
 
 
 def test_every_variable_is_a_setting() -> None:
-    """Each variable compose sets or passes, and each one .env.example names, is a real setting."""
-    known = {name.upper() for name in Settings.model_fields}
+    """Each variable compose sets or passes, and each one .env.example names, is a real setting
+    (or one of OpenTelemetry's standard variables, which the SDK reads)."""
+    known = {name.upper() for name in Settings.model_fields} | set(STANDARD_VARIABLES)
     services = load_compose()["services"]
     for name in APP_SERVICES:
         raw = services[name].get("environment") or {}

@@ -104,6 +104,10 @@ def test_durable_worker_sigkill_loses_nothing_and_recovers_fast(
     assert dup_ids <= started_before_kill
     assert len(dup_ids) <= WORKERS
     assert all(seen[i]["hits"] == 2 for i in dup_ids)
+    for i in dup_ids:  # its record: attempt 2 ended it; the killed attempt 1 recorded no end
+        record = get_json(f"{api}/jobs/{i}")
+        assert record["attempts"] == 2
+        assert [(t["attempt"], t["end"]) for t in record["tries"]] == [(2, "done")]
     stats = get_json(api + "/stats")
     assert stats["done"] == N and stats["failed"] == 0
     assert stats["recovered"] >= 1  # the reaper, not arq's TTL, released the orphans

@@ -1,10 +1,13 @@
 """The dashboard in a real browser: headless Chromium loads ``GET /`` from a running ``serve`` and,
 once the submitted jobs are finished, shows exactly the numbers ``GET /stats`` returns; its jobs
 table and flows panel show what ``GET /jobs`` and ``GET /flows`` return, and their buttons cancel,
-re-queue, pause and resume through the API.
+re-queue, pause and resume through the API. A row of the jobs table opens that job: its record,
+each attempt's end, the stored body and the RFC 3339 times, as ``GET /jobs/{id}`` and
+``GET /jobs/{id}/result`` answer them, with a credential in the URL masked.
 
-Set ``QC_SCREENSHOTS=docs`` to write the screenshots the README shows (``dashboard.png`` is the
-durable run, ``dashboard-inmemory.png`` the in-memory one); otherwise they go to a temp dir.
+Set ``QC_SCREENSHOTS=docs`` to write the screenshots the docs show (``dashboard.png`` is the
+durable run, ``dashboard-inmemory.png`` the in-memory one, ``dashboard-job.png`` one job opened
+on the durable backend); otherwise they go to a temp dir.
 """
 
 from __future__ import annotations
@@ -177,8 +180,9 @@ def _jobs_match(driver: Any, api: str) -> list[dict[str, Any]] | None:
             "id": job["id"],
             "status": job["status"],
             "method": job["method"],
-            "host": urlsplit(job["url"]).netloc,
+            "url": job["url"],
             "attempts": job["attempts"],
+            "created_at_iso": job["created_at_iso"],
             "error": (job["result"] or {}).get("error"),
         }
         if set(row) != set(expected) or not all(_same(v, row[k]) for k, v in expected.items()):
@@ -193,6 +197,8 @@ def _flows_match(driver: Any, api: str) -> dict[str, Any] | None:
     if [r.get("key") for r in rows] != [f["key"] for f in body["flows"]]:
         return None
     for flow, row in zip(body["flows"], rows, strict=True):
+        # a time's cell holds its unix value and shows its RFC 3339 text (the *_iso beside it)
+        flow = {k: v for k, v in flow.items() if not k.endswith("_iso")}
         if set(row) != set(flow) or not all(_same(v, row[k]) for k, v in flow.items()):
             return None
     shown = driver.execute_script(
@@ -289,3 +295,105 @@ def test_jobs_table_and_flows_panel_show_the_api_and_their_buttons_act(
         )
         wait_until(lambda: _jobs_match(browser, api), 15, "the table to show them finished")
         wait_until(lambda: _flows_match(browser, api), 15, "the panel to show the key resumed")
+
+
+# -- one job, opened from its row --------------------------------------------------------------
+
+SECRET = "s3cr3t-never-shown"  # an API key in a query parameter: sent to the upstream, never shown
+
+
+def _job_view(driver: Any, job_id: str) -> dict[str, Any] | None:
+    """What the open job view shows (its record's fields, attempts and stored body), once it shows
+    ``job_id`` at its final status, else None."""
+    shown: dict[str, Any] | None = driver.execute_script(
+        """const view = document.getElementById('job-view');
+        const body = document.getElementById('job-body');
+        if (view.hidden || view.dataset.open !== arguments[0] || !body.dataset.status) return null;
+        const values = (root) => Object.fromEntries([...root.querySelectorAll('[data-field]')]
+          .map(c => [c.dataset.field, c.dataset.value]));
+        return {status: body.dataset.status, record: values(body.querySelector('dl')),
+          attempts: [...body.querySelectorAll('[data-attempt]')].map(r => ({
+            attempt: r.dataset.attempt, ...values(r)})),
+          result: body.querySelector('pre[data-field=result]')?.textContent ?? null,
+          text: view.innerText, hash: location.hash};""",
+        job_id,
+    )
+    return shown if shown and shown["status"] in ("done", "failed") else None
+
+
+@pytest.mark.parametrize("backend", ["inmemory", "durable"])
+def test_a_row_opens_its_job_with_every_attempt_its_result_and_times(
+    backend: str,
+    browser: Any,
+    processes: Processes,
+    upstream: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """The jobs table shows each job's URL, path included, with an ``api_key`` query parameter
+    masked (nowhere on the page in clear). Clicking a row opens that job: its record as
+    ``GET /jobs/{id}`` answers it, its two attempts (a 503 retried, then the 200) with their ends
+    and RFC 3339 times, and its stored body; the close button hides it again."""
+    env: dict[str, object] = {"QUEUE_BACKEND": backend, "WORKERS": 2, "QUEUE_MAXSIZE": 100}
+    env.update(FAST_RETRIES, ALLOWED_HOSTS=allow(upstream))
+    if backend == "durable":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    _, api = processes.serve(**env)
+    if backend == "durable":
+        processes.worker(**env)
+    retried_url = (
+        f"{upstream}/reports/2026/q4?fail_times=1&status=503&api_key={SECRET}"
+        "&text=quarterly+figures"
+    )
+    with httpx.Client(base_url=api, timeout=10, trust_env=False) as client:
+        retried = client.post("/jobs", json={"url": retried_url}).json()["id"]
+        plain = client.post("/jobs", json={"url": f"{upstream}/reports/2026/q3"}).json()["id"]
+        for job_id in (retried, plain):
+            wait_until(
+                lambda i=job_id: client.get(f"/jobs/{i}").json()["status"] == "done", 30, "done"
+            )
+        record = client.get(f"/jobs/{retried}").json()
+        body = client.get(f"/jobs/{retried}/result").text
+    # the upstream got the key; the API shows it masked (checked on the page below too)
+    sent = get_json(f"{upstream}/requests?job={retried}")["requests"]
+    assert len(sent) == 2 and all(f"api_key={SECRET}" in r["query"] for r in sent)
+    assert record["url"] == retried_url.replace(SECRET, "***")
+    assert record["attempts"] == 2 and body == "quarterly figures"
+
+    browser.get(api + "/?every_ms=250")
+    rows = wait_until(lambda: _jobs_match(browser, api), 15, "the jobs table to show GET /jobs")
+    urls = {r["id"]: r["url"] for r in rows}
+    assert urls[plain] == f"{upstream}/reports/2026/q3"  # one host, two paths: told apart
+    assert "/reports/2026/q4?" in urls[retried] and "api_key=***" in urls[retried]
+    assert SECRET not in browser.page_source
+
+    wait_until(lambda: _click(browser, f'tr[data-job="{retried}"] td.url'), 15, "the job's row")
+    view = wait_until(lambda: _job_view(browser, retried), 15, "the job view to open")
+    assert view["hash"] == f"#job/{retried}"
+    for field in ("status", "url", "attempts", "flow_key", "created_at_iso", "finished_at_iso"):
+        assert _same(record[field], view["record"][field]), field
+    if record.get("trace_id") is not None:  # a backend that traces: shown as it is
+        assert view["record"]["trace_id"] == record["trace_id"]
+    else:
+        assert "trace_id" not in view["record"]
+    attempts = [
+        (a["attempt"], a["end"], a["http_status"], a["ended_at_iso"]) for a in view["attempts"]
+    ]
+    assert attempts == [
+        ("1", "retry", "503", record["tries"][0]["ended_at_iso"]),
+        ("2", "done", "200", record["tries"][1]["ended_at_iso"]),
+    ]
+    assert record["tries"][1]["ended_at_iso"] == record["finished_at_iso"]
+    assert view["result"] == "quarterly figures"
+    assert SECRET not in browser.page_source
+
+    if backend == "durable":  # one picture of an opened job for the docs
+        out = Path(os.environ.get("QC_SCREENSHOTS") or tmp_path)
+        assert screenshot(browser, out / "dashboard-job.png").stat().st_size > 0
+
+    wait_until(lambda: _click(browser, "button[data-action=close-job]"), 15, "the close button")
+    wait_until(
+        lambda: browser.execute_script("return document.getElementById('job-view').hidden"),
+        15,
+        "the job view to close",
+    )

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.fetch.handler import MAX_RETRY_AFTER_S, parse_retry_after
 from pipeline.jobs import Status
+from pipeline.times import rfc3339
 from tests.support.harness import Harness
 from tests.support.helpers import async_wait_until
 
@@ -83,6 +84,17 @@ async def test_job_that_recovers_ends_done_with_its_attempts(make_harness: MakeH
     assert shown["status"] == "done" and shown["attempts"] == 3
     assert shown["result"]["http_status"] == 200
     assert (await h.witness())["jobs"][job.id]["hits"] == 3
+    # every attempt's end, not only the last: two retried 500s, then the 200 that ended it
+    tries = shown["tries"]
+    assert [(t["attempt"], t["end"], t["http_status"]) for t in tries] == [
+        (1, "retry", 500),
+        (2, "retry", 500),
+        (3, "done", 200),
+    ]
+    assert [t["error"] for t in tries] == ["HTTP 500", "HTTP 500", None]
+    ended = [t["ended_at"] for t in tries]
+    assert ended == sorted(ended) and ended[-1] == shown["finished_at"]
+    assert [t["ended_at_iso"] for t in tries] == [rfc3339(t) for t in ended]
     assert (await h.producer.stats()).retried == 2
 
 

@@ -62,6 +62,30 @@ M = Mutation
 MUTATIONS = [
     # -- enqueue.lua --------------------------------------------------------------------------
     M(
+        "enqueue_batch",
+        "elseif queued >= maxsize then",
+        "elseif queued > maxsize then",
+        "off by one in a batch's backpressure: one job over QUEUE_MAXSIZE",
+    ),
+    M(
+        "enqueue_batch",
+        "    queued = queued + 1\n",
+        "",
+        "the count taken once and never updated: a batch fills the queue past its bound",
+    ),
+    M(
+        "enqueue_batch",
+        "  + redis.call('ZCARD', K.flow_parked)\n",
+        "",
+        "jobs parked by flow control forgotten in a batch's queue count",
+    ),
+    M(
+        "enqueue_batch",
+        "local score = priority * SPAN + seq",
+        "local score = priority * SPAN + i",
+        "a batch scores by its own position, not the submission sequence: order across batches lost",
+    ),
+    M(
         "enqueue",
         "if queued >= maxsize then",
         "if queued > maxsize then",

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from pipeline.batch import MAX_BATCH_BODY_BYTES
+from pipeline.times import rfc3339
 
 MAX_RETRY_WAIT_S = 10.0
 FINAL = ("done", "failed", "cancelled")
@@ -30,6 +34,8 @@ POLLERS = 8  # GET /jobs/{id} requests in flight at once while --wait watches a 
 ROUND = 64  # jobs checked per polling round (the others wait their turn, in order)
 MAX_POLL_S = 0.5
 JOB_REFUSALS = (400, 413, 422)  # about this one job: a batch reports it and goes on
+BATCH_PATH = "/jobs/batch"
+BATCH_BYTES = MAX_BATCH_BODY_BYTES - 64 * 1024  # JSON per batch request, under the service's cap
 
 
 class Unreachable(Exception):
@@ -258,6 +264,149 @@ async def _submit_each(
     return all_accepted
 
 
+# -- a file of jobs: POST /jobs/batch ---------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """What became of a file's jobs: how many the service refused, and how many were still over
+    QUEUE_MAXSIZE when the deadline came (never sent as accepted: they may be sent again)."""
+
+    refused: int = 0
+    over_limit: int = 0
+
+
+def _chunks(jobs: list[tuple[int, dict[str, Any]]], size: int) -> Iterator[list[Any]]:
+    """Consecutive runs of at most ``size`` jobs and at most BATCH_BYTES of JSON each."""
+    chunk: list[tuple[int, dict[str, Any]]] = []
+    used = 0
+    for item in jobs:
+        cost = len(json.dumps(item[1], ensure_ascii=False).encode()) + 2
+        if chunk and (len(chunk) == size or used + cost > BATCH_BYTES):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += cost
+    if chunk:
+        yield chunk
+
+
+async def _post_batch(
+    client: httpx.AsyncClient, jobs: list[dict[str, Any]], deadline: float
+) -> dict[str, Any]:
+    """POST one batch, waiting out a whole-batch 503 as Retry-After asks until ``deadline`` (every
+    job carries its id, so sending it again never makes a second job)."""
+    while True:
+        response = await client.post(BATCH_PATH, json={"jobs": jobs})
+        if response.status_code == 200:
+            return _json(response)
+        if response.status_code != 503 or time.monotonic() >= deadline:
+            raise _error(response, f"a batch of {len(jobs)} jobs")
+        wait = min(_retry_after(response), MAX_RETRY_WAIT_S)
+        await asyncio.sleep(min(wait, max(deadline - time.monotonic(), 0)))
+
+
+async def _submit_batches(
+    client: httpx.AsyncClient,
+    jobs: list[dict[str, Any]],
+    deadline: float,
+    batch_size: int,
+    echo: Callable[[str], None],
+    warn: Callable[[str], None],
+    watcher: _Watcher | None,
+) -> Tally:
+    """Send every job through ``POST /jobs/batch`` in order, ``batch_size`` at a time. Jobs over
+    the limit are sent again (same ids) after the answer's ``retry_after``, before any later job,
+    until ``deadline``; a refused job is reported through ``warn`` and the others go on."""
+    tally = Tally()
+    pending = [
+        (n, {**job, "id": job.get("id") or uuid.uuid4().hex}) for n, job in enumerate(jobs, 1)
+    ]
+    while pending:
+        left: list[tuple[int, dict[str, Any]]] = []
+        retry_after = 1.0
+        chunks = list(_chunks(pending, batch_size))
+        for i, chunk in enumerate(chunks):
+            body = await _post_batch(client, [job for _, job in chunk], deadline)
+            for (n, job), answer in zip(chunk, body.get("jobs") or [], strict=True):
+                outcome = answer.get("outcome")
+                if outcome == "over_limit":
+                    left.append((n, job))
+                elif outcome == "refused":
+                    tally.refused += 1
+                    warn(f"job #{n} refused: 422 {answer.get('error')} ({job.get('url')})")
+                else:
+                    _accepted(answer, str(job.get("url")), echo, watcher)
+            if left:  # the queue is full: later jobs wait their turn behind these
+                retry_after = float(body.get("retry_after") or 1)
+                left += [item for later in chunks[i + 1 :] for item in later]
+                break
+        pending = left
+        if pending and time.monotonic() >= deadline:
+            for n, job in pending:
+                warn(
+                    f"job #{n} {job['id']} over_limit: the queue stayed full until --timeout; "
+                    f"send it again ({job.get('url')})"
+                )
+            tally.over_limit = len(pending)
+            break
+        if pending:
+            wait = min(retry_after, MAX_RETRY_WAIT_S, max(deadline - time.monotonic(), 0))
+            warn(f"{len(pending)} jobs wait for room under QUEUE_MAXSIZE: next try in {wait:.1f}s")
+            await asyncio.sleep(wait)
+    return tally
+
+
+def _accepted(
+    answer: dict[str, Any], url: str, echo: Callable[[str], None], watcher: _Watcher | None
+) -> None:
+    """An accepted or existing job: its line now, or (--wait) when it ends."""
+    if watcher is not None:
+        watcher.add(str(answer["id"]), url)
+        return
+    outcome = answer.get("outcome")
+    status = str(answer.get("status") or outcome)
+    echo(format_accepted(Accepted(str(answer["id"]), status, outcome == "existing"), url))
+
+
+async def submit_file(
+    api: str,
+    jobs: list[dict[str, Any]],
+    *,
+    batch_size: int,
+    wait: bool,
+    within_s: float,
+    echo: Callable[[str], None],
+    warn: Callable[[str], None],
+    token: str = "",
+) -> tuple[Tally, bool]:
+    """Submit ``jobs`` (each what ``POST /jobs`` takes) through ``POST /jobs/batch``, echoing one
+    line per accepted job (or with ``wait`` per job as it ends). A job without an id is given a
+    fresh one here, so sending a batch again is always safe. Returns the tally and, with
+    ``wait``, whether every accepted job ended done within ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    client = httpx.AsyncClient(base_url=api, timeout=60, trust_env=False, headers=_headers(token))
+    with _reaching(api):
+        async with client:
+            if not wait:
+                tally = await _submit_batches(client, jobs, deadline, batch_size, echo, warn, None)
+                return tally, True
+            watcher = _Watcher(client, deadline, echo)
+            watching = asyncio.create_task(watcher.run())
+            try:
+                tally = await _submit_batches(
+                    client, jobs, deadline, batch_size, echo, warn, watcher
+                )
+            except BaseException:
+                watching.cancel()
+                with contextlib.suppress(BaseException):
+                    await watching
+                raise
+            watcher.closed.set()
+            await watching
+            return tally, watcher.all_done
+
+
 # -- one job: status, result, cancel; the list -------------------------------------------------
 
 
@@ -341,9 +490,8 @@ def format_job(record: Mapping[str, Any]) -> str:
 
 
 def _when(ts: Any) -> str:
-    if not isinstance(ts, int | float) or not ts:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """A unix time as the API's ``*_iso`` fields write it (one formatter for both)."""
+    return (rfc3339(ts) if ts else None) or "-"
 
 
 def describe_job(record: Mapping[str, Any]) -> list[str]:
@@ -370,9 +518,18 @@ def describe_job(record: Mapping[str, Any]) -> list[str]:
     if record.get("run_at"):
         rows.append(("run at", _when(record["run_at"])))
     rows.append(("finished", _when(record.get("finished_at"))))
+    rows += [(f"attempt {t.get('attempt')}", _describe_try(t)) for t in record.get("tries") or []]
     rows += _describe_result(record.get("result"))
     width = max(len(name) for name, _ in rows) + 2
     return [f"{name + ':':<{width}}{value}" for name, value in rows]
+
+
+def _describe_try(tried: Mapping[str, Any]) -> str:
+    """How one attempt ended, as the dashboard's job view shows it."""
+    http = tried.get("http_status")
+    line = f"{tried.get('end')}, {f'HTTP {http}' if http is not None else 'no HTTP answer'}"
+    line += f", {float(tried.get('elapsed_s') or 0):.3f} s, ended {_when(tried.get('ended_at'))}"
+    return f"{line}, error {tried['error']!r}" if tried.get("error") else line
 
 
 def _describe_result(result: Mapping[str, Any] | None) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """The commands that talk to a running service over its HTTP API: ``submit``, ``status``,
 ``result``, ``cancel``, ``jobs`` and ``dead-letters list|retry|purge``. They send ``API_TOKEN``
-as a bearer token when it is set; exit 0 ok, 1 the service said no, 2 a bad option, 3 no service.
+as a bearer token when it is set; exit 0 ok, 1 the service said no, 2 a bad option, 3 no service,
+4 (``submit --file``) jobs still over QUEUE_MAXSIZE at --timeout.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import click
 from apps.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_OVER_LIMIT,
     EXIT_USAGE,
     fail,
     load_settings,
     service_errors,
 )
+from pipeline.batch import MAX_BATCH
 from pipeline.jobs import Status
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -147,9 +150,39 @@ def _when_fields(delay: float | None, run_at: str | None) -> dict[str, Any]:
     return {"run_at": run_at}
 
 
-def _targets(urls: tuple[str, ...], file_: Any) -> list[str]:
-    lines = [u.strip() for u in (file_ or []) if u.strip() and not u.lstrip().startswith("#")]
-    targets = list(urls) + lines
+def _file_jobs(file_: Any) -> list[str | dict[str, Any]]:
+    """The jobs in ``--file``: one JSON array (of URLs and job objects), or one per line, a URL
+    or a JSON object (JSON lines); blank lines and # comments skipped."""
+    text = file_.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text, parse_constant=_no_constants)
+        except ValueError as exc:
+            _usage(f"--file {file_.name}: not a JSON array ({exc})")
+        return [_file_job(item, f"item {n}") for n, item in enumerate(items, 1)]
+    jobs: list[str | dict[str, Any]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("{"):
+            jobs.append(line)
+            continue
+        try:
+            jobs.append(_file_job(json.loads(line, parse_constant=_no_constants), f"line {n}"))
+        except ValueError as exc:
+            _usage(f"--file {file_.name} line {n}: not a JSON object ({exc})")
+    return jobs
+
+
+def _file_job(item: Any, where: str) -> str | dict[str, Any]:
+    if isinstance(item, str | dict):
+        return item
+    _usage(f"--file {where}: a job is a URL or a JSON object, not {type(item).__name__}")
+
+
+def _targets(urls: tuple[str, ...], file_: Any) -> list[str | dict[str, Any]]:
+    targets: list[str | dict[str, Any]] = [*urls, *(_file_jobs(file_) if file_ else [])]
     if not targets:
         _usage("nothing to submit: give URLs or --file")
     return targets
@@ -161,8 +194,17 @@ def _targets(urls: tuple[str, ...], file_: Any) -> list[str]:
     "--file",
     "file_",
     type=click.File("r"),
-    help="Read URLs from FILE, one per line ('-': standard input; blank lines and # comments "
-    "are skipped).",
+    help="Read jobs from FILE ('-': standard input): one per line, a URL or a JSON object as "
+    "POST /jobs takes it (JSON lines), or one JSON array of them; blank lines and # comments are "
+    "skipped. The options are each job's defaults; an object's own fields win. Sent through POST "
+    "/jobs/batch, --batch-size jobs a request.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=MAX_BATCH,
+    show_default=True,
+    help="Jobs per POST /jobs/batch request with --file.",
 )
 @click.option(
     "--method",
@@ -243,6 +285,7 @@ def _targets(urls: tuple[str, ...], file_: Any) -> list[str]:
 def submit(
     urls: tuple[str, ...],
     file_: Any,
+    batch_size: int,
     method: str,
     headers: tuple[str, ...],
     json_text: str | None,
@@ -267,12 +310,16 @@ def submit(
     when --timeout ran out first). A job the service refuses (422) is reported on stderr and
     the others still go.
 
+    With --file, the jobs (and any URL arguments) go through POST /jobs/batch, --batch-size at a
+    time, in order; a job without an id is given one here, so a batch sent again never makes a
+    second job. Jobs over QUEUE_MAXSIZE are sent again after the service's retry_after, before
+    any later job, until --timeout.
+
     Exit codes: 0 all accepted (with --wait: all done); 1 a job was refused, or (with --wait)
     failed, was cancelled or had not ended by --timeout; 2 a bad option; 3 no service answers at
-    --api. Sends API_TOKEN as a bearer token when it is set.
+    --api; 4 (--file) none refused, but jobs were still over QUEUE_MAXSIZE at --timeout (stderr
+    names each: send them again). Sends API_TOKEN as a bearer token when it is set.
     """
-    from apps.cli.client import submit_all
-
     targets = _targets(urls, file_)
     if job_id is not None and len(targets) > 1:
         _usage(f"--id names one job, but {len(targets)} URLs were given")
@@ -286,20 +333,54 @@ def submit(
     optional = {"id": job_id, "timeout_s": timeout_s, "max_tries": max_tries, "flow_key": flow_key}
     fields.update({k: v for k, v in optional.items() if v is not None})
     base, token = _api(api)
+    warn = _warn
+    if file_ is not None:
+        jobs = [{**fields, **t} if isinstance(t, dict) else {**fields, "url": t} for t in targets]
+        sys.exit(_submit_file(base, token, jobs, batch_size, wait, timeout))
+    from apps.cli.client import submit_all
+
     with service_errors():
         ok = asyncio.run(
             submit_all(
                 base,
-                targets,
+                [t for t in targets if isinstance(t, str)],
                 fields,
                 wait=wait,
                 within_s=timeout,
                 echo=click.echo,
-                warn=lambda line: click.echo(f"queue-contrast: {line}", err=True),
+                warn=warn,
                 token=token,
             )
         )
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
+
+
+def _warn(line: str) -> None:
+    click.echo(f"queue-contrast: {line}", err=True)
+
+
+def _submit_file(
+    base: str, token: str, jobs: list[dict[str, Any]], batch_size: int, wait: bool, timeout: float
+) -> int:
+    """``submit --file``: the exit code (see ``submit``)."""
+    from apps.cli.client import submit_file
+
+    with service_errors():
+        tally, all_done = asyncio.run(
+            submit_file(
+                base,
+                jobs,
+                batch_size=batch_size,
+                wait=wait,
+                within_s=timeout,
+                echo=click.echo,
+                warn=_warn,
+                token=token,
+            )
+        )
+    if tally.refused or not all_done:
+        return EXIT_FAILED
+    return EXIT_OVER_LIMIT if tally.over_limit else EXIT_OK
 
 
 _id_argument = click.argument("job_id", metavar="ID")
@@ -310,8 +391,9 @@ _id_argument = click.argument("job_id", metavar="ID")
 @_api_option
 @click.option("--json", "as_json", is_flag=True, help="Print the record as the service sent it.")
 def status_command(job_id: str, api: str | None, as_json: bool) -> None:
-    """Show job ID's record: status, request (credential header values as the service masks
-    them: ***), attempts, times and its last response. Exit 1 if the service has no such job."""
+    """Show job ID's record: status, request (credential header values and query parameters as
+    the service masks them: ***), attempts and how each ended, times (UTC, RFC 3339) and its last
+    response. Exit 1 if the service has no such job."""
     from apps.cli.client import describe_job, get_job
 
     with service_errors():

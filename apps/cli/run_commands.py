@@ -23,6 +23,7 @@ from apps.cli.common import (
     load_settings,
     setup_logging,
 )
+from apps.cli.telemetry import configure_tracing
 from pipeline.errors import BackendUnavailable, SettingsError
 from pipeline.redis_url import describe
 from pipeline.settings import Settings
@@ -50,7 +51,11 @@ def service_routes() -> list[tuple[str, str]]:
     for route in app.routes:
         methods = sorted(getattr(route, "methods", None) or ()) or ["*"]
         rows.append(
-            (" ".join(m for m in methods if m != "HEAD") or "HEAD", getattr(route, "path", ""))
+            (
+                " ".join(m for m in methods if m != "HEAD") or "HEAD",
+                # path_format: the path as documented ({job_id}, not {job_id:job_id})
+                str(getattr(route, "path_format", None) or getattr(route, "path", "")),
+            )
         )
     return rows
 
@@ -74,7 +79,8 @@ def serve(host: str | None, port: int | None) -> None:
     <token>". A client has REQUEST_TIMEOUT seconds to send each whole request.
     """
     settings = load_settings(host=host, port=port)
-    setup_logging()
+    setup_logging(log_format=settings.log_format)
+    configure_tracing("queue-contrast-serve")
     asyncio.run(_serve(settings))
 
 
@@ -83,13 +89,14 @@ async def _serve(settings: Settings) -> None:
     from apps.service.app import create_app
     from apps.service.serving import serve as run_server
     from pipeline.fetch.handler import Fetcher
+    from pipeline.tracing import incoming
 
     fetcher = Fetcher(settings) if serve_runs_workers(settings) else None
     producer = make_producer(settings, fetcher)
     try:
         _log_warnings(await producer.check_backend())
         await run_server(
-            create_app(producer),
+            incoming(create_app(producer)),  # a client's traceparent: the submit's parent
             settings.host,
             settings.port,
             "serve",
@@ -133,7 +140,8 @@ def worker(engine: str) -> None:
     exits 2: that queue lives inside `serve`.
     """
     settings = load_settings()
-    setup_logging()
+    setup_logging(log_format=settings.log_format)
+    configure_tracing("queue-contrast-worker")
     try:
         asyncio.run(_worker(settings, engine))
     except SettingsError as exc:  # inmemory has no separate workers; an evicting Redis

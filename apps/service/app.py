@@ -26,21 +26,24 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from apps.service import metrics
+from apps.service import metrics, shown
 from apps.service.auth import BearerAuth
 from apps.service.dashboard import add_dashboard
 from apps.service.dead_letters import add_dead_letter_routes
 from apps.service.flows_api import add_flow_routes
 from apps.service.jobs_api import add_job_routes
+from apps.service.jobs_batch import BATCH_PATH, add_batch_route
 from apps.service.methods import HeadAsGet, allowed_methods
 from apps.service.openapi import answers, install
-from apps.service.responses import error
+from apps.service.responses import error, invalid_field
 from apps.service.schemas import Health, Stats
 from apps.service.serving import MAX_HEADER_BYTES
 from pipeline.backend import Producer
+from pipeline.batch import MAX_BATCH_BODY_BYTES
 from pipeline.errors import BackendUnavailable, Conflict, InvalidJob, NotReplicated, QueueFull
 from pipeline.fetch.validate import MAX_HEADERS_TOTAL
 from pipeline.jobs import MAX_URL_LENGTH
@@ -59,8 +62,6 @@ def body_cap(max_request_body_bytes: int) -> int:
 
 # under the default settings (create_app derives it from the producer's)
 MAX_BODY_BYTES = body_cap(Settings.model_fields["max_request_body_bytes"].default)
-# where in the request a validation error was found: not part of the field's name
-LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's files, from the fastapi-offline package
 DESCRIPTION = """One HTTP job pipeline: submit a request to make (`POST /jobs`), read its record and
 its stored response, cancel it; dead letters; flow control per upstream key; stats and metrics.
@@ -90,23 +91,32 @@ class HeaderLimit:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before parsing."""
+def _too_large(limit: int) -> JSONResponse:
+    """The 413 (built only when it is the answer: not on every request)."""
+    return error(413, f"request body over {limit} bytes", "body")
 
-    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413, before parsing;
+    ``paths`` gives a path a cap of its own (``POST /jobs/batch``: MAX_BATCH_BODY_BYTES)."""
+
+    def __init__(
+        self, app: Any, limit: int = MAX_BODY_BYTES, paths: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.paths = paths or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error(413, f"request body over {self.limit} bytes", "body")
+        limit = self.paths.get(scope["path"], self.limit)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and not length.isdigit():
             return await error(400, "invalid Content-Length header", "body")(scope, receive, send)
-        if length is not None and int(length) > self.limit:
-            return await too_large(scope, receive, send)
+        if length is not None and int(length) > limit:
+            return await _too_large(limit)(scope, receive, send)
         # Read the (small) body here, before the app: a streamed body over the limit is refused
         # with 413 by us, not half-read by the framework's parser, which answers a bare 400.
         chunks, size = [], 0
@@ -116,8 +126,8 @@ class BodyLimit:
                 return  # the client went away before the body ended: nobody to answer
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
-            if size > self.limit:
-                return await too_large(scope, receive, send)
+            if size > limit:
+                return await _too_large(limit)(scope, receive, send)
             if not message.get("more_body", False):
                 break
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
@@ -154,10 +164,13 @@ def create_app(producer: Producer) -> FastAPI:
     _add_error_handlers(app, producer)
     _add_routes(app, producer)
     add_job_routes(app, producer)
+    add_batch_route(app, producer, int(_retry_after(producer)))
     add_dead_letter_routes(app, producer)
     add_flow_routes(app, producer)
     add_dashboard(app)
-    app.add_middleware(BodyLimit, limit=body_cap(producer.settings.max_request_body_bytes))
+    _submit_routes_first(app)
+    cap = body_cap(producer.settings.max_request_body_bytes)
+    app.add_middleware(BodyLimit, limit=cap, paths={BATCH_PATH: max(cap, MAX_BATCH_BODY_BYTES)})
     app.add_middleware(HeaderLimit)
     token = producer.settings.api_token.get_secret_value()
     if token:  # added late, so it runs early: no body is read for a stranger
@@ -167,6 +180,21 @@ def create_app(producer: Producer) -> FastAPI:
     return app
 
 
+def _submit_routes_first(app: FastAPI) -> None:
+    """Move ``POST /jobs`` and ``POST /jobs/batch`` to the head of the route list: Starlette tries
+    routes in order, and the docs routes FastAPI adds first cost every submission a regex match
+    each (~10 µs of a ~120 µs in-process request). No other route shares their paths and methods,
+    so the order changes nothing else (the job routes keep their own order)."""
+    hot = [
+        r
+        for r in app.router.routes
+        if isinstance(r, APIRoute)
+        and r.path in ("/jobs", BATCH_PATH)
+        and "POST" in (r.methods or ())
+    ]
+    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
+
+
 def _retry_after(producer: Producer) -> str:
     return str(max(1, math.ceil(producer.settings.submit_timeout)))
 
@@ -174,14 +202,8 @@ def _retry_after(producer: Producer) -> str:
 def _add_error_handlers(app: FastAPI, producer: Producer) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        loc = list(first.get("loc", ()))
-        if loc and loc[0] in LOCATIONS:
-            loc = loc[1:]
-        field = (
-            "body" if first.get("type") == "json_invalid" else (".".join(map(str, loc)) or "body")
-        )
-        return error(422, f"{field}: {first.get('msg', 'invalid')}", field)
+        field, message = invalid_field(exc.errors())
+        return error(422, message, field)
 
     @app.exception_handler(InvalidJob)
     async def _invalid_job(_: Request, exc: InvalidJob) -> JSONResponse:
@@ -216,7 +238,7 @@ def _add_routes(app: FastAPI, producer: Producer) -> None:
     @app.get("/stats", response_model=None, responses={200: {"model": Stats}, **answers(503)})
     async def stats() -> dict[str, Any]:
         """Counters of the whole backend (every API and worker process of it)."""
-        return (await producer.stats()).to_dict()
+        return shown.stats(await producer.stats())
 
     @app.get(
         "/healthz",

@@ -4,13 +4,19 @@ The page polls ``GET /stats`` every second and renders that JSON unchanged (ever
 in an element marked ``data-stat="<key>"``), charts queue depth, in flight, done, failed and retried
 over the last minutes in inline SVG, and lists the durable workers' heartbeats
 (``worker_processes``). With each poll it also reads ``GET /jobs?order=newest&limit=20`` (a row
-``data-job="<id>"`` per job: status, method, host, attempts, last error; a cancel button for a
-queued, scheduled or running job, a retry button for a failed one) and ``GET /flows`` (a row
-``data-flow="<key>"`` per key: its limits, in flight, waiting, starts in window, paused, throttled
-until; a pause or resume button). Each cell of those rows is ``data-field="<name>"`` with the API's
-value in ``data-value``, so a test compares the page to the API without parsing what a person
-reads. No front-end build step: the HTML, its CSS and its JS are package data in
-``apps/service/static/``, read with :mod:`importlib.resources`.
+``data-job="<id>"`` per job: status, method, URL (credentials masked by the API), attempts,
+creation time, last error; a cancel button for a queued, scheduled or running job, a retry button
+for a failed one) and ``GET /flows`` (a row ``data-flow="<key>"`` per key: its limits, in flight,
+waiting, starts in window, paused, throttled until; a pause or resume button). Each cell of those
+rows is ``data-field="<name>"`` with the API's value in ``data-value``, so a test compares the
+page to the API without parsing what a person reads.
+
+A row opens its job (``#job/<id>`` in the address, so the view can be linked): the record from
+``GET /jobs/{id}`` (a ``trace_id``, when a record has one), one row ``data-attempt="<n>"`` per
+attempt with how it ended (the record's ``tries``), and the stored body from
+``GET /jobs/{id}/result``, re-read while the job changes. Times on the page are the API's
+``*_iso`` texts, as the CLI prints them. No front-end build step: the HTML, its CSS and its JS
+are package data in ``apps/service/static/``, read with :mod:`importlib.resources`.
 
 Why polling, not server-sent events: an event stream is a response that never ends, and uvicorn's
 graceful shutdown waits for open responses (we run it with no graceful-shutdown timeout, so in-flight

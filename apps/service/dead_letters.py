@@ -30,6 +30,7 @@ from apps.service.schemas import (
     Requeued,
     RequeuedAll,
 )
+from apps.service.shown import dead_letter
 from pipeline.backend import MAX_PAGE, Producer
 from pipeline.jobs import DeadLetter
 
@@ -67,7 +68,7 @@ def add_dead_letter_routes(app: FastAPI, producer: Producer) -> None:
         return {
             "backend": producer.name,
             "count": len(letters),
-            "dead_letters": [d.to_dict() for d in letters],
+            "dead_letters": [dead_letter(d) for d in letters],
             "next_cursor": page.next_cursor,
         }
 

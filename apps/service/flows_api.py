@@ -9,9 +9,10 @@
 
 A state is ``FlowState.to_dict()``: the key, its effective limit (``parallelism``, ``rate``,
 ``period_s``), ``own_limit``, ``in_flight``, ``waiting``, ``starts_in_window``, ``paused``,
-``throttled_until``. Keys are ``host:port`` (``api.example.com:443``, ``[::1]:8080``) or a job's
-``flow_key``: colons and brackets are fine in the path as they are or percent-encoded. A bad key is
-422 naming ``key``; a bad limit is 422 naming the limit's field (``parallelism``, ...).
+``throttled_until`` (and ``throttled_until_iso``, :mod:`apps.service.shown`). Keys are
+``host:port`` (``api.example.com:443``, ``[::1]:8080``) or a job's ``flow_key``: colons and
+brackets are fine in the path as they are or percent-encoded. A bad key is 422 naming ``key``; a
+bad limit is 422 naming the limit's field (``parallelism``, ...).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from apps.service.schemas import (
     FlowList,
     FlowState,
 )
+from apps.service.shown import flow_state
 from pipeline.backend import Producer
 from pipeline.errors import InvalidJob
 from pipeline.flows import DEFAULT_KEY, check_key, check_limit
@@ -73,14 +75,14 @@ def add_flow_routes(app: FastAPI, producer: Producer) -> None:
         states = await producer.flows()
         default = await producer.flow(DEFAULT_KEY)
         return {
-            "flows": [s.to_dict() for s in states if s.key != DEFAULT_KEY],
+            "flows": [flow_state(s) for s in states if s.key != DEFAULT_KEY],
             "default": default.limit.to_dict() if default.own_limit else None,
         }
 
     @app.get("/flows/{key}", response_model=None, responses=STATE)
     async def get_flow(key: Key) -> dict[str, Any]:
         """One key's state (a key never seen: its default limit, nothing in flight)."""
-        return (await producer.flow(path_key(key, default_ok=True))).to_dict()
+        return flow_state(await producer.flow(path_key(key, default_ok=True)))
 
     @app.put(
         "/flows/{key}",
@@ -97,7 +99,7 @@ def add_flow_routes(app: FastAPI, producer: Producer) -> None:
             limit = check_limit(data.model_dump(exclude_unset=True), LIMIT)
         except InvalidJob as exc:  # the body is the limit: name its field, not limit.<field>
             raise InvalidJob(exc.field.removeprefix(LIMIT + "."), exc.message) from None
-        return (await producer.set_flow(key, limit)).to_dict()
+        return flow_state(await producer.set_flow(key, limit))
 
     @app.delete(
         "/flows/{key}",
@@ -117,9 +119,9 @@ def add_flow_routes(app: FastAPI, producer: Producer) -> None:
     @app.post("/flows/{key}/pause", response_model=None, responses=STATE)
     async def pause_flow(key: FlowKey) -> dict[str, Any]:
         """Hold every job of the key until resumed (running fetches finish)."""
-        return (await producer.pause_flow(path_key(key), True)).to_dict()
+        return flow_state(await producer.pause_flow(path_key(key), True))
 
     @app.post("/flows/{key}/resume", response_model=None, responses=STATE)
     async def resume_flow(key: FlowKey) -> dict[str, Any]:
         """Let the key's jobs run again."""
-        return (await producer.pause_flow(path_key(key), False)).to_dict()
+        return flow_state(await producer.pause_flow(path_key(key), False))

@@ -27,10 +27,12 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from starlette.convertors import Convertor, register_url_convertor
 
 from apps.service.openapi import answers
 from apps.service.responses import error
 from apps.service.schemas import (
+    BATCH_ID,
     DOT_SEGMENTS,
     FLOW_KEY_PATTERN,
     HEADERS_SCHEMA,
@@ -46,6 +48,7 @@ from apps.service.schemas import (
     JobPage,
     Record,
 )
+from apps.service.shown import record as shown_record
 from pipeline.backend import MAX_PAGE, Order, Producer
 from pipeline.errors import InvalidJob
 from pipeline.fetch.urlguard import parse_url
@@ -155,6 +158,23 @@ class JobIn(BaseModel):
     ) = None
 
 
+class JobIdConvertor(Convertor[str]):
+    """A path segment, but never ``batch``: ``/jobs/batch`` is the batch route's path alone, so
+    its other methods are a 405 naming ``POST``, not a job lookup (the OpenAPI rule: a literal
+    path wins over a template)."""
+
+    regex = rf"(?!{BATCH_ID}$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("job_id", JobIdConvertor())  # /jobs/{job_id:job_id}
+
+
 def build_job(data: JobIn, now: float) -> Job:
     """The Job ``data`` asks for, at ``now`` (unix seconds). Raises InvalidJob naming the field
     for what the model alone cannot say: both ``json`` and ``body``, both ``delay_s`` and
@@ -164,6 +184,8 @@ def build_job(data: JobIn, now: float) -> Job:
     for name, value in (("id", data.id), ("flow_key", data.flow_key)):
         if value in DOT_SEGMENTS:
             raise InvalidJob(name, f"{value!r} is a dot segment: it cannot be read back in a URL")
+    if data.id == BATCH_ID:
+        raise InvalidJob("id", f"{BATCH_ID!r} is reserved: /jobs/{BATCH_ID} is the batch route")
     if "json_" in given and "body" in given:
         raise InvalidJob("body", "give either json or body, not both")
     if "delay_s" in given and "run_at" in given:
@@ -273,7 +295,7 @@ def add_job_routes(app: FastAPI, producer: Producer) -> None:
     _add_reads(app, producer)
 
     @app.delete(
-        "/jobs/{job_id}",
+        "/jobs/{job_id:job_id}",
         response_model=None,
         responses={
             200: {"model": Record, "description": 'the record, "status": "cancelled"'},
@@ -285,7 +307,7 @@ def add_job_routes(app: FastAPI, producer: Producer) -> None:
         record = await producer.cancel(job_id)  # Conflict (409) for a job already done/failed
         if record is None:
             return unknown_job(producer, job_id)
-        return JSONResponse(record.to_dict())
+        return JSONResponse(shown_record(record))
 
 
 def _add_reads(app: FastAPI, producer: Producer) -> None:
@@ -303,10 +325,10 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
         """Jobs in submission order (``order=newest``: newest first), a page at a time."""
         page = await producer.list_jobs(status, limit, cursor, order)
         records: list[JobRecord] = page.items
-        return {"jobs": [r.to_dict() for r in records], "next_cursor": page.next_cursor}
+        return {"jobs": [shown_record(r) for r in records], "next_cursor": page.next_cursor}
 
     @app.get(
-        "/jobs/{job_id}",
+        "/jobs/{job_id:job_id}",
         response_model=None,
         responses={200: {"model": Record}, **answers(404, 422, 503, _404="unknown job")},
     )
@@ -315,7 +337,7 @@ def _add_reads(app: FastAPI, producer: Producer) -> None:
         record = await producer.get(job_id)
         if record is None:
             return unknown_job(producer, job_id)
-        return JSONResponse(record.to_dict())
+        return JSONResponse(shown_record(record))
 
     @app.get(
         "/jobs/{job_id}/result",

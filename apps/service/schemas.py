@@ -89,7 +89,9 @@ URL_RULES = (
 # /jobs/.. would be /, and such an id or key could never be read back
 DOT_SEGMENTS = frozenset({".", ".."})
 _NOT_DOTS = r"(?!\.\.?$)"
-ID_PATTERN = rf"^{_NOT_DOTS}[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}$"
+# "batch" is not a job id: /jobs/batch is POST /jobs/batch's path, never a job's
+BATCH_ID = "batch"
+ID_PATTERN = rf"^{_NOT_DOTS}(?!{BATCH_ID}$)[A-Za-z0-9._:-]{{1,{MAX_ID_LENGTH}}}$"
 FLOW_KEY_PATTERN = rf"^{_NOT_DOTS}[A-Za-z0-9._:\[\]-]{{1,{MAX_ID_LENGTH + 8}}}$"
 FLOW_KEY_OR_DEFAULT_PATTERN = (
     rf"^(?:\{DEFAULT_KEY}|{_NOT_DOTS}[A-Za-z0-9._:\[\]-]{{1,{MAX_ID_LENGTH + 8}}})$"
@@ -160,6 +162,15 @@ JOB_RULES: JsonDict = {
 MIN_PERIOD_S = 0.001
 
 # -- response bodies -----------------------------------------------------------------------------
+# every unix time (seconds) an answer holds has the same instant beside it as RFC 3339 text in
+# UTC, to the millisecond, named <name>_iso (apps/service/shown.py): null beside a null time
+_ISO: JsonDict = {"format": "date-time", "examples": ["2030-01-02T03:04:05.678Z"]}
+
+
+def iso(name: str, *, nullable: bool) -> Any:
+    """The field beside the unix time ``name``."""
+    words = f"{name} as RFC 3339 text (UTC)" + (f", null when {name} is" if nullable else "")
+    return Field(description=words, json_schema_extra=_ISO)
 
 
 class Error(BaseModel):
@@ -214,8 +225,25 @@ class Result(BaseModel):
     truncated: bool
 
 
+class Try(BaseModel):
+    """How one attempt ended. An attempt with no entry ended no way the record could keep: its
+    worker died or lost Redis before recording it (the job then ran again), it was cancelled, or
+    it is running now."""
+
+    attempt: int = Field(ge=1)
+    end: Literal["done", "retry", "failed"] = Field(
+        description="done; retry: failed and tried again; failed: failed, no more tries"
+    )
+    ended_at: float
+    ended_at_iso: str = iso("ended_at", nullable=False)
+    http_status: int | None
+    elapsed_s: float = Field(ge=0)
+    error: str | None
+
+
 class Record(BaseModel):
-    """A job as ``GET /jobs/{id}`` shows it; credentials in ``headers`` are ``***``."""
+    """A job as ``GET /jobs/{id}`` shows it; credentials in ``headers``, and the values of query
+    parameters named like them in ``url`` (``api_key``, ``access_token``...), are ``***``."""
 
     id: str
     url: str
@@ -229,9 +257,18 @@ class Record(BaseModel):
     run_at: float | None
     created_at: float
     finished_at: float | None
+    run_at_iso: str | None = iso("run_at", nullable=True)
+    created_at_iso: str = iso("created_at", nullable=False)
+    finished_at_iso: str | None = iso("finished_at", nullable=True)
     timeout_s: float | None
     max_tries: int | None
     result: Result | None
+    trace_id: str | None = Field(
+        None,
+        description="the job's OpenTelemetry trace id (32 hex digits); null when tracing is off",
+        pattern="^[0-9a-f]{32}$",
+    )
+    tries: list[Try] = Field(description="how each attempt ended, oldest first")
 
 
 class JobPage(BaseModel):
@@ -249,6 +286,7 @@ class DeadLetter(BaseModel):
     error: str | None
     http_status: int | None
     failed_at: float
+    failed_at_iso: str = iso("failed_at", nullable=False)
     method: str
     headers: dict[str, str]
 
@@ -310,6 +348,7 @@ class FlowState(BaseModel):
     starts_in_window: int = Field(ge=0)
     paused: bool
     throttled_until: float | None = Field(description="unix time an upstream's 429/503 holds it")
+    throttled_until_iso: str | None = iso("throttled_until", nullable=True)
 
 
 class FlowList(BaseModel):

@@ -14,6 +14,8 @@ from benchmarks.views import (
     outage,
     overhead,
     recovery,
+    submit,
+    tracing,
 )
 from benchmarks.views.base import Check, Section, Table
 
@@ -27,6 +29,8 @@ SECTIONS: tuple[Section, ...] = (
     latency.SECTION,
     jobcost.SECTION,
     flow.SECTION,
+    submit.SECTION,
+    tracing.SECTION,
     acks.SECTION,
 )
 

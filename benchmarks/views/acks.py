@@ -1,4 +1,4 @@
-"""Section 10: the price of ACK_REPLICAS, and a failover's gap (benchmarks/ack_price.py)."""
+"""Section 12: the price of ACK_REPLICAS, and a failover's gap (benchmarks/ack_price.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from benchmarks.views.base import Check, Section, Table, fmt, ratio
 
-TITLE = "10. The price of ACK_REPLICAS (Redis with Sentinel)"
+TITLE = "12. The price of ACK_REPLICAS (Redis with Sentinel)"
 
 
 def checks(r: dict[str, Any], check: Check) -> None:

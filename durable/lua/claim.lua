@@ -8,7 +8,8 @@
 --       then per candidate, in ARGV order: record, arq job, arq in-progress
 -- ARGV  1 worker id   2 how many to claim   3 in-progress key TTL (ms)   4 default max tries
 --       5 room channel   6 how many candidates to return   7.. candidate job ids
--- Returns {claimed: {{id, attempt, arq job bytes | nil, exhausted 0|1, foreign 0|1}, ...},
+-- Returns {claimed: {{id, attempt, arq job bytes | nil, exhausted 0|1, foreign 0|1,
+--   re-delivered 0|1, ms held back by its flow key}, ...},
 --          candidates: {id, ...}, next due ms | ''}
 local K = {
   queue = KEYS[1], running = KEYS[2], hints = KEYS[3], stats = KEYS[4], scheduled = KEYS[5],

@@ -80,6 +80,9 @@ local function finish()
     redis.call('HSET', K.delayed_score, id, score)
     redis.call('ZADD', K.hints, score, id)  -- wakes an idle worker, which then waits until due
     redis.call('HSET', K.record, 'status', 'queued')
+    -- a retried attempt's end stays readable after the next one's: "<unix s> <outcome JSON>"
+    redis.call('HSET', K.record, 'try:' .. attempt,
+               string.format('%.3f', now / 1000) .. ' ' .. outcome_json)
     redis.call('HINCRBY', K.stats, 'retried', 1)
   else
     redis.call('ZREM', K.queue, id)

@@ -45,6 +45,7 @@ from pipeline.errors import InvalidJob, URLRefused
 from pipeline.fetch.urlguard import URLGuard, literal_ip
 from pipeline.jobs import KEPT_RESPONSE_HEADERS, Job, Outcome, Status
 from pipeline.settings import Settings
+from pipeline.tracing import fetching
 
 log = logging.getLogger("queue_contrast.handler")
 
@@ -264,6 +265,7 @@ class Fetcher:
             self.transports = [self._new_transport(-(-workers // shards)) for _ in range(shards)]
             self._sends = [t.handle_async_request for t in self.transports]
         self._in_flight = [0] * len(self._sends)
+        self._exchange_traced = fetching(self._exchange)  # a CLIENT span, when tracing is on
 
     def _new_transport(self, fetches: int) -> GuardedAiohttpTransport:
         def session() -> aiohttp.ClientSession:  # made on the first request, inside the loop
@@ -387,7 +389,7 @@ class Fetcher:
         shard = self._in_flight.index(min(self._in_flight))  # the least busy transport
         self._in_flight[shard] += 1
         try:
-            return await self._exchange(job, self._sends[shard], request)
+            return await self._exchange_traced(job, self._sends[shard], request)
         finally:
             self._in_flight[shard] -= 1
 

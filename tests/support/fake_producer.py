@@ -12,11 +12,12 @@ without workers or timing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from pipeline.backend import Order, Producer
+from pipeline.batch import Placed, Placement
 from pipeline.errors import Conflict, InvalidJob
 from pipeline.fetch.handler import Handler
 from pipeline.flows import DEFAULT_KEY, effective
@@ -102,6 +103,21 @@ class FakeProducer(Producer):
         return Submitted(
             self._set(job.record(Status.SCHEDULED if scheduled else Status.QUEUED)), True
         )
+
+    async def _submit_batch(self, jobs: Sequence[Job]) -> list[Placed]:
+        waiting = sum(r.status in (Status.QUEUED, Status.SCHEDULED) for r in self.records.values())
+        placed = []
+        for job in jobs:
+            known = self.records.get(job.id)
+            if known is not None:
+                placed.append(Placed(job.id, Placement.EXISTING, known.status.value))
+            elif waiting >= self.settings.queue_maxsize:
+                placed.append(Placed(job.id, Placement.OVER_LIMIT))
+            else:
+                waiting += 1
+                status = (await self._submit(job)).record.status.value
+                placed.append(Placed(job.id, Placement(status), status))
+        return placed
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self.records.get(job_id)

@@ -54,7 +54,11 @@ local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
   local attempt = redis.call('HINCRBY', kr, 'attempts', 1)
   local most = tonumber(redis.call('HGET', kr, 'max_tries')) or max_tries
   if attempt > most then redis.call('HINCRBY', kr, 'attempts', -1) end
-  if redis.call('HEXISTS', kr, 'released') == 1 then  -- its last attempt's worker died
+  local redelivered = redis.call('HEXISTS', kr, 'released')
+  local parked_at = tonumber(redis.call('HGET', kr, 'parked_at'))
+  local flow_wait_ms = parked_at and math.max(0, now - parked_at) or 0
+  if parked_at then redis.call('HDEL', kr, 'parked_at') end
+  if redelivered == 1 then  -- its last attempt's worker died
     redis.call('HINCRBY', kr, 'duplicates', 1)
     redis.call('HINCRBY', K.stats, 'duplicates', 1)
     redis.call('HDEL', kr, 'released')
@@ -64,11 +68,13 @@ local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
   redis.call('ZADD', K.queue, RUNNING_SCORE, id)
   redis.call('ZREM', K.hints, id)
   redis.call('PSETEX', kp, ttl_ms, '1')
-  return attempt, attempt > most, redis.call('HEXISTS', kr, 'foreign')
+  return attempt, attempt > most, redis.call('HEXISTS', kr, 'foreign'), redelivered,
+         flow_wait_ms
 end
 
 -- Claim up to `most` of the candidates in ARGV[first_arg..] (keys from KEYS[first_key..]).
--- Returns a list of {id, attempt, arq job bytes or false, exhausted 0/1, foreign 0/1}.
+-- Returns a list of {id, attempt, arq job bytes or false, exhausted 0/1, foreign 0/1,
+-- re-delivered 0/1 (its last attempt's worker died before it ended), ms its flow key held it}.
 local function claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
   local out = {}
   local k = first_key
@@ -98,16 +104,18 @@ local function claim(now, wid, most, ttl_ms, max_tries, first_arg, first_key)
       end
       if wait > 0 then
         park(fk, score, id, wait)
+        redis.call('HSETNX', kr, 'parked_at', now)  -- when its flow key first held it back
       else
-        local attempt, exhausted, foreign = lease(kr, kp, id, score, fk, wid, ttl_ms, now,
-                                                  max_tries)
+        local attempt, exhausted, foreign, redelivered, flow_wait_ms = lease(
+          kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
         if fk ~= '' then
           redis.call('HINCRBY', K.flow_active, fk, 1)
           if rated and not exhausted then  -- an exhausted job is failed without a fetch
             redis.call('ZADD', K.flow_starts, 0, fk .. '|' .. pad(now) .. '|' .. id .. ':' .. attempt)
           end
         end
-        out[#out + 1] = {id, attempt, redis.call('GET', kj), exhausted and 1 or 0, foreign}
+        out[#out + 1] = {id, attempt, redis.call('GET', kj), exhausted and 1 or 0, foreign,
+                         redelivered, flow_wait_ms}
       end
     end
   end
