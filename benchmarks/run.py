@@ -19,7 +19,16 @@ from typing import Any
 
 import httpx
 
-from benchmarks import durability, flood, io_efficiency, overhead, recovery, report, tracing_cost
+from benchmarks import (
+    ack_price,
+    durability,
+    flood,
+    io_efficiency,
+    overhead,
+    recovery,
+    report,
+    tracing_cost,
+)
 from benchmarks import engines as engines_bench
 from benchmarks import flow as flow_bench
 from benchmarks.common import Progress, machine, private_redis, upstream, yielding_noop_handler
@@ -228,6 +237,7 @@ SECTIONS += ("submit",)  # 10 submit (issue 24: benchmarks/submit.py)
 SECTIONS += ("memory",)  # 11 memory (issue 24 item 3: benchmarks/memory.py)
 SECTIONS += ("tracing",)  # 12 tracing (issue 26: benchmarks/tracing_cost.py)
 SECTIONS += ("engines",)  # 13 Celery and RabbitMQ (issue 25: benchmarks/engines.py)
+SECTIONS += ("acks",)  # 14 acks (issue 23: benchmarks/ack_price.py)
 
 
 async def section_submit(s: Sizes, redis_url: str, step: Any) -> dict[str, Any]:
@@ -298,6 +308,9 @@ async def run_all(
             "engines": lambda: engines_bench.run(base, s == QUICK, step),
         }
         runs.update(_issue16_runs(s, redis_proc.url, step))
+        runs["acks"] = lambda: ack_price.run(
+            ack_price.QUICK if s == QUICK else ack_price.AckSizes(), step
+        )
         for name in (n for n in SECTIONS if n in sections):
             await _reset(base)
             try:
@@ -349,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=SECTIONS,
         help="run only this section (repeat for several; default: all). 1 overhead, 2 io, "
         "3 flood, 4 durability, 5 recovery, 6 outage, 7 latency, 8 jobcost, 9 flow, 10 submit, "
-        "11 memory, 12 tracing, 13 engines",
+        "11 memory, 12 tracing, 13 engines, 14 acks",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # arq/saq/our warnings would drown the progress

@@ -205,7 +205,7 @@ class LocalCompose:
         for (name, port), local in self.ports.items():
             value = value.replace(f"{name}:{port}", f"127.0.0.1:{local}")
         hosts = "|".join(SERVICE_HOSTS)
-        return re.sub(rf"(?<![\w.-])({hosts})(?![\w.-]|://)", "127.0.0.1", value)
+        return re.sub(rf"(?<![\w.-])({hosts})(?![\w.+-]|://)", "127.0.0.1", value)
 
     def env(self, name: str) -> dict[str, str]:
         """The image's environment (its ENV lines and PATH) with the service's own on top."""

@@ -11,11 +11,16 @@ the failover), duplicates (extra fetches of accepted jobs), the seconds from the
 old primary's demotion) to the first 202 and to the first fetch after it, 503s answered, and any
 process that exited. With
 ``ACK_REPLICAS=1`` the test asserts 0 lost and 0 gone; with 0 it reports what happened.
+
+One partition runs the API, the workers and the Redis nodes as separate test hosts: network
+namespaces joined by veth pairs to a bridge, each process with its host's hostname
+(``tests/support/netns_hosts.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -28,7 +33,8 @@ import pytest
 from apps.harness.processes import Processes
 from apps.harness.sentinel_launcher import SentinelGroup, start_sentinel_group
 from tests.support.failover_kit import failover_run
-from tests.support.helpers import CLI, IN_CI, child_env, need_redis_server
+from tests.support.helpers import CLI, IN_CI, child_env, need_redis_server, run_as_group
+from tests.support.netns_hosts import Hosts, missing_tools
 
 pytestmark = pytest.mark.slow  # nine processes and a failover: tens of seconds
 
@@ -158,4 +164,44 @@ def test_primary_partitioned_with_ack_replicas_0_reports_its_loss() -> None:
     need_redis_server()
     figures = partition_run(0)
     assert figures["accepted"]
+    assert figures["exited"] == []
+
+
+HOST_NAMES = ["client", "redis-primary", "redis-others", "api", "worker-a", "worker-b"]
+
+
+def test_primary_partitioned_across_hosts_with_ack_replicas_1_loses_nothing() -> None:
+    """The API and the workers as separate test hosts: six network namespaces on one bridge
+    (veth pairs, a private /24), each process with its host's hostname; the load and the witness
+    on ``client``, serve on ``api``, a worker on each of ``worker-a`` and ``worker-b``, the
+    primary on ``redis-primary``, the replicas and Sentinels on ``redis-others``. The primary's
+    host drops every packet from and to ``redis-others`` for 8 s (the api and worker hosts
+    still reach it), then the rules go and Sentinel demotes it. ACK_REPLICAS=1: every accepted
+    job runs and keeps its record, no process exits, and the workers ran on both hosts."""
+    need_redis_server()
+    why = missing_tools()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI=true but this machine {why}")
+        pytest.skip(why)
+    hosts = Hosts.plan(f"qc{os.getpid()}", HOST_NAMES)
+    try:
+        hosts.create()
+        code = (
+            f"import runpy, sys; sys.path.append({str(ROOT)!r}); "
+            "runpy.run_module('tests.support.failover_kit', run_name='__main__', alter_sys=True)"
+        )
+        argv = [sys.executable, "-P", "-c", code, "hosts", "1", hosts.to_json()]
+        done = run_as_group(hosts.on("client", argv), 300, cwd=ROOT, env=child_env())
+    finally:
+        hosts.delete()
+    lines = [line for line in done.stdout.splitlines() if line.startswith("HOSTS ")]
+    assert done.returncode == 0 and lines, f"{done.returncode}\n{done.stdout}\n{done.stderr}"
+    print(lines[-1])
+    figures = json.loads(lines[-1].removeprefix("HOSTS "))
+    assert figures["worker_hosts"] == ["worker-a", "worker-b"]
+    assert figures["accepted"]
+    assert figures["lost"] == 0
+    assert figures["gone"] == 0
+    assert figures["not_done"] == 0
     assert figures["exited"] == []

@@ -296,10 +296,12 @@ DEMO_CHOICES = (
 @click.option(
     "--redis",
     "redis_choice",
-    type=click.Choice(["auto", "redis-server", "embedded"]),
+    type=click.Choice(["auto", "redis-server", "embedded", "sentinel"]),
     default="auto",
     show_default=True,
-    help="auto: $REDIS_URL, else a private redis-server, else the embedded stand-in.",
+    help="auto: $REDIS_URL, else a private redis-server, else the embedded stand-in. sentinel: "
+    "a private primary, 2 replicas and 3 Sentinels, and the primary is killed instead of a "
+    "worker (rows ACK_REPLICAS=0 and 1; durable only, no picture, no page).",
 )
 @click.option(
     "--svg",
@@ -361,6 +363,20 @@ def crash_demo(
 
     from apps.demo.run import main as run
     from apps.demo.state import SCENARIOS, Options
+
+    if redis_choice == "sentinel":
+        from apps.demo.failover import main as run_failover
+
+        if page_port is not None or not set(backends) <= {"all", "durable"}:
+            raise click.UsageError("--redis sentinel runs durable only, without --serve")
+        failover = Options(
+            jobs=jobs,
+            kill_after=kill_after,
+            latency_ms=latency_ms,
+            workers=workers,
+            give_up_after_s=give_up_after,
+        )
+        sys.exit(run_failover(failover, as_json))
 
     chosen = tuple(SCENARIOS) if "all" in backends else tuple(dict.fromkeys(backends))
     opts = Options(

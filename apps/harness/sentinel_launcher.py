@@ -17,6 +17,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -24,6 +25,9 @@ import redis
 from apps.harness.redis_launcher import RedisProcess, free_port, redis_server_path
 
 READY_TIMEOUT_S = 30.0
+
+#: how to run a process that listens on a host address: (host, argv) -> the argv to start
+Launch = Callable[[str, list[str]], list[str]]
 
 
 @dataclass
@@ -119,18 +123,22 @@ def start_sentinel_group(
     sentinel_host: str = "127.0.0.1",
     down_after_ms: int = 1000,
     failover_timeout_ms: int = 3000,
+    launch: Launch | None = None,
 ) -> SentinelGroup:
-    """Start the group and wait until the Sentinels see all of it (bounded)."""
+    """Start the group and wait until the Sentinels see all of it (bounded). ``launch(host,
+    argv)`` says how to run a process that listens on ``host`` (on another test host, say: its
+    network namespace); by default, here."""
+    wrap = launch or _here
     server = redis_server_path()
     if server is None:
         raise RuntimeError("redis-server is not installed")
     base = tempfile.mkdtemp(prefix="qc-sentinel-")
     group = SentinelGroup(service, [], [], base)
     try:
-        primary = _data_node(server, base, "primary", primary_host, None)
+        primary = _data_node(server, base, "primary", primary_host, None, wrap)
         group.nodes.append(primary)
         for i in range(replicas):
-            group.nodes.append(_data_node(server, base, f"replica{i}", replica_host, primary))
+            group.nodes.append(_data_node(server, base, f"replica{i}", replica_host, primary, wrap))
         for i in range(sentinels):
             group.sentinels.append(
                 _sentinel(
@@ -143,6 +151,7 @@ def start_sentinel_group(
                     quorum,
                     down_after_ms,
                     failover_timeout_ms,
+                    wrap,
                 )
             )
         _wait_seen(group, replicas, sentinels)
@@ -152,8 +161,12 @@ def start_sentinel_group(
     return group
 
 
+def _here(host: str, argv: list[str]) -> list[str]:
+    return argv
+
+
 def _data_node(
-    server: str, base: str, name: str, host: str, primary: RedisProcess | None
+    server: str, base: str, name: str, host: str, primary: RedisProcess | None, wrap: Launch
 ) -> RedisProcess:
     data_dir = os.path.join(base, name)
     os.mkdir(data_dir)
@@ -185,7 +198,7 @@ def _data_node(
     ]
     if primary is not None:
         args += ["--replicaof", primary.host, str(primary.port)]
-    return RedisProcess("redis-server", port, data_dir, args, host=host).start()
+    return RedisProcess("redis-server", port, data_dir, wrap(host, args), host=host).start()
 
 
 def _sentinel(
@@ -198,6 +211,7 @@ def _sentinel(
     quorum: int,
     down_after_ms: int,
     failover_timeout_ms: int,
+    wrap: Launch,
 ) -> RedisProcess:
     data_dir = os.path.join(base, name)
     os.mkdir(data_dir)
@@ -212,7 +226,8 @@ def _sentinel(
             f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {service} 2\n"
         )
-    return RedisProcess("sentinel", port, data_dir, [server, conf, "--sentinel"], host=host).start()
+    argv = wrap(host, [server, conf, "--sentinel"])
+    return RedisProcess("sentinel", port, data_dir, argv, host=host).start()
 
 
 def _wait_seen(group: SentinelGroup, replicas: int, sentinels: int) -> None:

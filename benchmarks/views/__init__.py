@@ -4,6 +4,7 @@ per section, in the order the report shows them. ``benchmarks/report.py`` only r
 from __future__ import annotations
 
 from benchmarks.views import (
+    acks,
     durability,
     engines,
     flood,
@@ -34,6 +35,7 @@ SECTIONS: tuple[Section, ...] = (
     memory.SECTION,
     tracing.SECTION,
     engines.SECTION,
+    acks.SECTION,
 )
 
 __all__ = ["SECTIONS", "Check", "Section", "Table"]

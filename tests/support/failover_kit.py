@@ -9,6 +9,11 @@ from its replicas and the Sentinels by iptables rules for PARTITION_S, clients s
 it, then healed; the run waits until Sentinel demotes the old primary by itself) or ``replicas``
 (one replica SIGKILLed, then the other, then that one started again). Nothing is
 restarted by hand. The figures print as one ``FAILOVER {json}`` line.
+
+``python -m tests.support.failover_kit hosts ACK HOSTS_JSON`` runs the partition across test
+hosts (``tests.support.netns_hosts``: network namespaces on a bridge, each with its hostname):
+serve, the workers, the primary and the replicas/Sentinels each on hosts of their own, the cut
+made on the primary's host; it prints the figures as one ``HOSTS {json}`` line.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from typing import Any
 import httpx
 import redis
 
-from apps.harness.processes import Processes
+from apps.harness.processes import CLI, Proc, Processes, child_env
 from apps.harness.sentinel_launcher import SentinelGroup, start_sentinel_group
+from durable import keys
 from tests.support.helpers import allow
+from tests.support.netns_hosts import Hosts
 
 RATE_PER_S = 40  # new job ids submitted per second
 BEFORE_S = 3.0  # steady load before the fault
@@ -48,14 +55,20 @@ class Load:
     upstream: str
     accepted: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 2xx
     created: dict[str, float] = field(default_factory=dict)  # id -> unix time of its 202
+    sent: dict[str, float] = field(default_factory=dict)  # id -> when its 202's request was sent
     unavailable: list[float] = field(default_factory=list)  # unix times of 503 answers
     refused: int = 0  # connection errors (the API process was down: never expected)
     stop: bool = False
+
+    def created_after(self, t: float) -> list[float]:
+        """The times of the 202s to requests sent after ``t``."""
+        return [self.created[i] for i, sent in self.sent.items() if sent > t]
 
     async def one(self, client: httpx.AsyncClient, job_id: str) -> None:
         body = {"url": self.upstream + "/", "id": job_id}
         deadline = time.monotonic() + ANSWER_DEADLINE_S
         while time.monotonic() < deadline:
+            sent = time.time()
             try:
                 answer = await client.post(self.api + "/jobs", json=body)
             except httpx.TransportError:
@@ -67,6 +80,7 @@ class Load:
                 self.accepted[job_id] = now
                 if answer.status_code == 202:
                     self.created[job_id] = now
+                    self.sent[job_id] = sent
                 return
             assert answer.status_code == 503, answer.text
             self.unavailable.append(time.time())
@@ -111,6 +125,7 @@ async def failover_run(
     tag: str,
     fault: str = "kill",
     max_lag: int | None = None,
+    rules: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Start serve, two workers and the witness on ``group``; submit; inject ``fault``; count.
     Returns the figures (also printed as one FAILOVER line)."""
@@ -137,7 +152,10 @@ async def failover_run(
 
     async def inject() -> None:
         await asyncio.sleep(BEFORE_S)
-        await FAULTS[fault](group, old, marks)
+        if rules is not None:  # the partition made elsewhere (on another test host)
+            await _partition(group, old, marks, rules)
+        else:
+            await FAULTS[fault](group, old, marks)
         over.set()
 
     await asyncio.gather(inject(), _load_until_recovered(load, tag, over, marks))
@@ -153,7 +171,8 @@ async def failover_run(
     end = fault_end(marks)
     fetches_after = [a["t"] for a in arrivals if a["t"] > end]
     one_down = [t for t in load.unavailable if t0 <= t < marks.get("no_replica", t0)]
-    created_after = [t for t in load.created.values() if t > end]
+    # a 202 to a request sent before the event was written before it, whenever it arrived
+    created_after = load.created_after(end)
     exited = [" ".join(p.args[-2:]) for p in [serve, *workers, upstream_proc] if not p.alive]
     figures = {
         "ack_replicas": ack_replicas,
@@ -196,13 +215,18 @@ def _rules(action: str) -> None:
         )
 
 
-async def _partition(group: SentinelGroup, old: Any, marks: dict[str, float]) -> None:
+async def _partition(
+    group: SentinelGroup,
+    old: Any,
+    marks: dict[str, float],
+    rules: Callable[[str], None] = _rules,
+) -> None:
     marks["fault"] = time.time()
-    await asyncio.to_thread(_rules, "-A")
+    await asyncio.to_thread(rules, "-A")
     await asyncio.to_thread(group.wait_promoted, old)
     marks["promoted"] = time.time()
     await asyncio.sleep(max(0.0, marks["fault"] + PARTITION_S - time.time()))
-    await asyncio.to_thread(_rules, "-D")
+    await asyncio.to_thread(rules, "-D")
     marks["healed"] = time.time()
     deadline = time.monotonic() + DEMOTE_TIMEOUT_S
     while group.role(old) != "slave":
@@ -250,7 +274,7 @@ async def _load_until_recovered(
         while True:
             if over.is_set():
                 end = fault_end(marks)
-                recovered = [t for t in load.created.values() if t > end]
+                recovered = load.created_after(end)
                 if recovered and time.time() > min(recovered) + AFTER_S:
                     break
                 if time.time() > end + ANSWER_DEADLINE_S:
@@ -287,10 +311,83 @@ async def partition_main(ack_replicas: int, max_lag: int | None = None) -> None:
                 print(f"{proc.args[-2:]}:\n{proc.output[-4000:]}", file=sys.stderr)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["partition"] or len(sys.argv) not in (3, 4):
-        sys.exit(
-            "usage: python -m tests.support.failover_kit partition ACK_REPLICAS [MIN_REPLICAS_MAX_LAG]"
+class HostProcesses(Processes):
+    """serve on the ``api`` host, each worker on the next ``worker-*`` host in turn, the upstream
+    witness on ``client`` (this process's own host): each listening on its host's address."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        super().__init__()
+        self.hosts = hosts
+        self.worker_hosts = [n for n in hosts.addresses if n.startswith("worker-")]
+        self.workers_started = 0
+
+    def _start(self, host: str, argv: list[str], ready: str, **env: object) -> tuple[Proc, str]:
+        proc = Proc(self.hosts.on(host, argv), child_env(**env))
+        self.started.append(proc)
+        match = proc.start(ready)
+        return proc, match.group(1) if match.groups() else ""
+
+    def upstream(self, latency_ms: float = 100, ports: int = 1, **env: object) -> tuple[Proc, str]:
+        address = self.hosts.addresses["client"]
+        argv = [*CLI, "upstream", "--host", address, "--port", "0"]
+        argv += ["--latency-ms", str(latency_ms)]
+        return self._start("client", argv, r"upstream ready: (http://\S+)", **env)
+
+    def serve(self, **env: object) -> tuple[Proc, str]:
+        argv = [*CLI, "serve", "--host", self.hosts.addresses["api"], "--port", "0"]
+        return self._start("api", argv, r"serve ready: (http://\S+)", **env)
+
+    def worker(self, engine: str = "ours", **env: object) -> Proc:
+        host = self.worker_hosts[self.workers_started % len(self.worker_hosts)]
+        self.workers_started += 1
+        return self._start(host, [*CLI, "worker", "--engine", engine], r"worker ready", **env)[0]
+
+
+async def hosts_main(ack_replicas: int, hosts: Hosts) -> None:
+    """The partition scenario across test hosts (``tests.support.netns_hosts``), run from the
+    ``client`` host: the primary on ``redis-primary``, the replicas and Sentinels on
+    ``redis-others``, serve on ``api``, one worker on each ``worker-*`` host. The cut is made on
+    the primary's host, against ``redis-others`` only: the api and worker hosts still reach it.
+    The FAILOVER line also names the host each worker said it ran on (its heartbeat)."""
+    primary_ip, others_ip = hosts.addresses["redis-primary"], hosts.addresses["redis-others"]
+    group = start_sentinel_group(
+        primary_host=primary_ip,
+        replica_host=others_ip,
+        sentinel_host=others_ip,
+        launch=lambda host, argv: hosts.on(hosts.name_of(host), argv),
+    )
+    processes = HostProcesses(hosts)
+
+    def rules(action: str) -> None:
+        hosts.cut("redis-primary", "redis-others", action)
+
+    try:
+        figures = await failover_run(
+            group, processes, ack_replicas, f"hosts{ack_replicas}", "partition", rules=rules
         )
-    lag = int(sys.argv[3]) if len(sys.argv) == 4 else None
-    asyncio.run(partition_main(int(sys.argv[2]), lag))
+        primary = group.primary()
+        with redis.Redis(host=primary.host, port=primary.port) as client:
+            infos = client.hvals(keys.WORKER_INFO)
+        worker_hosts = sorted({json.loads(i)["host"] for i in infos})
+        print("HOSTS " + json.dumps({"worker_hosts": worker_hosts, **figures}), flush=True)
+    finally:
+        processes.stop_all()
+        group.stop()
+        for proc in processes.started:  # a child's traceback, for the test's failure message
+            if "Traceback" in proc.output:
+                print(f"{proc.args[-2:]}:\n{proc.output[-4000:]}", file=sys.stderr)
+
+
+USAGE = (
+    "usage: python -m tests.support.failover_kit partition ACK_REPLICAS [MIN_REPLICAS_MAX_LAG]\n"
+    "       python -m tests.support.failover_kit hosts ACK_REPLICAS HOSTS_JSON"
+)
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["hosts"] and len(sys.argv) == 4:
+        asyncio.run(hosts_main(int(sys.argv[2]), Hosts.from_json(sys.argv[3])))
+    elif sys.argv[1:2] == ["partition"] and len(sys.argv) in (3, 4):
+        lag = int(sys.argv[3]) if len(sys.argv) == 4 else None
+        asyncio.run(partition_main(int(sys.argv[2]), lag))
+    else:
+        sys.exit(USAGE)
