@@ -13,12 +13,17 @@ from tests.support.helpers import async_wait_until
 BODY = 1000  # bytes each job's upstream answer carries
 
 
-async def _done(h: Any, n: int) -> None:
+async def _done(h: Any, n: int, body_bytes: int = 1 << 62, records: int = 1 << 62) -> None:
     """Wait until ``n`` jobs have ended done (by the backend's counter: a dropped record cannot be
-    waited on)."""
+    waited on) and what is kept is back within the budgets (durable: the trim is a call of its
+    own, just after the finish that went over)."""
 
     async def ended() -> bool:
-        return (await h.producer.stats()).done >= n
+        stats = await h.producer.stats()
+        kept = stats.extra["kept"]
+        return bool(
+            stats.done >= n and kept["body_bytes"] <= body_bytes and kept["records"] <= records
+        )
 
     await async_wait_until(ended, 60, f"{n} jobs to end done")
 
@@ -31,7 +36,7 @@ async def test_oldest_bodies_are_dropped_for_space_newest_kept(make_harness: Any
     h = await make_harness(workers=1, queue_maxsize=50, result_budget_bytes=budget.body_bytes)
     await h.start_workers()
     jobs = [await h.submit(f"/page/{i}?bytes={BODY}&latency_ms=1") for i in range(30)]
-    await _done(h, len(jobs))
+    await _done(h, len(jobs), body_bytes=budget.body_bytes)
     records = [await h.producer.get(j.id) for j in jobs]
     assert all(r is not None and r.status is Status.DONE for r in records)
     bodies = [await h.producer.result(j.id) for j in jobs]
@@ -62,7 +67,7 @@ async def test_oldest_records_are_dropped_past_the_record_budget(make_harness: A
     h = await make_harness(workers=1, queue_maxsize=50, result_budget_records=5)
     await h.start_workers()
     jobs = [await h.submit(f"/rec/{i}?bytes=10&latency_ms=1") for i in range(12)]
-    await _done(h, len(jobs))
+    await _done(h, len(jobs), records=5)
     known = [await h.producer.get(j.id) is not None for j in jobs]
     assert known == [False] * 7 + [True] * 5
     assert (await h.producer.stats()).extra["kept"]["records"] == 5
@@ -82,7 +87,7 @@ async def test_a_body_larger_than_the_budget_is_dropped_when_its_job_ends(
     h = await make_harness(workers=1, result_budget_bytes=500)
     await h.start_workers()
     job = await h.submit(f"/big?bytes={BODY}")
-    await _done(h, 1)
+    await _done(h, 1, body_bytes=500)
     record = await h.producer.get(job.id)
     assert record is not None and record.status is Status.DONE
     assert record.body_dropped == DROPPED_FOR_SPACE
