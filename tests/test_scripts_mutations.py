@@ -211,7 +211,7 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "    if redis.call('HGET', K.record, 'last_token') == token then return 2 end\n",
+        "    if redis.call('HGET', J.record, 'last_token') == token then return 2 end\n",
         "",
         "a repeated finish after a lost reply counted as fenced",
     ),
@@ -235,8 +235,8 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "local FIXED_KEYS = 27 ",
-        "local FIXED_KEYS = 25 ",
+        "local FIXED_KEYS = 21 ",
+        "local FIXED_KEYS = 20 ",
         "the fixed keys miscounted: the next claim's candidate keys read from the wrong KEYS index",
     ),
     M(
@@ -247,9 +247,21 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "    redis.call('EXPIRE', K.record, record_ttl_s)\n",
+        "    redis.call('EXPIRE', J.record, record_ttl_s)\n",
         "",
         "a final record that never expires",
+    ),
+    M(
+        "finish",
+        "FIXED_KEYS + 1 + i * JOB_KEYS)",
+        "FIXED_KEYS + 1)",
+        "several ends in one call all written to the first end's keys",
+    ),
+    M(
+        "finish",
+        "for i = 0, ended - 1 do",
+        "for i = 0, math.min(ended, 1) - 1 do",
+        "only the first of several ends in one call recorded",
     ),
     # -- release.lua ----------------------------------------------------------------------------
     M(
