@@ -186,8 +186,8 @@ MUTATIONS = [
     ),
     M(
         "lib/claim.lua",
-        "if redis.call('HEXISTS', kr, 'id') == 0 then",
-        "if redis.call('HEXISTS', kr, 'url') == 1 then",
+        "  if not known[1] then",
+        "  if known[1] then",
         "the foreign test turned around: our jobs flagged foreign, arq's left bare",
     ),
     # -- finish.lua -----------------------------------------------------------------------------
@@ -241,8 +241,8 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "      if not live then redis.call('ZREM', K.index, old) end\n",
-        "      redis.call('ZREM', K.index, old)\n",
+        "    if not live then redis.call('ZREM', K.index, old) end\n",
+        "    redis.call('ZREM', K.index, old)\n",
         "pruning by finish time alone: a requeued dead letter vanishes from GET /jobs",
     ),
     M(
@@ -262,6 +262,18 @@ MUTATIONS = [
         "for i = 0, ended - 1 do",
         "for i = 0, math.min(ended, 1) - 1 do",
         "only the first of several ends in one call recorded",
+    ),
+    M(
+        "finish",
+        "  for bucket, n in pairs(durations) do redis.call('HINCRBY', K.durations, bucket, n) end\n",
+        "",
+        "the ends of one call summed but never added to the durations histogram",
+    ),
+    M(
+        "finish",
+        "for name, n in pairs(counts) do redis.call('HINCRBY', K.stats, name, n) end\n",
+        "",
+        "the ends of one call counted but never added to the counters",
     ),
     # -- release.lua ----------------------------------------------------------------------------
     M(

@@ -40,12 +40,20 @@ local FIXED_ARGS = 8   -- ARGV 1-8 above; each ended job's JOB_ARGS follow, then
 local FIXED_KEYS = 21  -- KEYS 1-21 above (K); each ended job's JOB_KEYS follow, then candidates'
 local JOB_ARGS = 11
 local JOB_KEYS = 6
-local PRUNE_MOST = 10  -- expired records dropped from the job index per ended job; the rest next
+local PRUNE_MOST = 10  -- expired records dropped from the job index per final end; the rest next
 --!include lib/time.lua
 --!include lib/flow.lua
 --!include lib/claim.lua
 
 local now = now_ms()
+local counts = {}     -- stats counter -> how many of this call's ends add to it
+local durations = {}  -- duration bucket -> how many of this call's timed attempts fell in it
+local timed, timed_s = 0, 0
+local final = 0       -- how many ends were final (each may let expired records go)
+
+local function count(name)
+  counts[name] = (counts[name] or 0) + 1
+end
 
 -- The end of the attempt whose arguments start at ARGV[a] and keys at KEYS[k].
 local function finish(a, k)
@@ -61,16 +69,14 @@ local function finish(a, k)
   local held = redis.call('HGET', K.running, id)
   if not held or string.sub(held, 1, #token) ~= token then
     if redis.call('HGET', J.record, 'last_token') == token then return 2 end
-    redis.call('HINCRBY', K.stats, 'fenced', 1)
+    count('fenced')
     return 0
   end
   local score, fk = string.match(string.sub(held, #token + 1), '^([^|]*)|(.*)$')
   redis.call('HDEL', K.running, id)
-  redis.call('DEL', J.in_progress)
   if duration_bucket ~= '' then
-    redis.call('HINCRBY', K.durations, duration_bucket, 1)
-    redis.call('HINCRBY', K.durations, 'count', 1)
-    redis.call('HINCRBYFLOAT', K.durations, 'sum', duration_s)
+    durations[duration_bucket] = (durations[duration_bucket] or 0) + 1
+    timed, timed_s = timed + 1, timed_s + tonumber(duration_s)
   end
   if throttle_ms ~= '' and fk ~= '' then  -- the upstream said slow down: hold the whole key
     local until_ms = now + tonumber(throttle_ms)
@@ -79,53 +85,70 @@ local function finish(a, k)
       redis.call('HSET', K.flow_throttled, fk, string.format('%.0f', until_ms))
     end
   end
-  redis.call('HSET', J.record, 'id', id, 'result', outcome_json, 'last_token', token)
-  if body ~= '' then
+  if body ~= '' then  -- kept RESULT_TTL (a final record gets the same TTL below)
     redis.call('SET', J.body, body, 'EX', record_ttl_s)
-  else
-    redis.call('DEL', J.body)
   end
   if kind == 'retry' then
     local due = now + tonumber(retry_delay_ms)
+    redis.call('DEL', J.in_progress)
+    if body == '' then redis.call('DEL', J.body) end
     redis.call('ZREM', K.queue, id)
     redis.call('ZADD', K.retry, due, id)
     redis.call('HSET', K.delayed_score, id, score)
     redis.call('ZADD', K.hints, score, id)  -- wakes an idle worker, which then waits until due
-    redis.call('HSET', J.record, 'status', 'queued')
-    redis.call('HINCRBY', K.stats, 'retried', 1)
+    redis.call('HSET', J.record, 'id', id, 'result', outcome_json, 'last_token', token,
+               'status', 'queued')
+    count('retried')
   else
     redis.call('ZREM', K.queue, id)
     redis.call('ZREM', K.hints, id)
-    redis.call('DEL', J.job, J.arq_retry)
-    redis.call('HSET', J.record, 'status', kind, 'finished_at', now / 1000)
+    if body == '' then
+      redis.call('DEL', J.in_progress, J.job, J.arq_retry, J.body)
+    else
+      redis.call('DEL', J.in_progress, J.job, J.arq_retry)
+    end
+    redis.call('HSET', J.record, 'id', id, 'result', outcome_json, 'last_token', token,
+               'status', kind, 'finished_at', now / 1000)
     redis.call('EXPIRE', J.record, record_ttl_s)
-    redis.call('EXPIRE', J.body, record_ttl_s)
-    redis.call('HINCRBY', K.stats, kind, 1)
+    count(kind)
     if kind == 'failed' and dead_letter ~= '' then
       redis.call('HSET', K.dead, id, dead_letter)
       redis.call('ZADD', K.dead_index, now, id)
     end
     if arq_result ~= '' then redis.call('SET', J.result, arq_result, 'EX', record_ttl_s) end
     redis.call('ZADD', K.finished, now, id)
-    local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf',
-                               now - tonumber(record_ttl_s) * 1000, 'LIMIT', 0, PRUNE_MOST)
-    for _, old in ipairs(expired) do
-      -- an id that lives again (its dead letter requeued, or the id submitted anew after its
-      -- record expired) keeps its index entry: only its stale finish time goes
-      local live = redis.call('ZSCORE', K.queue, old)
-        or redis.call('HEXISTS', K.delayed_score, old) == 1
-      if not live then redis.call('ZREM', K.index, old) end
-      redis.call('ZREM', K.finished, old)
-    end
+    final = final + 1
   end
   flow_ended(fk, now)
   return 1
+end
+
+-- Final records whose TTL has passed leave the job index (PRUNE_MOST per final end; the rest
+-- next time).
+local function prune(most)
+  local expired = redis.call('ZRANGEBYSCORE', K.finished, '-inf',
+                             now - tonumber(record_ttl_s) * 1000, 'LIMIT', 0, most)
+  for _, old in ipairs(expired) do
+    -- an id that lives again (its dead letter requeued, or the id submitted anew after its
+    -- record expired) keeps its index entry: only its stale finish time goes
+    local live = redis.call('ZSCORE', K.queue, old)
+      or redis.call('HEXISTS', K.delayed_score, old) == 1
+    if not live then redis.call('ZREM', K.index, old) end
+    redis.call('ZREM', K.finished, old)
+  end
 end
 
 local written = {}
 for i = 0, ended - 1 do
   written[#written + 1] = finish(FIXED_ARGS + 1 + i * JOB_ARGS, FIXED_KEYS + 1 + i * JOB_KEYS)
 end
+for name, n in pairs(counts) do redis.call('HINCRBY', K.stats, name, n) end
+if timed > 0 then
+  for bucket, n in pairs(durations) do redis.call('HINCRBY', K.durations, bucket, n) end
+  redis.call('HINCRBY', K.durations, 'count', timed)
+  redis.call('HINCRBYFLOAT', K.durations, 'sum', timed_s)
+end
+if final > 0 then prune(final * PRUNE_MOST) end
 local round = claim_round(now, wid, next_most, in_progress_ttl_ms, max_tries, room_channel,
                           want_candidates, FIXED_ARGS + 1 + ended * JOB_ARGS,
                           FIXED_KEYS + 1 + ended * JOB_KEYS)

@@ -47,14 +47,18 @@ local function review_waiting(now)
 end
 
 local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
-  if redis.call('HEXISTS', kr, 'id') == 0 then  -- enqueued by arq's own client: no record yet
+  -- what the record says, in one read: has it one (id), its own max_tries, released, foreign
+  local known = redis.call('HMGET', kr, 'id', 'max_tries', 'released', 'foreign')
+  local foreign = known[4] and 1 or 0
+  if not known[1] then  -- enqueued by arq's own client: no record yet
     redis.call('HSET', kr, 'id', id, 'foreign', '1', 'priority', LOWEST_PRIORITY,
                'created_at', now / 1000)
+    foreign = 1
   end
   local attempt = redis.call('HINCRBY', kr, 'attempts', 1)
-  local most = tonumber(redis.call('HGET', kr, 'max_tries')) or max_tries
+  local most = tonumber(known[2]) or max_tries
   if attempt > most then redis.call('HINCRBY', kr, 'attempts', -1) end
-  if redis.call('HEXISTS', kr, 'released') == 1 then  -- its last attempt's worker died
+  if known[3] then  -- released: its last attempt's worker died
     redis.call('HINCRBY', kr, 'duplicates', 1)
     redis.call('HINCRBY', K.stats, 'duplicates', 1)
     redis.call('HDEL', kr, 'released')
@@ -64,7 +68,7 @@ local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
   redis.call('ZADD', K.queue, RUNNING_SCORE, id)
   redis.call('ZREM', K.hints, id)
   redis.call('PSETEX', kp, ttl_ms, '1')
-  return attempt, attempt > most, redis.call('HEXISTS', kr, 'foreign')
+  return attempt, attempt > most, foreign
 end
 
 -- Claim up to `most` of the candidates in ARGV[first_arg..] (keys from KEYS[first_key..]).
