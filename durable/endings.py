@@ -2,10 +2,13 @@
 ended while the previous call was out, claiming the next job of each of those slots in the same
 round trip.
 
-A slot whose attempt ended hands its end to :meth:`Endings.record` and waits. One sender task at a
-time sends what is waiting: the ends of all slots that ended in the same turn of the event loop, or
-while the previous call was out (a busy worker's slots end together, so a no-op drain records ten
-ends and claims ten jobs per round trip instead of one each). The call claims at most as many jobs
+A slot whose attempt ended hands its end to :meth:`Endings.record` and waits. A sender task sends
+what is waiting: the ends of the slots that ended in the same turn of the event loop, or while the
+previous call was out (a busy worker's slots end together, so a no-op drain records several ends
+and claims as many jobs per round trip instead of one each). Up to ``IN_FLIGHT`` calls are out at
+once, each for at most its share of the slots: while Redis records one group's ends, the worker
+runs the other group's jobs (with all slots in one call, the worker and Redis would take turns,
+each idle while the other works). The call claims at most as many jobs
 as it records ends: each freed slot gets at most one job, so no job is leased to a worker with no
 free slot for it. A slot that gets no job ends (the claim loop then owns that slot again).
 
@@ -40,6 +43,7 @@ from pipeline.errors import NotReplicated
 
 log = logging.getLogger("queue_contrast.durable")
 
+IN_FLIGHT = 2  # finish calls out at once, each for its own group of slots
 FINISH_KEYS = [
     *CLAIM_KEYS,
     keys.DURATIONS,
@@ -92,7 +96,11 @@ class Endings:
         self.orphan = orphan
         self.acks = Acks.of(state.settings)
         self._waiting: list[Ending] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+        self._starting = 0  # senders created that have not taken their first ends yet
+        # the most ends one call records: with the slots split between IN_FLIGHT calls, the
+        # worker runs one group's next jobs while Redis records the other group's ends
+        self._most = max(1, -(-state.settings.workers // IN_FLIGHT))
 
     async def record(self, attempt: Attempt, job_keys: list[str], args: list[Any]) -> Ending:
         """Record this end (sent with the others waiting); the ending says what was written and
@@ -100,20 +108,33 @@ class Endings:
         slot: asyncio.Future[Attempt | None] = asyncio.get_running_loop().create_future()
         ending = Ending(attempt, job_keys, args, slot)
         self._waiting.append(ending)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_all(), name="finish")
+        # a sender for what no sender about to start will take, while fewer than IN_FLIGHT run
+        while len(self._senders) < IN_FLIGHT and len(self._waiting) > self._most * self._starting:
+            self._starting += 1
+            self._senders.add(asyncio.create_task(self._send_all(), name="finish"))
         await slot  # a cancel of the slot (shutdown) cancels it: its next job goes elsewhere
         return ending
 
     async def drain(self, timeout: float) -> None:
         """Until the ends handed over so far are recorded (at shutdown), ``timeout`` at most."""
-        sender = self._sender
-        if sender is not None and not sender.done():
-            await asyncio.wait({sender}, timeout=timeout)
+        if self._senders:
+            await asyncio.wait(set(self._senders), timeout=timeout)
 
     async def _send_all(self) -> None:
+        self._starting -= 1
+        try:
+            await self._send_waiting()
+        finally:
+            # gone from the set in the same step as its last look at what waits: an end handed
+            # over after that starts a sender of its own (a done callback would come too late:
+            # the slots this sender woke run before it, and would find it still counted)
+            task = asyncio.current_task()
+            if task is not None:
+                self._senders.discard(task)
+
+    async def _send_waiting(self) -> None:
         while self._waiting:
-            endings, self._waiting = self._waiting, []
+            endings, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
             try:
                 await self._send(endings)
             except BaseException as exc:  # a bug (or a shutdown): every waiting slot gets it

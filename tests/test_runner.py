@@ -116,3 +116,31 @@ async def test_a_busy_worker_records_ends_together_and_never_holds_more_jobs_tha
         assert len(held) == 30 and max(held) <= 3
     finally:
         await h.close()
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_ends_handed_over_as_their_sender_finishes_are_still_recorded(
+    upstream: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, in_flight: int
+) -> None:
+    """Regression: a finish call's sender wakes its slots and ends; slots whose no-op job ends
+    at once hand their ends over before the sender's task is marked done. They must start a
+    sender of their own, not wait for one that has already looked for the last time (the
+    worker then stalled with every slot waiting). 40 no-op jobs on 4 slots all end done."""
+    import durable.endings
+
+    monkeypatch.setattr(durable.endings, "IN_FLIGHT", in_flight)
+
+    async def noop(job: Job, attempt: int) -> Outcome:
+        return Outcome(Status.DONE, http_status=200)
+
+    h = await Harness.create(
+        "durable", upstream, redis_url, handler=noop, workers=4, queue_maxsize=100
+    )
+    try:
+        for i in range(40):
+            await h.submit(f"/noop/{i}")
+        await h.start_workers()
+        records = await h.wait_all_final(60)
+        assert [r.status for r in records] == [Status.DONE] * 40
+    finally:
+        await h.close()
