@@ -5,10 +5,11 @@ round trip.
 A slot whose attempt ended hands its end to :meth:`Endings.record` and waits. A sender task sends
 what is waiting: the ends of the slots that ended in the same turn of the event loop, or while the
 previous call was out (a busy worker's slots end together, so a no-op drain records several ends
-and claims as many jobs per round trip instead of one each). Up to ``IN_FLIGHT`` calls are out at
-once, each for at most its share of the slots: while Redis records one group's ends, the worker
-runs the other group's jobs (with all slots in one call, the worker and Redis would take turns,
-each idle while the other works). The call claims at most as many jobs
+and claims as many jobs per round trip instead of one each). A call records at most the ends of
+1/``GROUPS`` of the slots: while Redis records one group's ends, the worker runs the other group's
+jobs (with all slots in one call, the worker and Redis would take turns, each idle while the other
+works). An end never waits for a call that is out: if no sender is about to take it, it gets a
+sender of its own (at most one per slot). The call claims at most as many jobs
 as it records ends: each freed slot gets at most one job, so no job is leased to a worker with no
 free slot for it. A slot that gets no job ends (the claim loop then owns that slot again).
 
@@ -43,7 +44,8 @@ from pipeline.errors import NotReplicated
 
 log = logging.getLogger("queue_contrast.durable")
 
-IN_FLIGHT = 2  # finish calls out at once, each for its own group of slots
+GROUPS = 2  # a call records the ends of at most 1/GROUPS of the slots
+MAX_SENDERS: int | None = None  # finish calls out at once; None: one per slot (tests lower it)
 FINISH_KEYS = [
     *CLAIM_KEYS,
     keys.DURATIONS,
@@ -98,9 +100,9 @@ class Endings:
         self._waiting: list[Ending] = []
         self._senders: set[asyncio.Task[None]] = set()
         self._starting = 0  # senders created that have not taken their first ends yet
-        # the most ends one call records: with the slots split between IN_FLIGHT calls, the
+        # the most ends one call records: with the slots split between GROUPS calls, the
         # worker runs one group's next jobs while Redis records the other group's ends
-        self._most = max(1, -(-state.settings.workers // IN_FLIGHT))
+        self._most = max(1, -(-state.settings.workers // GROUPS))
 
     async def record(self, attempt: Attempt, job_keys: list[str], args: list[Any]) -> Ending:
         """Record this end (sent with the others waiting); the ending says what was written and
@@ -108,8 +110,11 @@ class Endings:
         slot: asyncio.Future[Attempt | None] = asyncio.get_running_loop().create_future()
         ending = Ending(attempt, job_keys, args, slot)
         self._waiting.append(ending)
-        # a sender for what no sender about to start will take, while fewer than IN_FLIGHT run
-        while len(self._senders) < IN_FLIGHT and len(self._waiting) > self._most * self._starting:
+        # a sender for what no sender about to start will take
+        most_senders = MAX_SENDERS or self.state.settings.workers
+        while (
+            len(self._senders) < most_senders and len(self._waiting) > self._most * self._starting
+        ):
             self._starting += 1
             self._senders.add(asyncio.create_task(self._send_all(), name="finish"))
         await slot  # a cancel of the slot (shutdown) cancels it: its next job goes elsewhere

@@ -118,9 +118,9 @@ async def test_a_busy_worker_records_ends_together_and_never_holds_more_jobs_tha
         await h.close()
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("senders", [1, 2])
 async def test_ends_handed_over_as_their_sender_finishes_are_still_recorded(
-    upstream: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, in_flight: int
+    upstream: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, senders: int
 ) -> None:
     """Regression: a finish call's sender wakes its slots and ends; slots whose no-op job ends
     at once hand their ends over before the sender's task is marked done. They must start a
@@ -128,7 +128,7 @@ async def test_ends_handed_over_as_their_sender_finishes_are_still_recorded(
     worker then stalled with every slot waiting). 40 no-op jobs on 4 slots all end done."""
     import durable.endings
 
-    monkeypatch.setattr(durable.endings, "IN_FLIGHT", in_flight)
+    monkeypatch.setattr(durable.endings, "MAX_SENDERS", senders)
 
     async def noop(job: Job, attempt: int) -> Outcome:
         return Outcome(Status.DONE, http_status=200)
