@@ -13,6 +13,11 @@ submitted as ``POST /jobs`` by a raw keep-alive HTTP/1.1 client over ``CONNECTIO
 Everything a deployed process does is in it: its log line per job (INFO, to a pipe), its
 heartbeats, the records it writes.
 
+**The worker's own cost**: the durable worker's CPU per job minus what the fetch alone costs, our
+``Fetcher`` (as deployed) sending the same GETs at the same concurrency in a fresh process
+(``benchmarks.transports``, the ``fetcher`` variant), measured just before and just after the
+worker's run (their mean), against the same upstream.
+
 **What a stored record costs**: ``jobs`` jobs fetching ``?bytes=N`` (1 KiB and 64 KiB bodies; an
 empty one with ``?text=``), kept whole (RESULT_BODY_BYTES is 1 MiB). Redis: ``INFO memory``
 ``used_memory`` after − before, per job, and ``MEMORY USAGE`` of one job's keys (record, arq's
@@ -268,15 +273,30 @@ def _body_only(rows: list[dict[str, Any]]) -> None:
             row["overhead_ratio"] = round(row["bytes_per_job"] / row["body_bytes"], 2)
 
 
+async def fetcher_ms(upstream: str, n: int, step: Any) -> float:
+    """ms of CPU per request of our Fetcher alone (a fresh process, concurrency WORKERS)."""
+    from benchmarks import transports
+
+    step(f"job cost: the Fetcher alone, {n} GETs at concurrency {WORKERS}")
+    result = await asyncio.to_thread(
+        transports.run_child, upstream, n, WORKERS, "asyncio", 2, ("fetcher",)
+    )
+    return float(result["cpu_us"]["fetcher"]) / 1000
+
+
 async def run(redis_url: str, fetch_jobs: int, body_jobs: int, step: Any) -> dict[str, Any]:
     procs = Processes()
     try:
         _, urls = procs.upstream_hosts(0, 1)
         upstream = urls[0]
-        cpu = [
-            await cpu_per_job("durable", upstream, redis_url, fetch_jobs, step),
-            await cpu_per_job("inmemory", upstream, redis_url, fetch_jobs, step),
-        ]
+        fetch_before = await fetcher_ms(upstream, fetch_jobs, step)
+        durable = await cpu_per_job("durable", upstream, redis_url, fetch_jobs, step)
+        fetch_after = await fetcher_ms(upstream, fetch_jobs, step)
+        fetch = (fetch_before + fetch_after) / 2
+        durable["fetcher_ms_per_request"] = round(fetch, 3)
+        durable["fetcher_ms_before_after"] = [round(fetch_before, 3), round(fetch_after, 3)]
+        durable["worker_own_ms_per_job"] = round(durable["worker_ms_per_job"] - fetch, 3)
+        cpu = [durable, await cpu_per_job("inmemory", upstream, redis_url, fetch_jobs, step)]
         memory = await redis_body_cost(upstream, redis_url, body_jobs, step)
         memory += await inprocess_body_cost(upstream, body_jobs, step)
     finally:

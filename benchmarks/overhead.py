@@ -9,7 +9,9 @@ Redis: stock arq (``enqueue_job`` + a ``Worker`` with default settings, ``max_jo
 ``DurableWorker``), each against the same private redis-server (persistence off, flushed between
 systems). Two phases, in the benchmark process: enqueue all N jobs (``asyncio.gather`` over batches
 of ``ENQUEUE_BATCH``), then run one worker until all N are complete. ``rate`` is N ÷ (enqueue +
-drain) seconds.
+drain) seconds. The drain's CPU is counted on both sides: this process (the worker) and the
+redis-server (``INFO cpu``, its scripts and commands), per job: CPU time, unlike the rates, does
+not depend on what else the shared machine runs.
 """
 
 from __future__ import annotations
@@ -133,11 +135,26 @@ async def _enqueue_all(
     return clock.stop()
 
 
+async def redis_cpu_s(redis_url: str) -> float:
+    """CPU seconds the redis-server has used so far (user + system, all its threads)."""
+    async with aioredis.Redis.from_url(redis_url) as r:
+        cpu = await r.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def _phases(
-    n: int, completed: int, enqueue: tuple[float, float], drain: tuple[float, float]
+    n: int,
+    completed: int,
+    enqueue: tuple[float, float],
+    drain: tuple[float, float],
+    redis_drain_s: float | None = None,
 ) -> dict[str, Any]:
     total = enqueue[0] + drain[0]
+    extra = {}
+    if redis_drain_s is not None:
+        extra["drain_redis_cpu_us_per_job"] = round(redis_drain_s / n * 1e6, 1)
     return {
+        **extra,
         "jobs": n,
         "completed": completed,
         "enqueue_s": round(enqueue[0], 3),
@@ -214,6 +231,7 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
         completed += 1
 
     worker = Worker(queue, functions=[("noop", noop)], concurrency=workers, after_process=after)
+    redis0 = await redis_cpu_s(redis_url)
     clock = Clock()
     task = asyncio.create_task(worker.start())
 
@@ -222,10 +240,11 @@ async def saq_bench(n: int, workers: int, redis_url: str) -> dict[str, Any]:
 
     await wait_until(done, timeout=max(60, n / 50), what=f"SAQ to run {n} jobs")
     drain = clock.stop()
+    redis_drain = await redis_cpu_s(redis_url) - redis0
     worker.event.set()
     await asyncio.wait_for(task, 30)
     await queue.disconnect()
-    return _phases(n, completed, enqueue, drain)
+    return _phases(n, completed, enqueue, drain, redis_drain)
 
 
 async def durable(
@@ -259,6 +278,7 @@ async def durable(
     )
 
     worker = DurableWorker(settings, handler)
+    redis0 = await redis_cpu_s(redis_url)
     clock = Clock()
     task = asyncio.create_task(worker.run())
 
@@ -267,9 +287,9 @@ async def durable(
 
     await wait_until(done, timeout=max(60, n / 50), what=f"durable to run {n} jobs")
     drain = clock.stop()
+    redis_drain = await redis_cpu_s(redis_url) - redis0
     worker.request_stop()
     await asyncio.wait_for(task, 30)
     recorded = (await producer.stats()).done
     await producer.close()
-    result = _phases(n, recorded, enqueue, drain)
-    return result
+    return _phases(n, recorded, enqueue, drain, redis_drain)

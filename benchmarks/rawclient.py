@@ -11,8 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 from urllib.parse import urlsplit
+
+# uvicorn closes a kept-alive connection idle for 5 s (its timeout_keep_alive): one idle this
+# long is opened afresh rather than found closed mid-request (on a busy machine a benchmark's
+# phase between two uses of a client can last that long)
+IDLE_REOPEN_S = 4.0
 
 
 class RawClient:
@@ -24,8 +30,11 @@ class RawClient:
         self._head = f"Host: {parts.netloc}\r\nContent-Type: application/json\r\n".encode()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._used = 0.0  # time.monotonic() of the last answer
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._writer is not None and time.monotonic() - self._used > IDLE_REOPEN_S:
+            await self.close()
         if self._reader is None or self._writer is None or self._writer.is_closing():
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         return self._reader, self._writer
@@ -56,6 +65,7 @@ class RawClient:
             elif lowered == b"connection" and value.strip().lower() == b"close":
                 close = True
         data = await reader.readexactly(length) if length else b""
+        self._used = time.monotonic()
         if close:
             await self.close()
         return status, data

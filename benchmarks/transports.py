@@ -45,11 +45,22 @@ def loops() -> list[str]:
     return ["asyncio", *(["uvloop"] if importlib.util.find_spec("uvloop") else [])]
 
 
-def run_child(upstream: str, n: int, concurrency: int, loop: str, rounds: int) -> dict[str, Any]:
-    """One loop's comparison in a fresh interpreter."""
+def run_child(
+    upstream: str,
+    n: int,
+    concurrency: int,
+    loop: str,
+    rounds: int,
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict[str, Any]:
+    """One loop's comparison (of ``variants``) in a fresh interpreter."""
     args = [*bench_command("benchmarks.transports"), upstream, str(n), str(concurrency)]
     proc = subprocess.run(
-        [*args, loop, str(rounds)], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [*args, loop, str(rounds), ",".join(variants)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"transports child ({loop}) exited {proc.returncode}:\n{proc.stderr}")
@@ -70,7 +81,9 @@ async def _timed(fetch: Fetch, first: int, n: int, concurrency: int) -> float:
     return time.process_time() - cpu0
 
 
-async def compare(upstream: str, n: int, concurrency: int, rounds: int) -> dict[str, Any]:
+async def compare(
+    upstream: str, n: int, concurrency: int, rounds: int, variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
     limit = concurrency * 2
     # the upstream is on 127.0.0.1, which ALLOWED_HOSTS names
     settings = Settings.from_env(
@@ -118,12 +131,12 @@ async def compare(upstream: str, n: int, concurrency: int, rounds: int) -> dict[
         "fetcher_httpcore": fetcher_job("fetcher_httpcore"),
         "fetcher": fetcher_job("fetcher"),
     }
-    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     try:
-        for name in VARIANTS:  # warm-up: connections open, code paths hot
+        for name in variants:  # warm-up: connections open, code paths hot
             await _timed(fetches[name], 0, concurrency, concurrency)
         for r in range(rounds):
-            for name in VARIANTS:
+            for name in variants:
                 cpu[name].append(await _timed(fetches[name], r * per, per, concurrency))
     finally:
         await httpcore.aclose()
@@ -141,14 +154,15 @@ async def compare(upstream: str, n: int, concurrency: int, rounds: int) -> dict[
 
 
 def main(argv: list[str]) -> int:
-    upstream, n, concurrency, loop, rounds = argv
+    upstream, n, concurrency, loop, rounds, *chosen = argv
+    variants = tuple(chosen[0].split(",")) if chosen else VARIANTS
     factory = None
     if loop == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        result = runner.run(compare(upstream, int(n), int(concurrency), int(rounds)))
+        result = runner.run(compare(upstream, int(n), int(concurrency), int(rounds), variants))
     print(json.dumps({"loop": loop, **result}), flush=True)
     return 0
 

@@ -2,9 +2,10 @@
 without a fetch) and the record of how it ended.
 
 The end is written by ``finish.lua``, fenced by the attempt's lease token, until Redis takes it
-(the write is idempotent: a repeat after a lost reply is recognised); the same call claims the
-slot's next job, so a busy worker does one round trip per job. A finish the lease no longer
-allows (another worker took the job over, or it was cancelled) writes nothing and is counted as
+(the write is idempotent: a repeat after a lost reply is recognised); the same call records the
+ends of the other slots that ended meanwhile and claims each of those slots' next job
+(``durable.endings``), so a busy worker does one round trip for several jobs. A finish the lease
+no longer allows (another worker took the job over, or it was cancelled) writes nothing and is counted as
 fenced. With ``ACK_REPLICAS``, "takes it" means that many replicas confirmed it (``WAIT``,
 ``durable.acks``): until then the job stays this worker's (its lease listed in every heartbeat)
 and the same finish is sent again; after a failover that lost it, the new primary fences the
@@ -25,15 +26,9 @@ from arq.jobs import deserialize_job_raw, serialize_result
 from redis.exceptions import RedisError
 
 from durable import keys
-from durable.acks import Acks, call_acked
-from durable.budget import Trimmer
-from durable.claims import CLAIM_KEYS, EXTRA_CANDIDATES, ClaimReply, Claims, candidate_keys
-from durable.pubsub import Backoff
-from durable.redis_errors import is_transient
+from durable.endings import Endings
 from durable.worker_state import Attempt, Claimed, WorkerState
-from pipeline.budget import Budget
 from pipeline.durations import bucket_label
-from pipeline.errors import NotReplicated
 from pipeline.fetch.urlguard import URLGuard
 from pipeline.fetch.validate import validate
 from pipeline.jobs import DeadLetter, Job, Outcome, Status
@@ -41,18 +36,13 @@ from pipeline.retry import Decision
 
 log = logging.getLogger("queue_contrast.durable")
 
-FINISH_KEYS = [
-    *CLAIM_KEYS,
-    keys.DURATIONS,
-    keys.DEAD,
-    keys.DEAD_INDEX,
-    keys.INDEX,
-    keys.FINISHED,
-]
-
 
 def safe_json(data: Any) -> str:
     """JSON without NaN/Infinity (not JSON; a record holding them could not be served)."""
+    try:
+        return json.dumps(data, allow_nan=False)  # the common case: nothing to clean
+    except ValueError:
+        pass
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
@@ -67,12 +57,10 @@ def safe_json(data: Any) -> str:
 class Finisher:
     """Turns a claimed job into the job to run, and records each attempt's end."""
 
-    def __init__(self, state: WorkerState, claims: Claims, guard: URLGuard) -> None:
+    def __init__(self, state: WorkerState, endings: Endings, guard: URLGuard) -> None:
         self.state = state
-        self.claims = claims
+        self.endings = endings
         self.guard = guard
-        self.acks = Acks.of(state.settings)
-        self.trimmer = Trimmer(Budget.of(state.settings))  # RESULT_BUDGET_BYTES / _RECORDS
 
     # -- the job a claim leased ------------------------------------------------------------------
     def job(self, claimed: Claimed) -> tuple[Job, Outcome | None]:
@@ -119,55 +107,17 @@ class Finisher:
     # -- the end ---------------------------------------------------------------------------------
     async def finish(
         self, attempt: Attempt, job: Job, outcome: Outcome, decision: Decision, timed: bool
-    ) -> ClaimReply:
-        """Record the attempt's end (until Redis takes it), claiming the next job for this slot."""
-        state, claims = self.state, self.claims
-        assert state.scripts is not None
-        scripts = state.scripts
+    ) -> Attempt | None:
+        """Record the attempt's end (until Redis takes it, with the ends of the other slots that
+        ended meanwhile: ``durable.endings``); returns the slot's next attempt, if one was
+        claimed for it."""
         claimed = attempt.claim
         job_keys, args = self.finish_call(job, claimed, outcome, decision, timed)
-        what = f"recording {job.id}"
-        backoff = Backoff()
-        first: Any = None  # the first answered call's reply: its claim of the next job stands
-        asked_at = time.monotonic()  # before any of the calls: before that claim
-        while True:
-            # with ACK_REPLICAS a finish claims nothing: its reply waits for the replicas (up to
-            # ACK_TIMEOUT), and meanwhile a lease it created is one the heartbeat cannot see
-            # listed, which it would release as a stray; the claim loop takes the next job
-            claim_next = not (state.stopping.is_set() or first is not None or self.acks.enabled)
-            candidates = claims.take_candidates(1 + EXTRA_CANDIDATES) if claim_next else []
-            try:
-                reply, acked = await call_acked(
-                    scripts["finish"],
-                    self.acks,
-                    job_keys + candidate_keys(candidates),
-                    [*args, 1 if claim_next else 0, *claims.claim_args(), *candidates],
-                )
-            except (RedisError, OSError) as exc:
-                if not is_transient(exc):
-                    raise
-                await backoff.wait(what, exc)
-                continue
-            finally:
-                claims.done_asking(candidates)
-            if first is None:
-                first = reply
-            if acked is not None and not self.acks.confirmed(acked) and int(reply[0]) != 0:
-                # not written until replicas hold it: the job stays ours (its lease listed in
-                # heartbeats) and the same finish goes again (a repeat answers "already
-                # written"), until confirmed, or fenced after a failover that lost it
-                await backoff.wait(what, NotReplicated(self.acks.shortfall(acked)))
-                continue
-            backoff.ok(what)
-            break
-        written = int(reply[0])
-        next_round = ClaimReply.parse(*first[1:4], asked_at=asked_at)
-        await self.trimmer.after_finish(scripts["trim_results"], reply)  # durable/budget.py
-        claims.note_queue_head(next_round.queue_head)
-        claims.note_due(next_round.due_ms)
-        state.counters.finished += 1
-        if written == 0:
-            state.counters.fenced += 1
+        ending = await self.endings.record(attempt, job_keys, args)
+        counters = self.state.counters
+        counters.finished += 1
+        if ending.written == 0:
+            counters.fenced += 1
             log.warning(
                 "%s try=%d: lease lost (another worker took it over or it was cancelled); "
                 "outcome not recorded",
@@ -175,39 +125,33 @@ class Finisher:
                 claimed.attempt,
             )
         else:
-            state.counters.by_end[decision.end] += 1
+            counters.by_end[decision.end] += 1
             log_end(job, claimed, outcome, decision)
-        return next_round
+        return ending.slot.result()
 
     def finish_call(
         self, job: Job, claimed: Claimed, outcome: Outcome, decision: Decision, timed: bool
     ) -> tuple[list[str], list[Any]]:
-        """finish.lua's keys and arguments, up to the claim of the next job."""
-        state = self.state
-        k = keys.job_keys(claimed.job_id)
+        """finish.lua's keys and arguments for this one end (``endings.finish_call`` puts the
+        ends of one call together)."""
+        job_id = claimed.job_id
         job_keys = [
-            *FINISH_KEYS,
-            k["record"],
-            k["job"],
-            k["in_progress"],
-            k["retry"],
-            k["result"],
-            k["body"],
-            keys.WORKERS,
-            keys.KEPT,  # lib/budget.lua
-            keys.KEPT_SIZE,
+            keys.RECORD + job_id,
+            keys.ARQ_JOB + job_id,
+            keys.ARQ_IN_PROGRESS + job_id,
+            keys.ARQ_RETRY + job_id,
+            keys.ARQ_RESULT + job_id,
+            keys.BODY + job_id,
         ]
         dead = ""
         if decision.end == "failed":
             dead = safe_json(DeadLetter.of(job, outcome, time.time()).to_storage())
         args: list[Any] = [
-            state.worker_id,
-            claimed.job_id,
+            job_id,
             claimed.attempt,
             decision.end,
             safe_json(outcome.to_dict()),
             outcome.body or "",
-            state.settings.result_ttl,
             dead,
             int(decision.delay_s * 1000),
             "" if decision.throttle_s is None else int(decision.throttle_s * 1000),

@@ -53,11 +53,14 @@ many replicas confirmed it (``WAIT``; see ``durable.finishing`` and ``durable.ac
 an idle worker blocks on it (``BZPOPMIN``) and claims the hinted job in one round trip, so a new
 job starts within a millisecond or two. The block ends at the next scheduled or retry time (every
 reply says when that is) and at ``POLL_DELAY`` at the latest, a safety net for a lost hint. A busy
-worker needs no hint: finishing a job claims the next in the same script.
+worker needs no hint: finishing a job claims the next in the same script (and the slots that
+ended together are recorded, and given their next jobs, in one call).
 
 The parts, each a module: ``worker_state`` (what they share), ``leases`` (the heartbeat, orphans,
 sign-off), ``claims`` (the claim loop, the queue head, the idle wait), ``finishing`` (the job a
-claim leased, and recording an attempt's end); this module runs them and the slots.
+claim leased, and an attempt's end), ``endings`` (the ends of the slots that ended meanwhile,
+recorded in one call that claims each freed slot's next job); this module runs them and the
+slots.
 
 What of arq we keep: its key layout (``arq:queue``, ``arq:job:<id>``, ``arq:in-progress:<id>``,
 ``arq:result:<id>``) and ``serialize_job``/``deserialize_job``, so a job enqueued with arq's own
@@ -69,14 +72,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from durable import flow_store, keys, pubsub
-from durable.claims import ClaimReply, Claims
+from durable.claims import Claims
 from durable.connection import redis_client
+from durable.endings import Endings
 from durable.finishing import Finisher
 from durable.leases import Leases
 from durable.pubsub import Backoff
@@ -108,7 +113,8 @@ class DurableWorker(WorkerPool):
         self.attempt_runner = AttemptRunner(handler, settings)
         self.leases = Leases(self.state, self._abandon)
         self.claims = Claims(self.state, self.leases, self._start)
-        self.finisher = Finisher(self.state, self.claims, URLGuard.from_settings(settings))
+        self.endings = Endings(self.state, self.claims, self._orphan)
+        self.finisher = Finisher(self.state, self.endings, URLGuard.from_settings(settings))
         self._given_redis = redis
         self._runners: set[asyncio.Task[None]] = set()
         self._failure: BaseException | None = None
@@ -213,12 +219,15 @@ class DurableWorker(WorkerPool):
                 len(runners),
                 self.settings.shutdown_grace,
             )
+            started = time.monotonic()
             _, late = await asyncio.wait(runners, timeout=self.settings.shutdown_grace)
             for task in late:
                 task.cancel()  # its fetch runs in it: cancelled too
             await asyncio.gather(*runners, return_exceptions=True)
             if late:
                 log.warning("grace period over: gave back %d jobs; they run again", len(late))
+            left = self.settings.shutdown_grace - (time.monotonic() - started)
+            await self.endings.drain(max(left, 0.0))  # ends handed over by cancelled slots
 
     async def _until_answered(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` until Redis answers: back off on Redis trouble, never give up (a script
@@ -226,6 +235,12 @@ class DurableWorker(WorkerPool):
         return await Backoff().call(what, call)
 
     # -- slots ------------------------------------------------------------------------------------
+    def _orphan(self, claimed: Claimed) -> None:
+        """A job a finish claimed for a slot that stopped waiting (a cancel at shutdown): run it
+        in a slot of its own, or, stopping, leave its lease to ``Leases.sign_off`` to give back."""
+        if not self.state.stopping.is_set():
+            self._start(claimed)
+
     def _start(self, claimed: Claimed) -> None:
         attempt = Attempt(claimed, self.state.lease_token(claimed))
         self.attempts[claimed.job_id] = attempt
@@ -245,7 +260,8 @@ class DurableWorker(WorkerPool):
 
     async def _run_one(self, attempt: Attempt) -> Attempt | None:
         """One attempt: fetch, decide, record. Returns the next job this slot claimed, if any.
-        The job stays in ``attempts`` (its lease listed in heartbeats) until its end is recorded."""
+        The job stays in ``attempts`` (its lease listed in heartbeats) until its end is recorded
+        (``durable.endings`` takes it out then, and puts the next one in, in the same step)."""
         claimed = attempt.claim
         finisher = self.finisher
         try:
@@ -262,17 +278,10 @@ class DurableWorker(WorkerPool):
             if decision.end == "cancelled" or why:
                 log.info("%s try=%d: fetch abandoned (%s)", job.id, claimed.attempt, why)
                 return None
-            reply: ClaimReply = await finisher.finish(
-                attempt, job, outcome, decision, timed=early is None
-            )
+            return await finisher.finish(attempt, job, outcome, decision, timed=early is None)
         finally:
-            self.attempts.pop(claimed.job_id, None)
-        if not reply.claimed:
-            return None
-        nxt = reply.claimed[0]
-        following = Attempt(nxt, self.state.lease_token(nxt))
-        self.attempts[nxt.job_id] = following
-        return following
+            if self.attempts.get(claimed.job_id) is attempt:  # not recorded (abandoned, a bug)
+                del self.attempts[claimed.job_id]
 
     async def _fetch(self, job: Job, attempt: Attempt) -> Outcome:
         """Run the handler as ``pipeline.attempt`` does for both backends (a cancel, a raise, an

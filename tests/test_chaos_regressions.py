@@ -83,8 +83,12 @@ async def test_a_worker_whose_heartbeat_lapsed_claims_nothing_until_it_renews(
         attempt = Attempt(first.claimed[0], f"{worker.worker_id}|1|")
         job = Job(url="http://127.0.0.1:9/x", id="lapse-a")
         outcome = Outcome(Status.DONE, 200, 2, 0.01, 1)
-        finished = await worker.finisher.finish(attempt, job, outcome, Decision("done"), timed=True)
-        assert finished.claimed == [], "a lapsed worker's finish claims no next job"
+        worker.state.attempts[attempt.claim.job_id] = attempt
+        following = await worker.finisher.finish(
+            attempt, job, outcome, Decision("done"), timed=True
+        )
+        assert following is None, "a lapsed worker's finish claims no next job"
+        assert await producer.redis.hget(keys.RUNNING, "lapse-b") is None
         record = await producer.get("lapse-a")
         assert record is not None and record.status is Status.DONE
         await worker.leases.beat()  # renewed: it claims again

@@ -10,7 +10,7 @@ import pytest
 
 from durable import keys
 from durable.finishing import Finisher
-from pipeline.jobs import Status
+from pipeline.jobs import Job, Outcome, Status
 from tests.support.harness import Harness
 
 RECHECK_S = 1.0  # FLOW_RECHECK_MS in durable/lua/lib/flow.lua: a parked job's parallelism recheck
@@ -70,5 +70,77 @@ async def test_an_idle_worker_wakes_when_a_finish_learns_a_key_may_start_sooner(
         ]
         print(f"starts after j1 (s): {[round(t - started[0], 3) for t in started]}")
         assert started[0] < started[1] < started[2] < started[1] + RECHECK_S, started
+    finally:
+        await h.close()
+
+
+async def test_a_busy_worker_records_ends_together_and_never_holds_more_jobs_than_slots(
+    upstream: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 slots, 30 queued jobs whose handler answers at once: the slots that end together are
+    recorded in one finish call (fewer calls than jobs, some recording several ends), every job
+    ends done exactly once, and at no start does Redis list more leases of this worker than it
+    has slots (a finish claims at most one next job per slot it frees)."""
+    import durable.endings
+
+    calls: list[int] = []  # ends recorded per finish call
+    real_call = durable.endings.call_acked
+
+    async def counting(script: Any, acks: Any, keys_: list[str], args: list[Any]) -> Any:
+        calls.append(int(args[2]))
+        return await real_call(script, acks, keys_, args)
+
+    monkeypatch.setattr(durable.endings, "call_acked", counting)
+    held: list[int] = []
+
+    async def handler(job: Job, attempt: int) -> Outcome:
+        assert h.pool is not None
+        leases = await h.producer.redis.hvals(keys.RUNNING)  # type: ignore[attr-defined]
+        mine = f"{h.pool.worker_id}|".encode()  # type: ignore[attr-defined]
+        held.append(sum(1 for lease in leases if lease.startswith(mine)))
+        return Outcome(Status.DONE, http_status=200)
+
+    h = await Harness.create(
+        "durable", upstream, redis_url, handler=handler, workers=3, queue_maxsize=100
+    )
+    try:
+        for i in range(30):
+            await h.submit(f"/together/{i}")
+        await h.start_workers()
+        records = await h.wait_all_final(60)
+        assert [r.status for r in records] == [Status.DONE] * 30
+        assert all(r.attempts == 1 for r in records)
+        print(f"ends per finish call: {calls}; leases held at each start: max {max(held)}")
+        assert sum(calls) == 30
+        assert len(calls) < 30 and max(calls) > 1
+        assert len(held) == 30 and max(held) <= 3
+    finally:
+        await h.close()
+
+
+@pytest.mark.parametrize("senders", [1, 2])
+async def test_ends_handed_over_as_their_sender_finishes_are_still_recorded(
+    upstream: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, senders: int
+) -> None:
+    """Regression: a finish call's sender wakes its slots and ends; slots whose no-op job ends
+    at once hand their ends over before the sender's task is marked done. They must start a
+    sender of their own, not wait for one that has already looked for the last time (the
+    worker then stalled with every slot waiting). 40 no-op jobs on 4 slots all end done."""
+    import durable.endings
+
+    monkeypatch.setattr(durable.endings, "MAX_SENDERS", senders)
+
+    async def noop(job: Job, attempt: int) -> Outcome:
+        return Outcome(Status.DONE, http_status=200)
+
+    h = await Harness.create(
+        "durable", upstream, redis_url, handler=noop, workers=4, queue_maxsize=100
+    )
+    try:
+        for i in range(40):
+            await h.submit(f"/noop/{i}")
+        await h.start_workers()
+        records = await h.wait_all_final(60)
+        assert [r.status for r in records] == [Status.DONE] * 40
     finally:
         await h.close()

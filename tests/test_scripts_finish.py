@@ -15,6 +15,7 @@ from durable import keys
 from durable.runner import Claimed, DurableWorker
 from pipeline.durations import bucket_label
 from pipeline.jobs import DeadLetter, Job
+from pipeline.retry import Decision
 from tests.support.scripts_kit import RESULT_TTL, Lua, between, contract, default_outcome, token
 
 
@@ -312,3 +313,62 @@ async def test_pruning_spares_a_job_live_again_under_the_same_id(lua: Lua) -> No
     other = await lua.submit_new()
     await lua.finish(w, await lua.claim_one(w, other), "done", claim_next=False)
     assert {letter.id, again.id, other.id} <= set(await lua.zset(keys.INDEX))
+
+
+def _part(lua: Lua, w: DurableWorker, c: Claimed, end: str) -> tuple[list[str], list[Any]]:
+    """One end's keys and arguments, as the worker's Finisher builds them."""
+    job = lua.jobs[c.job_id]
+    decision = Decision(end, 60.0 if end == "retry" else 0.0, None)  # type: ignore[arg-type]
+    return w.finisher.finish_call(job, c, default_outcome(end, c.attempt), decision, True)
+
+
+@contract("finish")
+async def test_one_call_records_several_ends_each_fenced_by_its_own_lease(lua: Lua) -> None:
+    """Several slots' ends in one call: each written as a lone finish writes it (done, failed
+    with its dead letter, retry), and a stale one among them fenced (0) without touching its
+    job; a repeat of the whole call answers 2 for each written end and changes nothing."""
+    a, b, c_, d = [await lua.submit_new() for _ in range(4)]
+    w = lua.worker()
+    ca, cb, cc, cd = (await lua.claim(w, [a.id, b.id, c_.id, d.id])).claimed
+    stale = dataclasses.replace(cc, attempt=cc.attempt + 1)
+    parts = [
+        _part(lua, w, ca, "done"),
+        _part(lua, w, cb, "failed"),
+        _part(lua, w, stale, "done"),
+        _part(lua, w, cd, "retry"),
+    ]
+    written, round_ = await lua.finish_many(w, parts)
+    assert written == [1, 1, 0, 1]
+    assert round_.claimed == []
+    assert (await lua.record(a.id))["status"] == "done"
+    assert (await lua.record(b.id))["status"] == "failed"
+    assert await lua.redis.hexists(keys.DEAD, b.id)
+    assert (await lua.record(c_.id))["status"] == "running"  # fenced: still the lease's
+    assert await lua.lease(c_.id) is not None
+    assert (await lua.record(d.id))["status"] == "queued"
+    assert await lua.redis.zscore(keys.RETRY, d.id) is not None
+    stats = await lua.stats()
+    assert (stats["done"], stats["failed"], stats["retried"], stats["fenced"]) == (1, 1, 1, 1)
+    before = await lua.snapshot(without=[keys.STATS])
+    again, _ = await lua.finish_many(w, parts)
+    assert again == [2, 2, 0, 2]
+    assert await lua.snapshot(without=[keys.STATS]) == before
+
+
+@contract("finish")
+async def test_several_ends_claim_at_most_as_many_jobs_as_asked(lua: Lua) -> None:
+    """Two ends asking for two next jobs among three named candidates: exactly two are leased
+    to the worker (a freed slot each), the third stays queued for whoever has a free slot."""
+    a, b = await lua.submit_new(), await lua.submit_new()
+    w = lua.worker()
+    ca, cb = (await lua.claim(w, [a.id, b.id])).claimed
+    nxt = [await lua.submit_new() for _ in range(3)]
+    parts = [_part(lua, w, ca, "done"), _part(lua, w, cb, "done")]
+    written, round_ = await lua.finish_many(w, parts, [j.id for j in nxt], most=2)
+    assert written == [1, 1]
+    assert [x.job_id for x in round_.claimed] == [nxt[0].id, nxt[1].id]
+    for job in nxt[:2]:
+        assert (await lua.lease(job.id) or "").startswith(f"{w.worker_id}|1|")
+    assert await lua.lease(nxt[2].id) is None
+    assert (await lua.record(nxt[2].id))["status"] == "queued"
+    assert round_.queue_head == [nxt[2].id]

@@ -210,8 +210,8 @@ MUTATIONS = [
     ),
     M(
         "lib/claim.lua",
-        "if redis.call('HEXISTS', kr, 'id') == 0 then",
-        "if redis.call('HEXISTS', kr, 'url') == 1 then",
+        "  if not known[1] then",
+        "  if known[1] then",
         "the foreign test turned around: our jobs flagged foreign, arq's left bare",
     ),
     # -- finish.lua -----------------------------------------------------------------------------
@@ -235,7 +235,7 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "    if redis.call('HGET', K.record, 'last_token') == token then return 2 end\n",
+        "    if redis.call('HGET', J.record, 'last_token') == token then return 2 end\n",
         "",
         "a repeated finish after a lost reply counted as fenced",
     ),
@@ -259,21 +259,45 @@ MUTATIONS = [
     ),
     M(
         "finish",
-        "local FIXED_KEYS = 29 ",
-        "local FIXED_KEYS = 27 ",
+        "local FIXED_KEYS = 23 ",
+        "local FIXED_KEYS = 21 ",
         "the fixed keys miscounted: the next claim's candidate keys read from the wrong KEYS index",
     ),
     M(
         "finish",
-        "      if not live then redis.call('ZREM', K.index, old) end\n",
-        "      redis.call('ZREM', K.index, old)\n",
+        "    if not live then redis.call('ZREM', K.index, old) end\n",
+        "    redis.call('ZREM', K.index, old)\n",
         "pruning by finish time alone: a requeued dead letter vanishes from GET /jobs",
     ),
     M(
         "finish",
-        "    redis.call('EXPIRE', K.record, record_ttl_s)\n",
+        "    redis.call('EXPIRE', J.record, record_ttl_s)\n",
         "",
         "a final record that never expires",
+    ),
+    M(
+        "finish",
+        "FIXED_KEYS + 1 + i * JOB_KEYS)",
+        "FIXED_KEYS + 1)",
+        "several ends in one call all written to the first end's keys",
+    ),
+    M(
+        "finish",
+        "for i = 0, ended - 1 do",
+        "for i = 0, math.min(ended, 1) - 1 do",
+        "only the first of several ends in one call recorded",
+    ),
+    M(
+        "finish",
+        "  for bucket, n in pairs(durations) do redis.call('HINCRBY', K.durations, bucket, n) end\n",
+        "",
+        "the ends of one call summed but never added to the durations histogram",
+    ),
+    M(
+        "finish",
+        "for name, n in pairs(counts) do redis.call('HINCRBY', K.stats, name, n) end\n",
+        "",
+        "the ends of one call counted but never added to the counters",
     ),
     # -- release.lua ----------------------------------------------------------------------------
     M(

@@ -21,6 +21,16 @@ def checks(r: dict[str, Any], check: Check) -> None:
         note=f"{d['jobs']:,} fetches at {d['jobs_s']:g}/s; its serve "
         f"{d['serve_ms_per_job']:g} ms per submission",
     )
+    if "worker_own_ms_per_job" in d:
+        check(
+            "durable worker's own CPU per fetch job (worker − Fetcher alone), ms",
+            d["worker_own_ms_per_job"],
+            0.1,
+            "<=",
+            note=f"worker {d['worker_ms_per_job']:g} ms per job, the Fetcher alone "
+            f"{d['fetcher_ms_per_request']:g} ms per request (before / after the worker's run: "
+            f"{' / '.join(f'{x:g}' for x in d['fetcher_ms_before_after'])})",
+        )
     check(
         "in-memory serve CPU per job (POST /jobs included), ms",
         m["serve_ms_per_job"],
@@ -43,6 +53,7 @@ def _jobcost_cpu(r: dict[str, Any]) -> Table:
             fmt(x["jobs_s"]),
             fmt(x["serve_ms_per_job"], 3),
             fmt(x.get("worker_ms_per_job"), 3),
+            fmt(x.get("fetcher_ms_per_request"), 3),
             f"{fmt(x['serve_cores'], 2)} / {fmt(x.get('worker_cores'), 2)}",
         ]
         for x in c["cpu"]
@@ -52,7 +63,10 @@ def _jobcost_cpu(r: dict[str, Any]) -> Table:
         "submission to the last job's end, ÷ jobs: real GETs of the upstream at 0 ms, "
         f"WORKERS={c['workers']}, POST /jobs from a raw keep-alive HTTP/1.1 client over "
         f"{c['connections']} connections. Everything the deployed process does is in it (its "
-        "INFO log line per job, heartbeats, records).",
+        "INFO log line per job, heartbeats, records). Fetcher alone: our Fetcher sending the "
+        f"same GETs at concurrency {c['workers']} in a fresh process (benchmarks.transports), "
+        "just before and just after the durable worker's run, their mean: the worker's own "
+        "cost is its CPU per job minus that.",
     ]
     return (
         "8a. CPU per job, from each process's counters",
@@ -62,6 +76,7 @@ def _jobcost_cpu(r: dict[str, Any]) -> Table:
             "jobs/s",
             "serve CPU ms/job",
             "worker CPU ms/job",
+            "Fetcher alone ms/request",
             "cores serve/worker",
         ],
         rows,

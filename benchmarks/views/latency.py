@@ -22,20 +22,21 @@ def checks(r: dict[str, Any], check: Check) -> None:
     def latency_check(system: str, p: str, target: float) -> None:
         x = sy.get(system, {})
         name = f"{system} submit-to-start {p}, idle, ms"
-        if "error" in x:
-            check(name, 0, target, "<=", note=f"not run: {x['error']}")
+        if "error" in x:  # missed, not met: a system that did not run met no target
+            check(name, 0, 1, note=f"not run (target <= {target:g} ms): {x['error']}")
             return
         half = x["half_load"]
         note = f"at half load ({half['achieved_rate']:g} jobs/s): {half[f'{p}_ms']:g} ms"
         if "answer_p50_ms" in x["idle"]:  # the submission's own answer, part of the figure
             note += f"; the submission itself was answered in {x['idle']['answer_p50_ms']:g} ms"
-            if system == "inmemory":
-                note += " (its fetch starts only once the 202 has been sent)"
+        saq = sy.get("saq", {})
+        if "idle" in saq:
+            note += f"; SAQ's idle {p} in the same run: {saq['idle'][f'{p}_ms']:g} ms"
         check(name, x["idle"][f"{p}_ms"], target, "<=", note=note)
 
-    latency_check("durable", "p50", 5)
+    latency_check("durable", "p50", 2)
     latency_check("durable", "p99", 15)
-    latency_check("inmemory", "p50", 2)
+    latency_check("inmemory", "p50", 1.5)
 
 
 def tables(r: dict[str, Any]) -> list[Table]:

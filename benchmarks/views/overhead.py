@@ -34,6 +34,17 @@ def _targets_per_job(r: dict[str, Any], check: Check) -> None:
         note=f"raw asyncio.Queue {1e6 / sy['raw']['rate']:.1f} µs; validation alone "
         f"{o['validation_us_per_job']:g} µs (the URL guard's verdict is kept per origin)",
     )
+    d, saq = sy["durable"], sy["saq"]
+    check(
+        "durable no-op drain, jobs/s from one worker process",
+        d["drain_rate"],
+        10_000,
+        note=f"SAQ's drain {fmt(saq['drain_rate'])}/s in the same run "
+        f"({ratio(d['drain_rate'], saq['drain_rate']):g}×); end to end {fmt(d['rate'])}/s; "
+        f"CPU per job: worker {d['drain_cpu_us_per_job']:g} µs + Redis "
+        f"{d.get('drain_redis_cpu_us_per_job', '—')} µs (SAQ: {saq['drain_cpu_us_per_job']:g} + "
+        f"{saq.get('drain_redis_cpu_us_per_job', '—')} µs)",
+    )
     check(
         "durable ÷ SAQ (no-op)",
         ratio(sy["durable"]["rate"], sy["saq"]["rate"]),
@@ -83,6 +94,7 @@ def _overhead(r: dict[str, Any]) -> Table:
                 fmt(s.get("drain_rate")),
                 fmt(s["rate"]),
                 fmt(s.get("drain_cpu_us_per_job")),
+                fmt(s.get("drain_redis_cpu_us_per_job")),
                 vs,
             ]
         )
@@ -91,7 +103,9 @@ def _overhead(r: dict[str, Any]) -> Table:
         f"{len(sy['durable']['rounds'])} interleaved round(s) (stock arq: one round). In-memory: "
         f"producer and workers in one loop, bounded queue (maxsize {o['inmemory_maxsize']}), "
         "timed to join(). Redis systems: enqueue all (asyncio.gather over batches of 100), then "
-        "one worker in this process drains; end-to-end = jobs ÷ (enqueue + drain).",
+        "one worker in this process drains; end-to-end = jobs ÷ (enqueue + drain). Drain CPU: "
+        "this process (the worker) and the redis-server (INFO cpu) while the worker drained, ÷ "
+        "jobs; on a shared machine the rates move with the load, the CPU per job much less.",
         "With a handler that returns without yielding, queue.get() never suspends: one worker "
         "task drains the queue in a loop while the others sleep, so the raw baseline is a for "
         f"loop ({1e6 / sy['raw']['rate']:.1f} µs a job). The yields-once rows give every job the "
@@ -108,7 +122,16 @@ def _overhead(r: dict[str, Any]) -> Table:
     ]
     return (
         "1. Overhead of our layer (no-op jobs)",
-        ["system", "done", "enqueue/s", "drain/s", "end-to-end/s", "drain CPU µs/job", "vs"],
+        [
+            "system",
+            "done",
+            "enqueue/s",
+            "drain/s",
+            "end-to-end/s",
+            "drain CPU µs/job",
+            "Redis CPU µs/job",
+            "vs",
+        ],
         rows,
         notes,
     )

@@ -35,7 +35,8 @@ from redis.asyncio import Redis
 from durable import flow_store, keys, producer
 from durable.arq_compat import record as outcome_record
 from durable.budget import Trimmer
-from durable.claims import ClaimReply, candidate_keys
+from durable.claims import ClaimReply
+from durable.endings import finish_call
 from durable.runner import Claimed, DurableWorker
 from durable.scripts import Scripts
 from pipeline.budget import Budget
@@ -122,6 +123,7 @@ class Lua:
     jobs: dict[str, Job] = field(default_factory=dict)
     _arq: ArqRedis | None = None
     _seq: int = 0
+    last_budget: tuple[int, int] = (0, 0)  # the last finish call's budget state
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -245,14 +247,27 @@ class Lua:
         outcome = outcome or default_outcome(end, claimed.attempt)
         decision = Decision(end, delay_s, throttle_s)  # type: ignore[arg-type]
         await self.alive(worker)
-        job_keys, args = worker.finisher.finish_call(job, claimed, outcome, decision, timed)
-        cands = list(candidates)
-        reply = await self.scripts["finish"](
-            job_keys + candidate_keys(cands),
-            [*args, 1 if claim_next else 0, *worker.claims.claim_args(), *cands],
+        part = worker.finisher.finish_call(job, claimed, outcome, decision, timed)
+        (written,), round_ = await self.finish_many(
+            worker, [part], candidates, most=1 if claim_next else 0
         )
+        return Finished(written, round_, self.last_budget)
+
+    async def finish_many(
+        self,
+        worker: DurableWorker,
+        parts: list[tuple[list[str], list[Any]]],
+        candidates: Iterable[str] = (),
+        most: int = 0,
+    ) -> tuple[list[int], ClaimReply]:
+        """``finish.lua`` recording several ends in one call (each part from
+        ``Finisher.finish_call``), claiming up to ``most``, as ``durable.endings`` sends it."""
+        await self.alive(worker)
+        job_keys, args = finish_call(worker.state, worker.claims, parts, most, list(candidates))
+        reply = await self.scripts["finish"](job_keys, args)
         kept_bytes, records = reply[4]
-        return Finished(int(reply[0]), ClaimReply.parse(*reply[1:4]), (kept_bytes, records))
+        self.last_budget = (int(kept_bytes), int(records))  # the budget state it answered
+        return [int(w) for w in reply[0]], ClaimReply.parse(*reply[1:4])
 
     async def release(
         self, worker: DurableWorker, jobs: list[tuple[str, str]], why: str = "orphan"

@@ -47,18 +47,23 @@ local function review_waiting(now)
 end
 
 local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
-  if redis.call('HEXISTS', kr, 'id') == 0 then  -- enqueued by arq's own client: no record yet
+  -- what the record says, in one read: has it one (id), its own max_tries, released, foreign,
+  -- since when its flow key held it back
+  local known = redis.call('HMGET', kr, 'id', 'max_tries', 'released', 'foreign', 'parked_at')
+  local foreign = known[4] and 1 or 0
+  if not known[1] then  -- enqueued by arq's own client: no record yet
     redis.call('HSET', kr, 'id', id, 'foreign', '1', 'priority', LOWEST_PRIORITY,
                'created_at', now / 1000)
+    foreign = 1
   end
   local attempt = redis.call('HINCRBY', kr, 'attempts', 1)
-  local most = tonumber(redis.call('HGET', kr, 'max_tries')) or max_tries
+  local most = tonumber(known[2]) or max_tries
   if attempt > most then redis.call('HINCRBY', kr, 'attempts', -1) end
-  local redelivered = redis.call('HEXISTS', kr, 'released')
-  local parked_at = tonumber(redis.call('HGET', kr, 'parked_at'))
+  local redelivered = known[3] and 1 or 0  -- released: its last attempt's worker died
+  local parked_at = tonumber(known[5])
   local flow_wait_ms = parked_at and math.max(0, now - parked_at) or 0
   if parked_at then redis.call('HDEL', kr, 'parked_at') end
-  if redelivered == 1 then  -- its last attempt's worker died
+  if redelivered == 1 then
     redis.call('HINCRBY', kr, 'duplicates', 1)
     redis.call('HINCRBY', K.stats, 'duplicates', 1)
     redis.call('HDEL', kr, 'released')
@@ -68,8 +73,7 @@ local function lease(kr, kp, id, score, fk, wid, ttl_ms, now, max_tries)
   redis.call('ZADD', K.queue, RUNNING_SCORE, id)
   redis.call('ZREM', K.hints, id)
   redis.call('PSETEX', kp, ttl_ms, '1')
-  return attempt, attempt > most, redis.call('HEXISTS', kr, 'foreign'), redelivered,
-         flow_wait_ms
+  return attempt, attempt > most, foreign, redelivered, flow_wait_ms
 end
 
 -- Claim up to `most` of the candidates in ARGV[first_arg..] (keys from KEYS[first_key..]).
