@@ -63,7 +63,7 @@ def _env(redis_url: str, **extra: object) -> dict[str, object]:
     }
 
 
-async def _submit_all(base: str, urls: list[tuple[str, str]]) -> None:
+async def submit_all(base: str, urls: list[tuple[str, str]]) -> None:
     pool = Pool(base, CONNECTIONS)
     sem = asyncio.Semaphore(CONNECTIONS)
 
@@ -128,14 +128,14 @@ async def cpu_per_job(
         )
         urls = [(f"cost-{backend}-{i}", f"{upstream}/cost/{i}") for i in range(n + WARMUP)]
         hits0 = await _hits(upstream)
-        await _submit_all(base, urls[:WARMUP])  # warm-up: connections, caches, scripts
+        await submit_all(base, urls[:WARMUP])  # warm-up: connections, caches, scripts
         await _ended(base, WARMUP, 60)
         urls = urls[WARMUP:]
         step(f"job cost: {backend}, {len(urls)} fetches against a 0 ms upstream, WORKERS={WORKERS}")
         serve0 = proc_cpu_s(serve.pid)
         worker0 = proc_cpu_s(worker.pid) if worker else 0.0
         start = time.perf_counter()
-        await _submit_all(base, urls)
+        await submit_all(base, urls)
         submitted_s = time.perf_counter() - start
         serve_submit = proc_cpu_s(serve.pid) - serve0
         await _fetched(upstream, hits0 + WARMUP + n, 60 + n / 10)
@@ -182,14 +182,14 @@ async def redis_body_cost(upstream: str, redis_url: str, n: int, step: Any) -> l
                 step(f"record cost: Redis, {n} jobs with a {size:,}-byte body")
                 await flush(redis_url)
                 done = 0
-                await _submit_all(
+                await submit_all(
                     base, [(f"m{size}-w{i}", f"{upstream}/w?{_body_query(size)}") for i in range(5)]
                 )
                 await _ended_redis(r, 5)
                 done = 5
                 before = int((await r.info("memory"))["used_memory"])
                 urls = [(f"m{size}-{i}", f"{upstream}/m/{i}?{_body_query(size)}") for i in range(n)]
-                await _submit_all(base, urls)
+                await submit_all(base, urls)
                 await _ended_redis(r, done + n)
                 after = int((await r.info("memory"))["used_memory"])
                 usage = {

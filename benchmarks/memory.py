@@ -21,7 +21,6 @@ record budget's low water), which is flat when what is kept is bounded.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -29,13 +28,12 @@ import redis.asyncio as aioredis
 
 from apps.harness.processes import Processes
 from benchmarks.common import LOCAL, wait_until
-from benchmarks.rawclient import Pool
+from benchmarks.jobcost import submit_all
 from pipeline.budget import Budget
 from pipeline.settings import Settings
 
 WORKERS = 10
 QUEUE_MAXSIZE = 1000
-CONNECTIONS = 8
 WARMUP = 20
 
 
@@ -55,22 +53,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-async def _submit(base: str, urls: list[tuple[str, str]]) -> None:
-    pool = Pool(base, CONNECTIONS)
-    sem = asyncio.Semaphore(CONNECTIONS)
-
-    async def one(job_id: str, url: str) -> None:
-        async with sem:
-            status, body = await pool.post("/jobs", {"url": url, "id": job_id})
-        if status not in (200, 202):
-            raise RuntimeError(f"POST /jobs answered {status}: {body[:200]!r}")
-
-    try:
-        await asyncio.gather(*(one(i, u) for i, u in urls))
-    finally:
-        await pool.close()
 
 
 async def _stats_when_ended(client: httpx.AsyncClient, base: str, n: int) -> dict[str, Any]:
@@ -137,7 +119,7 @@ async def curve(
                     }
                 )
 
-            await _submit(base, [(f"w-{i}", url.format(f"w{i}")) for i in range(WARMUP)])
+            await submit_all(base, [(f"w-{i}", url.format(f"w{i}")) for i in range(WARMUP)])
             await sample(0)
             chunk = max(1, jobs // samples)
             done = 0
@@ -145,7 +127,7 @@ async def curve(
                 n = min(chunk, jobs - done)
                 step(f"memory: {backend}, jobs {done + 1:,}-{done + n:,} of {body_bytes:,} bytes")
                 ids = range(done, done + n)
-                await _submit(base, [(f"m-{i}", url.format(i)) for i in ids])
+                await submit_all(base, [(f"m-{i}", url.format(i)) for i in ids])
                 done += n
                 await sample(done)
         return {"backend": backend, "samples": rows}

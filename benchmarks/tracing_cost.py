@@ -34,7 +34,7 @@ from typing import Any
 
 from apps.harness.processes import CLI, Proc, child_env
 from benchmarks.common import LOCAL, bench_command, proc_cpu_s
-from benchmarks.jobcost import WARMUP, _ended, _submit_all
+from benchmarks.jobcost import WARMUP, _ended, submit_all
 
 WORKERS = 10
 MODES = ("absent", "off", "sampled out", "on")
@@ -95,11 +95,11 @@ async def _one(mode: str, upstream: str, endpoint: str, n: int, tag: str) -> dic
     proc, base = await asyncio.to_thread(_serve, mode, endpoint)
     try:
         urls = [(f"tr-{tag}-{i}", f"{upstream}/trace/{i}") for i in range(n + WARMUP)]
-        await _submit_all(base, urls[:WARMUP])
+        await submit_all(base, urls[:WARMUP])
         await _ended(base, WARMUP, 60)
         cpu0 = proc_cpu_s(proc.pid)
         start = time.perf_counter()
-        await _submit_all(base, urls[WARMUP:])
+        await submit_all(base, urls[WARMUP:])
         await _ended(base, WARMUP + n, 60 + n / 10)
         wall = time.perf_counter() - start
         spent = proc_cpu_s(proc.pid) - cpu0
