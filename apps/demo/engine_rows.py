@@ -47,7 +47,7 @@ from apps.engines.rabbit_node import NoRabbit, RabbitNode, resolve_rabbit
 
 # The demo and the scene are ``apps.demo.run``'s Demo and Scene (which imports this module: typed
 # as Any here, so there is no import cycle); what a row uses of them: the demo's ``redis_url``,
-# ``upstream``, ``opts``, ``tag``, ``state``, its ``_jobs``, ``_kill`` and ``_count_at_witness``;
+# ``upstream``, ``opts``, ``tag``, ``state``, its ``jobs_of``, ``kill`` and ``count_at_witness``;
 # the scene's ``sc``, ``run``, ``procs``, ``orphans``, ``kill_wall`` and ``check_running``.
 Demo = Any
 Scene = Any
@@ -114,7 +114,7 @@ class Row:
         run, opts = self.run, self.demo.opts
         try:
             worker = await asyncio.to_thread(self._start)
-            jobs = [payload(j) for j in self.demo._jobs(self.scene.sc)]
+            jobs = [payload(j) for j in self.demo.jobs_of(self.scene.sc)]
             ids = [j["id"] for j in jobs]
             self.ids = set(ids)
             run.phase = "submitting"
@@ -124,7 +124,7 @@ class Row:
             run.phase = "running"
             kill_at = max(1, int(opts.jobs * opts.kill_after))
             at_kill = await self._until_kill_mark(kill_at)
-            self.demo._kill(self.scene, worker)
+            self.demo.kill(self.scene, worker)
             await asyncio.to_thread(worker.wait, 10)
             at_kill = await asyncio.to_thread(self._ledger)
             self._note_kill(at_kill)
@@ -138,7 +138,7 @@ class Row:
             counts = final.counts()
             run.completed, run.failed = counts["done"], counts["failed"]
             run.never_submitted = opts.jobs - run.submitted
-            await self.demo._count_at_witness(self.scene, ids)
+            await self.demo.count_at_witness(self.scene, ids)
             run.held = len(self._held(final))
             run.lost = (run.lost or 0) - run.held
             run.phase = "finished"

@@ -149,7 +149,7 @@ class Demo:
             await asyncio.to_thread(scene.procs.stop_all)
         return run
 
-    def _jobs(self, sc: Scenario) -> list[dict[str, Any]]:
+    def jobs_of(self, sc: Scenario) -> list[dict[str, Any]]:
         """The scenario's jobs. Each job's upstream latency is ``--latency-ms`` times one of
         0.55, 0.65, ... 1.45 (mean 1.0), as real fetches vary: workers that all took exactly as
         long would finish in lockstep, ``done`` would jump by WORKERS at a time, and no kill
@@ -174,7 +174,7 @@ class Demo:
         target: Proc = serve
         if sc.backend == "durable":
             target = await asyncio.to_thread(procs.worker, sc.engine, **env)
-        jobs = self._jobs(sc)
+        jobs = self.jobs_of(sc)
         ids = [job["id"] for job in jobs]
         kill_at = max(1, int(self.opts.jobs * self.opts.kill_after))
         async with httpx.AsyncClient(base_url=api, timeout=30, trust_env=False) as client:
@@ -192,11 +192,11 @@ class Demo:
                 stats = await self._until_kill_mark(client, scene, submitting, submitter, kill_at)
                 at_kill = len(submitter.accepted)
                 if sc.backend == "inmemory":  # the last reading: the kill takes the queue with it
-                    self._kill(scene, target)
+                    self.kill(scene, target)
                     snapshot = self._stats_counts(stats, run)
                     submitting.cancel()  # the kill takes the API down: stop submitting
                 else:  # the worker is dead: the records in Redis hold still until the restart
-                    self._kill(scene, target)
+                    self.kill(scene, target)
                     await asyncio.to_thread(target.wait, 10)
                     statuses = await self._statuses(client, submitter.accepted[:at_kill])
                     snapshot = Counter(statuses.values())
@@ -224,10 +224,10 @@ class Demo:
             else:
                 await self._after_durable_restart(client, scene, submitter.accepted)
         run.submitted_after_kill = run.submitted - scene.accepted_at_kill
-        await self._count_at_witness(scene, ids)
+        await self.count_at_witness(scene, ids)
         run.phase = "finished"
 
-    def _kill(self, scene: Scene, target: Proc) -> None:
+    def kill(self, scene: Scene, target: Proc) -> None:
         scene.killed.append(target)
         target.signal(signal.SIGKILL)
         scene.kill_wall = time.time()
@@ -399,7 +399,7 @@ class Demo:
             return None
         return round(time.time() - scene.kill_wall, 2)
 
-    async def _count_at_witness(self, scene: Scene, ids: list[str]) -> None:
+    async def count_at_witness(self, scene: Scene, ids: list[str]) -> None:
         run = scene.run
         witness, effects = await self._witness(ids)
         run.fetched_by_upstream = len(witness)
