@@ -76,8 +76,11 @@ def test_the_engine_rows_say_what_celery_and_rabbitmq_kept(tmp_path: Path) -> No
     for name in ("celery-acks-late-amqp", "rabbitmq"):  # redelivered on connection loss
         run = runs[name]
         assert run["lost"] == 0 and run["held"] == 0 and run["completed"] == 40, run
+        # every job in flight at the kill was redelivered and ran to its end (recovery_s); how
+        # many were fetched twice depends on whether their request had left before the kill (a
+        # kill at a job's start: once), so duplicates are not counted here; add_up checks that
+        # each re-run was a replay (one effect per job, Idempotency-Key)
         assert run["recovery_s"] is not None
-        assert run["duplicates"] >= run["in_flight_at_kill"] - 1, run  # re-run: replays
     picture = svg.read_text()
     assert picture.count("<polyline") == 4 and "held" in picture
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from apps.cli.common import (
     EXIT_UNAVAILABLE,
@@ -367,7 +368,9 @@ def crash_demo(
     if redis_choice == "sentinel":
         from apps.demo.failover import main as run_failover
 
-        if page_port is not None or not set(backends) <= {"all", "durable"}:
+        named = click.get_current_context().get_parameter_source("backends")
+        asked = set(backends) if named is not ParameterSource.DEFAULT else {"durable"}
+        if page_port is not None or not asked <= {"all", "durable"}:
             raise click.UsageError("--redis sentinel runs durable only, without --serve")
         failover = Options(
             jobs=jobs,
