@@ -37,6 +37,11 @@ def _ours(r: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _stuck(ids: list[str] | None) -> str:
+    """A probe the engine had not finished 30 s after it was put (benchmarks.engines)."""
+    return f" ({len(ids)} not done in 30 s)" if ids else ""
+
+
 def _table(r: dict[str, Any]) -> Table:
     rows: list[list[str]] = []
     for row in r["engines"]["rows"]:
@@ -44,13 +49,14 @@ def _table(r: dict[str, Any]) -> Table:
             rows.append([row["engine"], f"skipped: {row['skipped']}", "", "", "", ""])
             continue
         idle, busy = row["idle_ms"], row["half_load_ms"]
+        stuck = row.get("probes_not_done", {})
         rows.append(
             [
                 row["engine"],
                 fmt(row["noop_rate"], 0),
                 fmt(row["cpu_ms_per_job"], 3),
-                f"{fmt(idle['p50'], 1)} / {fmt(idle['p99'], 1)}",
-                f"{fmt(busy['p50'], 1)} / {fmt(busy['p99'], 1)}",
+                f"{fmt(idle['p50'], 1)} / {fmt(idle['p99'], 1)}" + _stuck(stuck.get("idle")),
+                f"{fmt(busy['p50'], 1)} / {fmt(busy['p99'], 1)}" + _stuck(stuck.get("half_load")),
                 _recovery(row),
             ]
         )
