@@ -16,7 +16,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -201,6 +201,25 @@ class _Watcher:
         self.echo(format_outcome(job_id, url, record))
 
 
+@contextlib.asynccontextmanager
+async def _watching(
+    client: httpx.AsyncClient, deadline: float, echo: Callable[[str], None]
+) -> AsyncIterator[_Watcher]:
+    """A watcher of the jobs submitted inside the block, running beside it; after the block it
+    watches until every job ended (or the deadline); if the block raises, it is stopped."""
+    watcher = _Watcher(client, deadline, echo)
+    watching = asyncio.create_task(watcher.run())
+    try:
+        yield watcher
+    except BaseException:
+        watching.cancel()
+        with contextlib.suppress(BaseException):
+            await watching
+        raise
+    watcher.closed.set()
+    await watching
+
+
 async def submit_all(
     api: str,
     urls: list[str],
@@ -223,17 +242,8 @@ async def submit_all(
         async with client:
             if not wait:
                 return await _submit_each(client, urls, fields, deadline, echo, warn, None)
-            watcher = _Watcher(client, deadline, echo)
-            watching = asyncio.create_task(watcher.run())
-            try:
+            async with _watching(client, deadline, echo) as watcher:
                 accepted = await _submit_each(client, urls, fields, deadline, echo, warn, watcher)
-            except BaseException:
-                watching.cancel()
-                with contextlib.suppress(BaseException):
-                    await watching
-                raise
-            watcher.closed.set()
-            await watching
             return accepted and watcher.all_done
 
 
@@ -391,19 +401,10 @@ async def submit_file(
             if not wait:
                 tally = await _submit_batches(client, jobs, deadline, batch_size, echo, warn, None)
                 return tally, True
-            watcher = _Watcher(client, deadline, echo)
-            watching = asyncio.create_task(watcher.run())
-            try:
+            async with _watching(client, deadline, echo) as watcher:
                 tally = await _submit_batches(
                     client, jobs, deadline, batch_size, echo, warn, watcher
                 )
-            except BaseException:
-                watching.cancel()
-                with contextlib.suppress(BaseException):
-                    await watching
-                raise
-            watcher.closed.set()
-            await watching
             return tally, watcher.all_done
 
 
